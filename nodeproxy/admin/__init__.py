@@ -1,0 +1,1 @@
+"""Admin interface: stats, clusters, config dump, readiness and drain."""

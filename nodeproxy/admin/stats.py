@@ -1,0 +1,135 @@
+"""In-process metrics: counters, gauges and fixed-bucket histograms with labels.
+
+One ``Stats`` object per process, owned by the app and handed to every
+component. All mutation is synchronous (no ``await`` between read and write),
+so trio's single thread needs no locks. The admin server renders it as
+Prometheus text and as JSON. Metric names live here as constants so the data
+path and the admin pages cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Labels = tuple[tuple[str, str], ...]
+
+# -- metric names (Prometheus conventions) ------------------------------------
+REQUESTS = "nodeproxy_requests_total"  # {listener, cluster, code_class}
+PROXY_ERRORS = "nodeproxy_errors_total"  # {cause}
+UPSTREAM_CONNECT_FAILURES = "nodeproxy_upstream_connect_failures_total"  # {cluster, endpoint}
+UPSTREAM_REQUESTS = "nodeproxy_upstream_requests_total"  # {cluster, endpoint, code_class}
+UPSTREAM_CONNECTIONS_OPENED = "nodeproxy_upstream_connections_opened_total"  # {cluster, endpoint}
+DOWNSTREAM_CONNECTIONS_ACTIVE = "nodeproxy_downstream_connections_active"  # {listener}
+DOWNSTREAM_CONNECTIONS_TOTAL = "nodeproxy_downstream_connections_total"  # {listener}
+DOWNSTREAM_CONNECTIONS_REJECTED = "nodeproxy_downstream_connections_rejected_total"  # {listener}
+POOL_CONNECTIONS = "nodeproxy_upstream_pool_connections"  # {cluster, endpoint, state=idle|active}
+REQUEST_DURATION = "nodeproxy_request_duration_seconds"  # histogram {cluster}
+BYTES_RECEIVED = "nodeproxy_downstream_bytes_received_total"  # {listener}
+BYTES_SENT = "nodeproxy_downstream_bytes_sent_total"  # {listener}
+
+HELP: dict[str, str] = {
+    REQUESTS: "Downstream requests answered, by cluster and status class.",
+    PROXY_ERRORS: "Requests answered by the proxy itself, by cause (x-nodeproxy-error).",
+    UPSTREAM_CONNECT_FAILURES: "Upstream connection attempts that failed or timed out.",
+    UPSTREAM_REQUESTS: "Requests sent upstream, by endpoint and status class.",
+    UPSTREAM_CONNECTIONS_OPENED: "Upstream connections opened.",
+    DOWNSTREAM_CONNECTIONS_ACTIVE: "Open downstream connections.",
+    DOWNSTREAM_CONNECTIONS_TOTAL: "Downstream connections accepted.",
+    DOWNSTREAM_CONNECTIONS_REJECTED: "Downstream connections refused at the connection cap.",
+    POOL_CONNECTIONS: "Upstream pool connections by state.",
+    REQUEST_DURATION: "Time from request headers received to response completed.",
+    BYTES_RECEIVED: "Bytes read from downstream clients.",
+    BYTES_SENT: "Bytes written to downstream clients.",
+}
+
+# Latency buckets in seconds: 0.5 ms .. 30 s.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+def labels(**kv: str) -> Labels:
+    """Canonical, hashable label set (sorted by name)."""
+    return tuple(sorted(kv.items()))
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (inf if beyond the last)."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return self.buckets[i] if i < len(self.buckets) else float("inf")
+        return float("inf")
+
+
+class Stats:
+    """The process's metrics registry."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[Labels, float]] = {}
+        self.gauges: dict[str, dict[Labels, float]] = {}
+        self.histograms: dict[str, dict[Labels, Histogram]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Stats [{len(self.counters)} counters, {len(self.gauges)} gauges, "
+            f"{len(self.histograms)} histograms]>"
+        )
+
+    def inc(self, name: str, lbls: Labels = (), value: float = 1) -> None:
+        series = self.counters.setdefault(name, {})
+        series[lbls] = series.get(lbls, 0) + value
+
+    def gauge_add(self, name: str, lbls: Labels = (), delta: float = 1) -> None:
+        series = self.gauges.setdefault(name, {})
+        series[lbls] = series.get(lbls, 0) + delta
+
+    def gauge_set(self, name: str, lbls: Labels = (), value: float = 0) -> None:
+        self.gauges.setdefault(name, {})[lbls] = value
+
+    def observe(self, name: str, lbls: Labels, value: float) -> None:
+        series = self.histograms.setdefault(name, {})
+        hist = series.get(lbls)
+        if hist is None:
+            hist = series[lbls] = Histogram()
+        hist.observe(value)
+
+    def counter(self, name: str, lbls: Labels = ()) -> float:
+        return self.counters.get(name, {}).get(lbls, 0)
+
+    def gauge(self, name: str, lbls: Labels = ()) -> float:
+        return self.gauges.get(name, {}).get(lbls, 0)
+
+    def sum_counter(self, name: str, **match: str) -> float:
+        """Sum of a counter over every series whose labels include ``match``."""
+        return sum(
+            v
+            for lbls, v in self.counters.get(name, {}).items()
+            if all(pair in lbls for pair in match.items())
+        )
+
+    def series(self, name: str) -> Iterable[tuple[Labels, float]]:
+        yield from self.counters.get(name, {}).items()
+        yield from self.gauges.get(name, {}).items()

@@ -1,0 +1,145 @@
+"""The validated, immutable configuration every other module reads.
+
+Both front ends (our native YAML in ``loader.py`` and an Envoy bootstrap in
+``envoy.py``) produce exactly these objects, so nothing past the loader knows
+which format the operator wrote. All durations are float seconds; all objects
+are frozen, so a config can be shared by every task without an owner.
+
+Vocabulary follows Envoy: a *listener* holds *virtual hosts* (matched by the
+request authority), each with ordered *routes* that send to a *cluster*
+(a set of endpoints). In the native format one ``services:`` entry yields
+both a virtual host and a cluster of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    host: str
+    port: int
+    labels: Mapping[str, str] = EMPTY_LABELS
+    node: str | None = None  # which node the endpoint lives on (issue 3)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    """One header condition; exactly one of exact/prefix/regex/present is set."""
+
+    name: str  # lowercased
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """Path condition (``path`` exact or ``prefix``; neither means ``/``) plus headers."""
+
+    prefix: str | None = None
+    path: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    cluster: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """Send matching requests to ``cluster`` or split them over ``weighted``."""
+
+    match: RouteMatch
+    cluster: str | None = None
+    weighted: tuple[WeightedCluster, ...] = ()
+    timeout: float | None = None  # overrides the cluster's response_timeout
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    """Routes for the authorities in ``domains``.
+
+    A domain is an exact name (``bdgreeter.default``, ``example.com:8080``),
+    a wildcard suffix (``*.example.com``), prefix (``api.*``) or ``*``.
+    Native services use the canonical ``<service>.<namespace>`` form; the
+    router maps every Kubernetes spelling of a name onto it.
+    """
+
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    endpoints: tuple[EndpointConfig, ...] = ()
+    namespace: str = "default"
+    connect_timeout: float = 1.0
+    response_timeout: float = 15.0  # whole response headers deadline (Envoy route default)
+    lb_policy: Literal["round_robin"] = "round_robin"
+    max_connections_per_endpoint: int = 64
+    idle_timeout: float = 60.0  # upstream keep-alive connections closed after this
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    host: str = "0.0.0.0"
+    port: int = 4140
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9901
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one downstream client can make the proxy hold."""
+
+    max_request_header_bytes: int = 60 * 1024  # Envoy's default; over it -> 431
+    max_downstream_connections: int = 1024
+    header_read_timeout: float = 10.0  # slowloris guard: time to receive request headers
+    downstream_idle_timeout: float = 60.0  # keep-alive idle between requests
+    drain_timeout: float = 20.0  # SIGTERM: in-flight requests get this long
+    stream_chunk_bytes: int = 64 * 1024  # read size for bodies; bounds per-stream memory
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...]
+    clusters: Mapping[str, ClusterConfig]
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: Limits = field(default_factory=Limits)
+    log: LogConfig = field(default_factory=LogConfig)
+    default_namespace: str = "default"
+    cluster_domain: str = "cluster.local"
+    node_name: str = ""
+    source_format: Literal["native", "envoy"] = "native"
+    source_path: str = ""

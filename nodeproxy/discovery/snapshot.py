@@ -1,0 +1,59 @@
+"""Immutable endpoint snapshots and the one object that publishes them.
+
+Discovery (static config now, the Kubernetes watch in issue 4) is the only
+writer: it builds a complete new ``EndpointSnapshot`` and swaps it in with
+``publish``. Request tasks call ``current()`` once per request and use what
+they got for the whole decision, so a publish in the middle of a request can
+never be seen half-applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from nodeproxy.config.model import Config, EndpointConfig
+
+Endpoint = EndpointConfig  # one backend address with labels; same shape as configured
+
+
+@dataclass(frozen=True)
+class EndpointSnapshot:
+    version: int
+    clusters: Mapping[str, tuple[Endpoint, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def endpoints(self, cluster: str) -> tuple[Endpoint, ...]:
+        return self.clusters.get(cluster, ())
+
+
+class EndpointRegistry:
+    """Holds the current snapshot; ``publish`` is called only by the discovery task."""
+
+    def __init__(self) -> None:
+        self._current = EndpointSnapshot(version=0)
+        self.synced = False  # True after the first complete publish
+
+    def __repr__(self) -> str:
+        n = sum(len(v) for v in self._current.clusters.values())
+        return (
+            f"<EndpointRegistry [version {self._current.version} | "
+            f"{len(self._current.clusters)} clusters, {n} endpoints]>"
+        )
+
+    def current(self) -> EndpointSnapshot:
+        return self._current
+
+    def publish(self, clusters: Mapping[str, tuple[Endpoint, ...]]) -> EndpointSnapshot:
+        self._current = EndpointSnapshot(
+            version=self._current.version + 1, clusters=MappingProxyType(dict(clusters))
+        )
+        self.synced = True
+        return self._current
+
+
+def static_snapshot(config: Config) -> dict[str, tuple[Endpoint, ...]]:
+    """Endpoints exactly as written in the config (the embedded default discovery)."""
+    return {name: cluster.endpoints for name, cluster in config.clusters.items()}

@@ -1,0 +1,135 @@
+"""The error tree, and the one place where an error becomes a client-visible answer.
+
+Every failure the data path can hit is a ``ProxyError`` subclass carrying the
+HTTP status it should become, a short machine-readable ``cause`` (sent as the
+``x-nodeproxy-error`` header, used as a stats label and logged), and a body in
+Envoy's wording where Envoy has one, so that users' runbooks keep working.
+Errors are raised deep down (router, pool, upstream client) and mapped to a
+response exactly once, at the downstream connection boundary.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+ERROR_HEADER = "x-nodeproxy-error"
+
+
+class ProxyError(Exception):
+    """A failure that becomes an HTTP answer to the downstream client."""
+
+    status: ClassVar[int] = 500
+    cause: ClassVar[str] = "internal_error"
+    body: ClassVar[str] = "internal proxy error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.body)
+        self.detail = detail
+
+    def response_body(self) -> bytes:
+        return (self.body + "\n").encode()
+
+
+# -- the client's fault -------------------------------------------------------
+
+
+class BadRequest(ProxyError):
+    status = 400
+    cause = "bad_request"
+    body = "bad request"
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    cause = "headers_too_large"
+    body = "request header fields too large"
+
+
+class RequestHeaderTimeout(ProxyError):
+    status = 408
+    cause = "request_header_timeout"
+    body = "request timeout"
+
+
+# -- routing ------------------------------------------------------------------
+
+
+class UnknownService(ProxyError):
+    status = 404
+    cause = "unknown_service"
+    body = "unknown service"
+
+
+class NoRoute(ProxyError):
+    status = 404
+    cause = "no_route"
+    body = "no route"
+
+
+# -- upstream -----------------------------------------------------------------
+
+_ENVOY_RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+class NoHealthyUpstream(ProxyError):
+    status = 503
+    cause = "no_healthy_upstream"
+    body = "no healthy upstream"
+
+
+class UpstreamConnectFailure(ProxyError):
+    status = 503
+    cause = "connection_failure"
+    body = _ENVOY_RESET + "connection failure"
+
+
+class UpstreamConnectTimeout(ProxyError):
+    status = 503
+    cause = "connect_timeout"
+    body = _ENVOY_RESET + "connection timeout"
+
+
+class UpstreamResetBeforeHeaders(ProxyError):
+    status = 502
+    cause = "upstream_reset"
+    body = _ENVOY_RESET + "connection termination"
+
+
+class UpstreamProtocolError(ProxyError):
+    status = 502
+    cause = "upstream_protocol_error"
+    body = _ENVOY_RESET + "protocol error"
+
+
+class UpstreamResponseTimeout(ProxyError):
+    status = 504
+    cause = "upstream_timeout"
+    body = "upstream request timeout"
+
+
+class Overloaded(ProxyError):
+    status = 503
+    cause = "overloaded"
+    body = "overloaded"
+
+
+class Draining(ProxyError):
+    status = 503
+    cause = "draining"
+    body = "proxy is draining"
+
+
+class ConfigError(Exception):
+    """A configuration problem, naming the field and (when known) the line.
+
+    Raised only while loading; nothing starts when one is raised.
+    """
+
+    def __init__(self, field: str, message: str, line: int | None = None, file: str = "") -> None:
+        self.field = field
+        self.message = message
+        self.line = line
+        self.file = file
+        where = f"{file}:" if file else ""
+        where += f"{line}: " if line is not None else (" " if file else "")
+        super().__init__(f"{where}{field}: {message}".strip())

@@ -1,0 +1,73 @@
+"""Authority parsing: which host (and Kubernetes service) a request names.
+
+Pods reach the proxy either as an HTTP proxy (absolute-form target,
+``GET http://bdgreeter/hello``) or directly with a ``Host`` header. Either way
+the authority is ``host[:port]``, and the host may spell a Kubernetes service
+as ``svc``, ``svc.ns``, ``svc.ns.svc`` or ``svc.ns.svc.<cluster-domain>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodeproxy.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class Authority:
+    host: str  # lowercased, IPv6 without brackets
+    port: int | None
+
+    def service_key(self, default_namespace: str, cluster_domain: str) -> str | None:
+        """Canonical ``svc.ns`` for a Kubernetes service name, else None.
+
+        >>> Authority("bdgreeter", None).service_key("default", "cluster.local")
+        'bdgreeter.default'
+        >>> Authority("db.prod.svc.cluster.local", 80).service_key("default", "cluster.local")
+        'db.prod'
+        """
+        if ":" in self.host or _is_ipv4(self.host):
+            return None
+        parts = self.host.split(".")
+        if len(parts) == 1:
+            return f"{parts[0]}.{default_namespace}"
+        if len(parts) == 2:
+            return f"{parts[0]}.{parts[1]}"
+        if len(parts) == 3 and parts[2] == "svc":
+            return f"{parts[0]}.{parts[1]}"
+        if parts[2] == "svc" and ".".join(parts[3:]) == cluster_domain:
+            return f"{parts[0]}.{parts[1]}"
+        return None
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
+
+
+def parse_authority(raw: str) -> Authority:
+    """Split ``host[:port]`` (IPv6 in brackets); BadRequest when malformed."""
+    raw = raw.strip().lower()
+    if not raw:
+        raise BadRequest("empty authority")
+    if "@" in raw or "/" in raw or " " in raw:
+        raise BadRequest(f"malformed authority {raw!r}")
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise BadRequest(f"malformed authority {raw!r}")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise BadRequest(f"malformed authority {raw!r}")
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text_ = raw.partition(":")
+        port_text = port_text_ if sep else None
+    port: int | None = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise BadRequest(f"bad port in authority {raw!r}")
+        port = int(port_text)
+    if not host:
+        raise BadRequest(f"malformed authority {raw!r}")
+    return Authority(host=host, port=port)

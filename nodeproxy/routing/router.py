@@ -1,0 +1,130 @@
+"""The route table: (authority, path, headers) -> the cluster to send to.
+
+Pure and synchronous. Built once per listener from the config; a lookup is a
+few dict probes plus an ordered scan of one virtual host's rules, like
+Envoy's: the first matching rule wins. Unknown authority -> ``UnknownService``;
+a known service whose rules all miss -> ``NoRoute``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nodeproxy.config.model import HeaderMatch, ListenerConfig, RouteRule, VirtualHost
+from nodeproxy.errors import NoRoute, UnknownService
+from nodeproxy.routing.authority import Authority
+
+Headers = Sequence[tuple[bytes, bytes]]  # lowercased names, as h11 gives them
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    virtual_host: VirtualHost
+    rule: RouteRule
+    cluster: str
+
+
+class Router:
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        default_namespace: str = "default",
+        cluster_domain: str = "cluster.local",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._default_ns = default_namespace
+        self._cluster_domain = cluster_domain
+        self._exact: dict[str, VirtualHost] = {}
+        self._suffix: list[tuple[str, VirtualHost]] = []  # "*.example.com" -> ".example.com"
+        self._prefix: list[tuple[str, VirtualHost]] = []  # "api.*" -> "api."
+        self._any: VirtualHost | None = None
+        self._regex: dict[str, re.Pattern[str]] = {}
+        self._rng = rng or random.Random()
+        for vh in listener.virtual_hosts:
+            for domain in vh.domains:
+                d = domain.lower()
+                if d == "*":
+                    self._any = self._any or vh
+                elif d.startswith("*"):
+                    self._suffix.append((d[1:], vh))
+                elif d.endswith("*"):
+                    self._prefix.append((d[:-1], vh))
+                else:
+                    self._exact.setdefault(d, vh)
+            for rule in vh.routes:
+                for h in rule.match.headers:
+                    if h.regex is not None:
+                        self._regex[h.regex] = re.compile(h.regex)
+        # Longest wildcard first, as Envoy does.
+        self._suffix.sort(key=lambda p: -len(p[0]))
+        self._prefix.sort(key=lambda p: -len(p[0]))
+
+    def __repr__(self) -> str:
+        wildcards = len(self._suffix) + len(self._prefix) + (self._any is not None)
+        return f"<Router [{len(self._exact)} names, {wildcards} wildcards]>"
+
+    def virtual_host(self, authority: Authority, raw: str) -> VirtualHost:
+        exact = self._exact
+        vh = exact.get(raw) or exact.get(authority.host)
+        if vh is not None:
+            return vh
+        key = authority.service_key(self._default_ns, self._cluster_domain)
+        if key is not None and (vh := exact.get(key)) is not None:
+            return vh
+        for suffix, vh in self._suffix:
+            if authority.host.endswith(suffix):
+                return vh
+        for prefix, vh in self._prefix:
+            if authority.host.startswith(prefix):
+                return vh
+        if self._any is not None:
+            return self._any
+        raise UnknownService(f"no service for authority {raw!r}")
+
+    def route(self, authority: Authority, raw: str, path: str, headers: Headers) -> RouteDecision:
+        vh = self.virtual_host(authority, raw)
+        path_only = path.split("?", 1)[0]
+        for rule in vh.routes:
+            m = rule.match
+            if m.path is not None:
+                if path_only != m.path:
+                    continue
+            elif m.prefix is not None and not path_only.startswith(m.prefix):
+                continue
+            if m.headers and not all(self._header_ok(h, headers) for h in m.headers):
+                continue
+            return RouteDecision(vh, rule, self._target(rule))
+        raise NoRoute(f"no route in {vh.name!r} for {path_only!r}")
+
+    def _target(self, rule: RouteRule) -> str:
+        if rule.cluster is not None:
+            return rule.cluster
+        total = sum(w.weight for w in rule.weighted)
+        pick = self._rng.randrange(total) if total > 0 else 0
+        for w in rule.weighted:
+            pick -= w.weight
+            if pick < 0:
+                return w.cluster
+        return rule.weighted[-1].cluster
+
+    def _header_ok(self, h: HeaderMatch, headers: Headers) -> bool:
+        name = h.name.encode()
+        values = [v.decode("latin-1") for k, v in headers if k == name]
+        if h.present is not None:
+            ok = bool(values) == h.present
+        elif not values:
+            ok = False
+        else:
+            value = ",".join(values)
+            if h.exact is not None:
+                ok = value == h.exact
+            elif h.prefix is not None:
+                ok = value.startswith(h.prefix)
+            elif h.regex is not None:
+                ok = self._regex[h.regex].fullmatch(value) is not None
+            else:
+                ok = True
+        return ok != h.invert

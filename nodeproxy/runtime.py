@@ -1,0 +1,50 @@
+"""The shared, process-wide objects every component is handed at start-up.
+
+``Runtime`` is built once by ``app.py`` and passed down; it is not a global.
+``DrainState`` is the single switch for graceful shutdown: the app flips it on
+SIGTERM/SIGINT or ``POST /drain``; listeners stop accepting, connection loops
+stop keeping connections alive, and ``/ready`` answers 503.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from nodeproxy.admin.stats import Stats
+from nodeproxy.config.model import Config
+from nodeproxy.discovery.snapshot import EndpointRegistry
+
+
+class DrainState:
+    """Owned by the app; everyone else only reads it or waits on it."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+        self.reason = ""
+
+    def __repr__(self) -> str:
+        return f"<DrainState [{'draining: ' + self.reason if self.draining else 'serving'}]>"
+
+    @property
+    def draining(self) -> bool:
+        return self.started.is_set()
+
+    def start(self, reason: str) -> None:
+        if not self.started.is_set():
+            self.reason = reason
+            self.started.set()
+
+
+@dataclass
+class Runtime:
+    config: Config
+    stats: Stats = field(default_factory=Stats)
+    endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)
+    drain: DrainState = field(default_factory=DrainState)
+    listeners_ready: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.listeners_ready and self.endpoints.synced and not self.drain.draining
