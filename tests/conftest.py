@@ -1,0 +1,1 @@
+"""Shared pytest setup. Fixtures live in tests/helpers/ modules owned by each area."""
