@@ -1,11 +1,99 @@
-"""Command line: argv -> config -> logging -> trio.run.  (placeholder, filled by app work)"""
+"""Command line: argv -> config -> logging -> trio.run.
+
+    nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
+    nodeproxy check-config FILE        validate and summarise, start nothing
+    nodeproxy demo                     two greeter replicas + the proxy + admin
+
+A config error is printed with its file, line and field, and the exit status
+is 1: nothing starts half-configured.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
+
+import trio
+
+from nodeproxy import __version__
+from nodeproxy.config import load_config
+from nodeproxy.config.model import Config
+from nodeproxy.errors import ConfigError
+
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print(f"nodeproxy: not yet wired: {args}", file=sys.stderr)
-    return 2
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodeproxy", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"nodeproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy from a config file")
+    run.add_argument("--config", "-c", required=True, help="native YAML or Envoy bootstrap")
+    run.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("config")
+    demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
+    demo.add_argument("--port", type=int, default=4140, help="outbound listener port")
+    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument("--replicas", type=int, default=2)
+    return p
+
+
+def summarise(config: Config) -> str:
+    endpoints = sum(len(c.endpoints) for c in config.clusters.values())
+    listeners = ", ".join(f"{lc.name}@{lc.host}:{lc.port}" for lc in config.listeners)
+    return (
+        f"ok: {config.source_format} config, listeners [{listeners}], "
+        f"{len(config.clusters)} clusters, {endpoints} endpoints, "
+        f"admin {config.admin.host}:{config.admin.port}"
+    )
+
+
+def _with_log_overrides(config: Config, fmt: str | None, level: str | None) -> Config:
+    import dataclasses
+
+    log_cfg = config.log
+    if fmt:
+        log_cfg = dataclasses.replace(log_cfg, format=fmt)  # type: ignore[arg-type]
+    if level:
+        log_cfg = dataclasses.replace(log_cfg, level=level)  # type: ignore[arg-type]
+    return dataclasses.replace(config, log=log_cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from nodeproxy.demo.runner import run_demo
+
+        return run_demo(args.port, args.admin_port, args.replicas)
+    path = args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"nodeproxy: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"nodeproxy: cannot read config {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(summarise(config))
+        return 0
+    return serve(_with_log_overrides(config, args.log_format, args.log_level))
+
+
+def serve(config: Config) -> int:
+    from nodeproxy.app import run_app
+    from nodeproxy.logs import configure_logging
+
+    configure_logging(config.log)
+    code = 0
+    try:
+        trio.run(run_app, config)
+    except* OSError as group:  # e.g. address in use: say so plainly, no traceback
+        for exc in group.exceptions:
+            print(f"nodeproxy: cannot start: {exc}", file=sys.stderr)
+        code = 1
+    return code

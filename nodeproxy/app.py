@@ -1,0 +1,96 @@
+"""The root of the nursery tree: discovery, admin, listeners, signals and drain.
+
+One function, ``run_app``, owns the process's lifetime:
+
+    root nursery
+    ├── admin server            (started first, so /ready can say "starting")
+    ├── upstream pool reaper
+    ├── signal watcher          (SIGTERM/SIGINT -> drain; a second signal -> stop now)
+    └── serving nursery
+        └── one task per listener, each with its own connection nursery
+
+Drain is the only way out: a signal or ``POST /drain`` flips ``DrainState``;
+listeners stop accepting, finish in-flight requests and close idle
+keep-alives; the serving nursery gets a deadline of ``limits.drain_timeout``
+and whatever is still running then is cancelled. Then the rest of the tree is
+cancelled and ``run_app`` returns, so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from nodeproxy.admin.server import serve_admin
+from nodeproxy.config.model import Config
+from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.runtime import DrainState, Runtime
+from nodeproxy.server.listener import serve_listener
+from nodeproxy.upstream.pool import Upstreams
+
+log = structlog.get_logger("nodeproxy")
+
+
+@dataclass
+class AppHandle:
+    """What a started app reports back: its runtime and the ports it bound."""
+
+    runtime: Runtime
+    listener_ports: dict[str, int] = field(default_factory=dict)
+    admin_port: int = 0
+
+
+async def watch_signals(drain: DrainState, stop: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT starts the drain; a second one stops at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not drain.draining:
+                log.info("drain_requested", signal=name)
+                drain.start(name)
+            else:
+                log.warning("second_signal_stopping_now", signal=name)
+                stop.cancel()
+                return
+
+
+async def run_app(
+    config: Config,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    runtime = Runtime(config)
+    runtime.endpoints.publish(static_snapshot(config))
+    upstreams = Upstreams(runtime)
+    handle = AppHandle(runtime)
+    async with trio.open_nursery() as root:
+        handle.admin_port = await root.start(serve_admin, runtime)
+        root.start_soon(upstreams.run)
+        if handle_signals:
+            root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
+        async with trio.open_nursery() as serving:
+            for lc in config.listeners:
+                handle.listener_ports[lc.name] = await serving.start(
+                    serve_listener, runtime, lc, upstreams
+                )
+            runtime.listeners_ready = True
+            log.info(
+                "started",
+                listeners={n: f"{lc.host}:{p}" for (n, p), lc in zip(handle.listener_ports.items(), config.listeners, strict=True)},
+                admin=f"{config.admin.host}:{handle.admin_port}",
+                clusters=len(config.clusters),
+            )
+            task_status.started(handle)
+            await runtime.drain.started.wait()
+            deadline = trio.current_time() + config.limits.drain_timeout
+            serving.cancel_scope.deadline = deadline
+            log.info("draining", reason=runtime.drain.reason, deadline_s=config.limits.drain_timeout)
+        if serving.cancel_scope.cancelled_caught:
+            log.warning("drain_deadline_reached_connections_cancelled")
+        await upstreams.aclose()
+        log.info("stopped")
+        root.cancel_scope.cancel()
