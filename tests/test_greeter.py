@@ -1,0 +1,155 @@
+"""The demo's birthday greeter, seen from a real HTTP client on loopback.
+
+Why: `nodeproxy demo` and the benchmark lean on this app; if it misbehaves (drops keep-alive,
+swallows bodies, resets on 413) the demo would blame the proxy for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+
+import h11
+import httpx
+import pytest
+import trio
+
+from nodeproxy.demo.greeter import MAX_BODY_BYTES, respond, serve_greeter
+
+TODAY = datetime.date(2024, 5, 17)
+
+
+@pytest.fixture
+async def base_url(nursery: trio.Nursery) -> str:
+    port = await nursery.start(partial(serve_greeter, "127.0.0.1", 0, "a", today=lambda: TODAY))
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as c:
+        yield c
+
+
+async def test_birthday_today_says_happy_birthday(client: httpx.AsyncClient) -> None:
+    r = await client.post("/hello/Magalixcorp", json={"dateOfBirth": "1990-05-17"})
+    assert r.status_code == 200
+    assert r.json() == {"message": "Hello, Magalixcorp! Happy birthday"}
+    assert r.headers["content-type"] == "application/json"
+
+
+async def test_other_day_says_hello_only(client: httpx.AsyncClient) -> None:
+    r = await client.post("/hello/Magalixcorp", json={"dateOfBirth": "1990-05-18"})
+    assert r.status_code == 200
+    assert r.json() == {"message": "Hello, Magalixcorp!"}
+
+
+async def test_get_form_and_url_encoded_name(client: httpx.AsyncClient) -> None:
+    r = await client.get("/hello/Jane%20Doe")
+    assert (r.status_code, r.json()) == (200, {"message": "Hello, Jane Doe!"})
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"dob": "1990-05-17"}', b'{"dateOfBirth": 19900517}'],
+)
+async def test_bad_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
+    r = await client.post("/hello/x", content=body)
+    assert r.status_code == 400
+    assert "dateOfBirth" in r.json()["error"] or "JSON" in r.json()["error"]
+
+
+@pytest.mark.parametrize("dob", ["1990-13-01", "1990-02-30", "17-05-1990", "2999-01-01", ""])
+async def test_bad_date_is_400(client: httpx.AsyncClient, dob: str) -> None:
+    r = await client.post("/hello/x", json={"dateOfBirth": dob})
+    assert r.status_code == 400
+    assert "error" in r.json()
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/hello/", "/hello/a/b"])
+async def test_unknown_path_is_404(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.get(path)
+    assert r.status_code == 404
+    assert "not found" in r.json()["error"]
+
+
+async def test_replica_header(client: httpx.AsyncClient) -> None:
+    for path in ("/hello/x", "/nope", "/healthz"):
+        assert (await client.get(path)).headers["x-greeter-replica"] == "a"
+
+
+async def test_other_method_is_405(client: httpx.AsyncClient) -> None:
+    r = await client.delete("/hello/x")
+    assert r.status_code == 405
+    assert "POST" in r.headers["allow"]
+
+
+async def _exchange(stream: trio.SocketStream, conn: h11.Connection, name: str) -> bytes:
+    body = json.dumps({"dateOfBirth": "2000-01-01"}).encode()
+    headers = [("host", "greeter"), ("content-length", str(len(body)))]
+    req = h11.Request(method="POST", target=f"/hello/{name}", headers=headers)
+    out = conn.send(req) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    await stream.send_all(out)
+    data = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Data):
+            data += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return data
+
+
+async def test_keep_alive_two_requests_one_connection(base_url: str) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    async with stream:
+        for name in ("one", "two"):
+            body = await _exchange(stream, conn, name)
+            assert json.loads(body) == {"message": f"Hello, {name}!"}
+            assert (conn.our_state, conn.their_state) == (h11.DONE, h11.DONE)
+            conn.start_next_cycle()
+
+
+async def test_oversized_content_length_body_is_413(client: httpx.AsyncClient) -> None:
+    r = await client.post("/hello/x", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert r.status_code == 413
+    assert r.headers["connection"] == "close"
+    assert "body" in r.json()["error"]
+
+
+async def test_oversized_chunked_body_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * (MAX_BODY_BYTES // 2)
+
+    r = await client.post("/hello/x", content=chunks())
+    assert r.status_code == 413
+
+
+async def test_body_at_the_limit_is_read(client: httpx.AsyncClient) -> None:
+    doc = b'{"dateOfBirth": "1990-05-17"}'
+    body = doc + b" " * (MAX_BODY_BYTES - len(doc))
+    r = await client.post("/hello/x", content=body)
+    assert (r.status_code, r.json()) == (200, {"message": "Hello, x! Happy birthday"})
+
+
+def _cases() -> Iterator[tuple[str, str, bytes, int]]:
+    yield "POST", "/hello/a?x=1", b'{"dateOfBirth": "2000-05-17"}', 200
+    yield "HEAD", "/hello/a", b"", 200
+    yield "PUT", "/healthz", b"", 405
+    yield "POST", "/hello/a", b'{"dateOfBirth": "2024-05-18"}', 400  # tomorrow
+
+
+@pytest.mark.parametrize(("method", "target", "body", "status"), list(_cases()))
+def test_respond_table(method: str, target: str, body: bytes, status: int) -> None:
+    assert respond(method, target, body, TODAY).status == status
