@@ -57,6 +57,8 @@ def labels(**kv: str) -> Labels:
 
 @dataclass
 class Histogram:
+    """Counts per bucket (``counts[i]`` holds values <= ``buckets[i]``; the last is +Inf)."""
+
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
@@ -82,6 +84,34 @@ class Histogram:
             if seen >= rank:
                 return self.buckets[i] if i < len(self.buckets) else float("inf")
         return float("inf")
+
+    def estimate(self, q: float) -> float:
+        """The q-quantile, interpolated linearly inside its bucket (Prometheus-style).
+
+        Lands in ``+Inf``: the last finite bound (the best the buckets can say).
+        Always finite, so it can go into JSON.
+        """
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                if i == len(self.buckets):
+                    return self.buckets[-1]
+                lower = self.buckets[i - 1] if i > 0 else 0.0
+                return lower + (self.buckets[i] - lower) * max(rank - seen, 0.0) / c
+            seen += c
+        return self.buckets[-1]
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper_bound, count <= bound)`` per bucket, ending with ``(inf, count)``."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, c in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += c
+            out.append((bound, running))
+        return out
 
 
 class Stats:
@@ -129,6 +159,9 @@ class Stats:
             for lbls, v in self.counters.get(name, {}).items()
             if all(pair in lbls for pair in match.items())
         )
+
+    def histogram(self, name: str, lbls: Labels = ()) -> Histogram | None:
+        return self.histograms.get(name, {}).get(lbls)
 
     def series(self, name: str) -> Iterable[tuple[Labels, float]]:
         yield from self.counters.get(name, {}).items()
