@@ -25,7 +25,7 @@ EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 class EndpointConfig:
     host: str
     port: int
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)  # 3.11: no hash
     node: str | None = None  # which node the endpoint lives on (issue 3)
 
     @property
