@@ -25,7 +25,8 @@ EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 class EndpointConfig:
     host: str
     port: int
-    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)  # 3.11: no hash
+    # mappingproxy is unhashable on 3.11: default via factory, and left out of hash()
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     node: str | None = None  # which node the endpoint lives on (issue 3)
 
     @property
