@@ -1,0 +1,97 @@
+"""Validation shared by the native and Envoy front ends.
+
+Small checks that turn one YAML value into a validated Python value or a
+``ConfigError`` naming it: durations, hosts and ports, Kubernetes names,
+header names, regexes, and the cross-field check that no two sockets would
+bind the same port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodeproxy.config.yamlsrc import Node
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_NUMBER = re.compile(r"[+-]?(\d+(?:\.\d*)?|\.\d+)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9_-]+)*\.?"
+)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
+_WILDCARD_HOSTS = ("0.0.0.0", "::")
+Binds = list[tuple["Node", str, int]]
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds for a duration string, or None when it is not one."""
+    value = value.strip()
+    if _NUMBER.fullmatch(value):
+        return float(value)
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def check_port(node: Node, port: int, *, allow_zero: bool = False) -> int:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        low = 0 if allow_zero else 1
+        raise node.error(f"port must be in {low}..65535, got {port}")
+    return port
+
+
+def check_host(node: Node, host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise node.error(f"invalid host {host!r}")
+    return host.rstrip(".").lower()
+
+
+def check_unique_binds(binds: Binds) -> None:
+    """Two sockets on one port (other than port 0) would fail at start: say so now."""
+    seen: Binds = []
+    for node, host, port in binds:
+        for other, other_host, other_port in seen:
+            wildcard = host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
+            same_host = host == other_host or wildcard
+            if port and port == other_port and same_host:
+                raise node.error(f"address {host}:{port} is also used by {other.path}")
+        seen.append((node, host, port))
+
+
+def dns_label(node: Node) -> str:
+    """A Kubernetes name (service, namespace): a lowercase DNS label."""
+    value = node.text()
+    if not _DNS_LABEL.fullmatch(value):
+        raise node.error(f"{value!r} is not a DNS label (lowercase letters, digits, '-')")
+    return value
+
+
+def url_path(node: Node) -> str:
+    value = node.text()
+    if not value.startswith("/"):
+        raise node.error(f"must start with '/', got {value!r}")
+    return value
+
+
+def header_name(node: Node) -> str:
+    value = node.text()
+    if not _HEADER_NAME.fullmatch(value):
+        raise node.error(f"invalid header name {value!r}")
+    return value.lower()
+
+
+def check_regex(node: Node, pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise node.error(f"invalid regex {pattern!r}: {exc}") from None
+    return pattern

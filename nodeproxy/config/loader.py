@@ -1,0 +1,273 @@
+"""The native YAML format (docs/configuration.md) -> ``Config``.
+
+One ``services:`` entry becomes both a cluster (its endpoints and upstream
+settings) and a virtual host (its routes), and every virtual host is put on
+every listener: a node proxy answers for every service on every port it
+listens on. Service names are Kubernetes DNS labels, so a route target
+``name`` or ``name.namespace`` is unambiguous; targets are resolved only
+after every service has been read, so order in the file does not matter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, cast, get_args
+
+from nodeproxy.config.checks import (
+    Binds,
+    check_regex,
+    check_unique_binds,
+    dns_label,
+    header_name,
+    url_path,
+)
+from nodeproxy.config.model import (
+    AdminConfig,
+    ClusterConfig,
+    Config,
+    EndpointConfig,
+    HeaderMatch,
+    Limits,
+    ListenerConfig,
+    LogConfig,
+    RouteMatch,
+    RouteRule,
+    VirtualHost,
+    WeightedCluster,
+)
+from nodeproxy.config.yamlsrc import Node
+
+_LABEL_KEY = re.compile(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LbPolicy = Literal["round_robin"]
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+NATIVE_KEYS = (
+    "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
+    "services",
+)  # fmt: skip
+SERVICE_KEYS = (
+    "name", "namespace", "connect_timeout", "response_timeout", "lb_policy",
+    "max_connections_per_endpoint", "idle_timeout", "endpoints", "routes",
+)  # fmt: skip
+
+
+def load_native(root: Node) -> Config:
+    """Build a ``Config`` from the root node of a native document."""
+    f = root.fields(*NATIVE_KEYS)
+    default_ns = f.opt("default_namespace", dns_label, "default")
+    services = [_Service.read(s, default_ns) for s in f.need("services").items()]
+    by_key: dict[tuple[str, str], _Service] = {}
+    for svc in services:
+        if (other := by_key.get(svc.key)) is not None:
+            where = f"{svc.key[0]}.{svc.key[1]}"
+            raise svc.node.error(f"duplicate service {where} (also {other.node.path})")
+        by_key[svc.key] = svc
+    targets = {key: svc.cluster.name for key, svc in by_key.items()}
+    vhosts = tuple(svc.virtual_host(targets) for svc in services)
+    binds: Binds = []
+    listeners = _listeners(f.get("listeners"), vhosts, binds)
+    admin = f.opt("admin", lambda n: _admin(n, binds), AdminConfig())
+    check_unique_binds(binds)
+    return Config(
+        listeners=listeners,
+        clusters=MappingProxyType({s.cluster.name: s.cluster for s in services}),
+        admin=admin,
+        limits=f.opt("limits", _limits, Limits()),
+        log=f.opt("log", _log, LogConfig()),
+        default_namespace=default_ns,
+        cluster_domain=f.opt("cluster_domain", Node.host, "cluster.local"),
+        node_name=f.opt("node_name", lambda n: n.text(non_empty=False), ""),
+        source_format="native",
+        source_path=root.source.file,
+    )
+
+
+def _admin(node: Node, binds: Binds) -> AdminConfig:
+    addr = node.fields("address").get("address")
+    if addr is None:
+        return AdminConfig()
+    host, port = addr.address(allow_zero_port=True)
+    binds.append((addr, host, port))
+    return AdminConfig(host=host, port=port)
+
+
+def _listeners(
+    node: Node | None, vhosts: tuple[VirtualHost, ...], binds: Binds
+) -> tuple[ListenerConfig, ...]:
+    if node is None:
+        return (ListenerConfig(name="outbound", host="0.0.0.0", port=4140, virtual_hosts=vhosts),)
+    out: list[ListenerConfig] = []
+    names: dict[str, str] = {}
+    for i, item in enumerate(node.items(non_empty=True)):
+        f = item.fields("name", "address")
+        name = f.opt("name", Node.text, "outbound" if i == 0 else f"outbound_{i}")
+        if name in names:
+            raise item.error(f"duplicate listener name {name!r} (also {names[name]})")
+        names[name] = item.path
+        addr = f.need("address")
+        host, port = addr.address(allow_zero_port=True)
+        binds.append((addr, host, port))
+        out.append(ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts))
+    return tuple(out)
+
+
+def _limits(node: Node) -> Limits:
+    f = node.fields(*(fl.name for fl in dataclasses.fields(Limits)))
+    d = Limits()
+    return Limits(
+        max_request_header_bytes=f.opt(
+            "max_request_header_bytes", lambda n: n.integer(1024), d.max_request_header_bytes
+        ),
+        max_downstream_connections=f.opt(
+            "max_downstream_connections", Node.integer, d.max_downstream_connections
+        ),
+        header_read_timeout=f.opt("header_read_timeout", Node.duration, d.header_read_timeout),
+        downstream_idle_timeout=f.opt(
+            "downstream_idle_timeout", Node.duration, d.downstream_idle_timeout
+        ),
+        drain_timeout=f.opt("drain_timeout", Node.duration, d.drain_timeout),
+        stream_chunk_bytes=f.opt(
+            "stream_chunk_bytes", lambda n: n.integer(1, 16 * 1024 * 1024), d.stream_chunk_bytes
+        ),
+    )
+
+
+def _log(node: Node) -> LogConfig:
+    f = node.fields("format", "level", "access_log")
+    d = LogConfig()
+    fmt: str = f.opt("format", lambda n: n.choice("auto", "json", "console"), str(d.format))
+    level: str = f.opt(
+        "level", lambda n: n.choice("debug", "info", "warning", "error"), str(d.level)
+    )
+    return LogConfig(
+        format=cast(LogFormat, fmt),  # choice() checked the value
+        level=cast(LogLevel, level),
+        access_log=f.opt("access_log", Node.flag, d.access_log),
+    )
+
+
+@dataclass
+class _Service:
+    node: Node
+    key: tuple[str, str]  # (name, namespace)
+    cluster: ClusterConfig
+    routes: Node | None
+
+    @classmethod
+    def read(cls, node: Node, default_ns: str) -> _Service:
+        f = node.fields(*SERVICE_KEYS)
+        name = dns_label(f.need("name"))
+        ns = f.opt("namespace", dns_label, default_ns)
+        d = ClusterConfig(name="")
+        lb_policy: str = f.opt(
+            "lb_policy", lambda n: n.choice(*get_args(LbPolicy)), str(d.lb_policy)
+        )
+        cluster = ClusterConfig(
+            name=name if ns == default_ns else f"{name}.{ns}",
+            endpoints=f.opt("endpoints", _endpoints, ()),
+            namespace=ns,
+            connect_timeout=f.opt("connect_timeout", Node.duration, d.connect_timeout),
+            response_timeout=f.opt("response_timeout", Node.duration, d.response_timeout),
+            lb_policy=cast(LbPolicy, lb_policy),  # choice() checked the value
+            max_connections_per_endpoint=f.opt(
+                "max_connections_per_endpoint", Node.integer, d.max_connections_per_endpoint
+            ),
+            idle_timeout=f.opt("idle_timeout", Node.duration, d.idle_timeout),
+        )
+        return cls(node, (name, ns), cluster, f.get("routes"))
+
+    def virtual_host(self, targets: dict[tuple[str, str], str]) -> VirtualHost:
+        name, ns = self.key
+        if self.routes is None:
+            default = RouteRule(match=RouteMatch(prefix="/"), cluster=self.cluster.name)
+            routes: tuple[RouteRule, ...] = (default,)
+        else:
+            routes = tuple(self._rule(r, targets) for r in self.routes.items(non_empty=True))
+        return VirtualHost(name=self.cluster.name, domains=(f"{name}.{ns}",), routes=routes)
+
+    def _rule(self, node: Node, targets: dict[tuple[str, str], str]) -> RouteRule:
+        f = node.fields("name", "match", "service", "weighted", "timeout")
+        kind, target = f.one_of("service", "weighted")
+        match = f.opt("match", route_match, RouteMatch(prefix="/"))
+        timeout = f.opt("timeout", Node.duration, None)
+        name = f.opt("name", Node.text, "")
+        if kind == "service":
+            cluster = self._resolve(target, targets)
+            return RouteRule(match=match, cluster=cluster, timeout=timeout, name=name)
+        weighted: list[WeightedCluster] = []
+        for item in target.items(non_empty=True):
+            w = item.fields("service", "weight")
+            cluster = self._resolve(w.need("service"), targets)
+            weighted.append(WeightedCluster(cluster=cluster, weight=w.need("weight").integer(1)))
+        return RouteRule(match=match, weighted=tuple(weighted), timeout=timeout, name=name)
+
+    def _resolve(self, node: Node, targets: dict[tuple[str, str], str]) -> str:
+        text = node.text()
+        name, _, ns = text.partition(".")
+        key = (name, ns or self.key[1])
+        if key not in targets:
+            known = ", ".join(sorted(f"{n}.{s}" for n, s in targets))
+            raise node.error(f"unknown service {text!r} (known: {known or 'none'})")
+        return targets[key]
+
+
+def _endpoints(node: Node) -> tuple[EndpointConfig, ...]:
+    seen: dict[str, str] = {}
+    out: list[EndpointConfig] = []
+    for item in node.items():
+        ep = _endpoint(item)
+        if ep.address in seen:
+            raise item.error(f"duplicate endpoint {ep.address} (also {seen[ep.address]})")
+        seen[ep.address] = item.path
+        out.append(ep)
+    return tuple(out)
+
+
+def _endpoint(node: Node) -> EndpointConfig:
+    if not node.is_map():
+        host, port = node.address()
+        return EndpointConfig(host=host, port=port)
+    f = node.fields("address", "labels", "node")
+    host, port = f.need("address").address()
+    labels: dict[str, str] = f.opt("labels", _labels, {})
+    where = f.opt("node", Node.text, None)
+    return EndpointConfig(host=host, port=port, labels=MappingProxyType(labels), node=where)
+
+
+def _labels(node: Node) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in node.entries().items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise value.error(f"invalid label name {key!r}")
+        out[key] = value.text(non_empty=False)
+    return out
+
+
+def route_match(node: Node) -> RouteMatch:
+    """``{prefix | path, headers}``; neither prefix nor path matches every path."""
+    f = node.fields("prefix", "path", "headers")
+    if "prefix" in f and "path" in f:
+        raise node.error("use one of prefix or path, not both")
+    return RouteMatch(
+        prefix=f.opt("prefix", url_path, None),
+        path=f.opt("path", url_path, None),
+        headers=f.opt("headers", lambda n: tuple(_header(h) for h in n.items()), ()),
+    )
+
+
+def _header(node: Node) -> HeaderMatch:
+    f = node.fields("name", "exact", "prefix", "regex", "present", "invert")
+    name = header_name(f.need("name"))
+    kind, value = f.one_of("exact", "prefix", "regex", "present")
+    invert = f.opt("invert", Node.flag, False)
+    if kind == "present":
+        return HeaderMatch(name=name, present=value.flag(), invert=invert)
+    text = value.text(non_empty=False)
+    if kind == "exact":
+        return HeaderMatch(name=name, exact=text, invert=invert)
+    if kind == "prefix":
+        return HeaderMatch(name=name, prefix=text, invert=invert)
+    return HeaderMatch(name=name, regex=check_regex(value, text), invert=invert)
