@@ -16,6 +16,8 @@ import httpx
 import pytest
 import trio
 
+from nodeproxy.config import load_config_text
+from nodeproxy.demo.config import birthday_today, demo_banner, demo_config_text
 from nodeproxy.demo.greeter import MAX_BODY_BYTES, respond, serve_greeter
 
 TODAY = datetime.date(2024, 5, 17)
@@ -153,3 +155,43 @@ def _cases() -> Iterator[tuple[str, str, bytes, int]]:
 @pytest.mark.parametrize(("method", "target", "body", "status"), list(_cases()))
 def test_respond_table(method: str, target: str, body: bytes, status: int) -> None:
     assert respond(method, target, body, TODAY).status == status
+
+
+# The demo's built-in config and banner (nodeproxy/demo/config.py) go through the real loader.
+
+
+def test_demo_config_loads_and_routes_bdgreeter_to_every_replica() -> None:
+    text = demo_config_text([3001, 3002], 4141, 9902, log_level="warning", access_log=False)
+    config = load_config_text(text, env={}, source="<demo>")
+    cluster = config.clusters["bdgreeter"]
+    assert [(e.host, e.port) for e in cluster.endpoints] == [
+        ("127.0.0.1", 3001),
+        ("127.0.0.1", 3002),
+    ]
+    assert all(dict(e.labels) == {"version": "v1"} for e in cluster.endpoints)
+    (listener,) = config.listeners
+    assert (listener.name, listener.host, listener.port) == ("outbound", "127.0.0.1", 4141)
+    assert (config.admin.host, config.admin.port) == ("127.0.0.1", 9902)
+    assert (config.log.level, config.log.access_log, config.node_name) == ("warning", False, "demo")
+    assert config.limits.drain_timeout == 5.0
+
+
+def test_demo_config_needs_a_replica() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        demo_config_text([])
+
+
+def test_demo_banner_has_the_curl_lines_with_todays_birthday() -> None:
+    banner = demo_banner(4140, 9901, today=datetime.date(2024, 2, 29))
+    assert (
+        "curl -x http://127.0.0.1:4140 -X POST -H 'content-type: application/json'"
+        ' -d \'{"dateOfBirth":"1992-02-29"}\' http://bdgreeter/hello/Magalixcorp'
+    ) in banner
+    assert "curl -H 'Host: bdgreeter' -X POST" in banner
+    assert "http://127.0.0.1:4140/hello/Magalixcorp" in banner
+    assert "curl -i -x http://127.0.0.1:4140 http://nosuchservice/" in banner
+    for admin_path in ("/clusters", "/stats/prometheus", "/ready"):
+        assert f"127.0.0.1:9901{admin_path}" in banner
+    day = datetime.date.fromisoformat(birthday_today(datetime.date(2025, 11, 25)))
+    assert respond("POST", "/hello/x", f'{{"dateOfBirth": "{day}"}}'.encode(), TODAY).status == 200
+    assert (day.month, day.day) == (11, 25)

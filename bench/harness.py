@@ -1,0 +1,146 @@
+"""Process, /proc and wrk-output plumbing for bench/throughput.py.
+
+Why apart: the throughput script should read as the experiment (what runs where, what is
+measured); this module is the machinery under it. Each child runs in its own process group so it
+and its workers (nginx forks one) can be stopped, and measured, as one unit.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Result:
+    """One measured target (a row of the table)."""
+
+    target: str
+    rps: float = 0.0
+    cpu_us_per_req: float | None = None
+    cpu_of: str = ""
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    requests: int = 0
+    non_2xx: int = 0
+    socket_errors: int = 0
+    error: str | None = None
+    wrk_command: str = ""
+    server_command: str = ""
+
+
+class Processes:
+    """Owns every child process: each in its own process group, all stopped by `stop_all`."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.out / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.running[name] = proc
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.running)):
+            self.stop(name)
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        text = (self.out / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in the process group, in seconds."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:  # fields[0] is field 3 (state); pgrp is 5, utime 14, stime 15
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http_ok(
+    port: int, proc: subprocess.Popen[bytes], path: str, host: str, timeout: float = 15.0
+) -> None:
+    """Poll `GET path` with `Host: host` until it answers 200, the process dies or time is up."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                return
+            last = f"status {resp.status} {resp.getheader('x-nodeproxy-error', '')}"
+        except OSError as exc:
+            last = str(exc)
+        finally:
+            conn.close()
+        time.sleep(0.05)
+    raise RuntimeError(f"not answering 200 on :{port} after {timeout}s ({last})")
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(text: str, result: Result) -> None:
+    """Fill req/s, percentiles, request and error counts from wrk --latency output."""
+
+    def grab(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"wrk output has no {pattern!r}:\n{text}")
+        return match
+
+    result.rps = float(grab(r"^Requests/sec:\s+([\d.]+)").group(1))
+    result.requests = int(grab(r"^\s*(\d+) requests in").group(1))
+    for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
+        value, unit = grab(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$").groups()
+        setattr(result, attr, float(value) * _UNIT_MS[unit])
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
+        result.non_2xx = int(m.group(1))
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    ):
+        result.socket_errors = sum(int(g) for g in m.groups())

@@ -1,0 +1,243 @@
+"""Throughput of nodeproxy against nginx as a reverse proxy, on the same work, in one run.
+
+Why this shape: a proxy's cost is what it adds on top of the upstream, so the upstream must never
+be the bottleneck. It is nginx answering a fixed 200 from memory (`return 200`), not the Python
+greeter. wrk (keep-alive, `--latency`) measures three targets one after another: the upstream
+directly, nodeproxy, and nginx as a reverse proxy with upstream keep-alive and one worker. The
+proxy under test is pinned to one core (default 1) and is the only thing on it; wrk and the
+upstream share the other core (default 0). The proxy's CPU comes from /proc (utime + stime of its
+process group) before and after the measured run, divided by the requests wrk completed.
+
+Loopback only, bounded in time (default run well under 2 minutes), installs nothing, and every
+process it starts is killed (process groups, try/finally) even on Ctrl-C or SIGTERM.
+    .venv/bin/python bench/throughput.py [--duration 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import string
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+
+from harness import Processes, Result, cpu_seconds, free_port, parse_wrk, wait_http_ok
+
+from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
+
+BENCH = Path(__file__).resolve().parent
+TARGET_PATH = "/hello/bench"
+INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
+TARGETS = ("direct", "nodeproxy", "nginx")
+
+
+def pinned(cpu: int, *argv: str) -> list[str]:
+    """argv run on one core (children, such as nginx's worker, inherit the affinity)."""
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> tuple[list[str], str]:
+    argv = pinned(args.load_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}")
+    argv += [f"-d{seconds:g}s", "--latency", "-H", f"Host: {DEMO_SERVICE}"]
+    argv.append(f"http://127.0.0.1:{port}{TARGET_PATH}")
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
+        try:
+            out, err = wrk.communicate(timeout=seconds + 30)
+        finally:
+            if wrk.poll() is None:  # interrupted or timed out: no stray load generator
+                wrk.kill()
+                wrk.wait()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk exited with status {wrk.returncode}: {err.strip()}")
+    return argv, out
+
+
+def measure(args: argparse.Namespace, name: str, port: int, pgid: int, cpu_of: str) -> Result:
+    result = Result(target=name, cpu_of=cpu_of)
+    if args.warmup > 0:
+        run_wrk(args, port, args.warmup)
+    before = cpu_seconds(pgid)
+    argv, out = run_wrk(args, port, args.duration)
+    used = cpu_seconds(pgid) - before
+    result.wrk_command = shlex.join(argv)
+    parse_wrk(out, result)
+    if result.requests:
+        result.cpu_us_per_req = used * 1e6 / result.requests
+    return result
+
+
+def render(template: str, out: Path, **values: object) -> Path:
+    text = string.Template((BENCH / f"{template}.conf.tmpl").read_text())
+    path = out / f"{template}.conf"
+    path.write_text(text.substitute(out=out, **values))
+    return path
+
+
+def nginx_argv(conf: Path, out: Path, cpu: int) -> list[str]:
+    err = out / f"{conf.stem}.startup.log"
+    return pinned(cpu, "nginx", "-e", str(err), "-p", str(out), "-c", str(conf))
+
+
+def bench_proxy(
+    args: argparse.Namespace, procs: Processes, name: str, argv: list[str], port: int
+) -> Result:
+    proc = procs.start(name, argv)
+    try:
+        wait_http_ok(port, proc, TARGET_PATH, DEMO_SERVICE)
+        result = measure(args, name, port, proc.pid, f"{name} (core {args.proxy_cpu})")
+    except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        result = Result(target=name, error=f"{exc}\n{procs.log_tail(name)}")
+    finally:
+        procs.stop(name)
+    result.server_command = shlex.join(argv)
+    return result
+
+
+def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list[Result]]:
+    """Start the upstream, then measure each target in turn; returns (upstream argv, results)."""
+    out: Path = args.out
+    (out / "tmp").mkdir(parents=True, exist_ok=True)
+    up_port = free_port()
+    up_argv = nginx_argv(render("nginx-upstream", out, port=up_port), out, args.upstream_cpu)
+    upstream = procs.start("upstream", up_argv)
+    wait_http_ok(up_port, upstream, TARGET_PATH, DEMO_SERVICE)
+    results: list[Result] = []
+    if "direct" in args.targets:
+        direct = measure(args, "direct", up_port, upstream.pid, "upstream nginx")
+        results.append(direct)
+    if "nodeproxy" in args.targets:
+        port, admin = free_port(), free_port()
+        config = out / "nodeproxy.yaml"
+        text = demo_config_text(
+            [up_port], port, admin, log_level="warning", access_log=False, drain_timeout="1s"
+        )
+        config.write_text(text)
+        argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
+        results.append(bench_proxy(args, procs, "nodeproxy", argv, port))
+    if "nginx" in args.targets:
+        port = free_port()
+        conf = render("nginx-proxy", out, port=port, upstream_port=up_port)
+        results.append(
+            bench_proxy(args, procs, "nginx", nginx_argv(conf, out, args.proxy_cpu), port)
+        )
+    return up_argv, results
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    by = {r.target: r for r in results if r.error is None}
+    if "nodeproxy" not in by or "nginx" not in by:
+        return {}
+    ours, ref = by["nodeproxy"], by["nginx"]
+    found = {"throughput_nodeproxy_over_nginx": ours.rps / ref.rps}
+    if ours.cpu_us_per_req and ref.cpu_us_per_req:
+        found["cpu_per_request_nodeproxy_over_nginx"] = ours.cpu_us_per_req / ref.cpu_us_per_req
+    return found
+
+
+def report(args: argparse.Namespace, upstream: list[str], results: list[Result]) -> str:
+    """The markdown table, the ratios and the commands to reproduce."""
+    lines = [
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (after a {args.warmup:g}s"
+        f" warm-up), GET {TARGET_PATH}, load on core {args.load_cpu}, proxy on core"
+        f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu}",
+        "",
+        "| target | req/s | CPU µs/req | CPU of | p50 ms | p99 ms | non-2xx | socket errors |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.target} | failed: {r.error.splitlines()[0]} | | | | | | |")
+            continue
+        cpu = f"{r.cpu_us_per_req:.1f}" if r.cpu_us_per_req is not None else "n/a"
+        lines.append(
+            f"| {r.target} | {r.rps:,.0f} | {cpu} | {r.cpu_of} | {r.p50_ms:.3f} | {r.p99_ms:.3f}"
+            f" | {r.non_2xx} | {r.socket_errors} |"
+        )
+    lines.append("")
+    lines += [
+        f"- WARNING {r.target}: {r.non_2xx} non-2xx, {r.socket_errors} socket errors;"
+        " its numbers do not measure proxying"
+        for r in results
+        if r.non_2xx or r.socket_errors
+    ]
+    lines += [f"- {key}: {value:.3f}" for key, value in ratios(results).items()]
+    lines += ["", f"Reproduce (configs in {args.out}):", f"    {shlex.join(upstream)}"]
+    for r in results:
+        lines += [f"    {cmd}" for cmd in (r.server_command, r.wrk_command) if cmd]
+    lines += [f"\n{r.target} failed:\n{r.error}" for r in results if r.error]
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per target")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured warm-up")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--targets", default=",".join(TARGETS), type=lambda s: s.split(","))
+    p.add_argument("--load-cpu", type=int, default=0, help="core for wrk")
+    p.add_argument("--upstream-cpu", type=int, default=0, help="core for the upstream nginx")
+    p.add_argument("--proxy-cpu", type=int, default=1, help="core for the proxy under test")
+    default_bin = Path(sys.executable).parent / "nodeproxy"
+    p.add_argument("--nodeproxy", default=str(default_bin) if default_bin.exists() else "nodeproxy")
+    p.add_argument("--out", type=Path, default=BENCH / "out")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT/SIGTERM unwind through the finally that stops every child (even when started in
+    the background, where a shell would have left SIGINT ignored)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table and writes <out>/throughput.json."""
+    args = _parse_args(argv)
+    if unknown := set(args.targets) - set(TARGETS):
+        print(f"unknown targets {sorted(unknown)}; choose from {TARGETS}", file=sys.stderr)
+        return 2
+    args.out = args.out.resolve()
+    missing = [tool for tool in ("wrk", "nginx", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"missing: {', '.join(missing)}; install with:\n    {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    cores = os.sched_getaffinity(0)
+    if not {args.load_cpu, args.proxy_cpu, args.upstream_cpu} <= cores:
+        print(f"cores {sorted(cores)} available; pick others with --*-cpu", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    procs = Processes(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    interrupted = ""
+    try:
+        upstream, results = run_all(args, procs)
+    except KeyboardInterrupt as exc:
+        interrupted = str(exc) or "SIGINT"
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
+        procs.stop_all()
+    if interrupted:
+        print(f"interrupted by {interrupted}; stopped every process started", file=sys.stderr)
+        return 130
+    print(report(args, upstream, results))
+    doc = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "cpus": os.cpu_count(),
+        "results": [asdict(r) for r in results],
+        "ratios": ratios(results),
+    }
+    (args.out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
