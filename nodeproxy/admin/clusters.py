@@ -1,0 +1,142 @@
+"""The ``/clusters`` view: each cluster's settings and endpoints with their counters.
+
+Why a separate view: operators reach for Envoy's ``/clusters`` first when a
+service misbehaves ("which endpoints does the proxy think exist, and which
+ones are failing?"). This joins three sources read once per request: the
+config (settings), the current endpoint snapshot (who exists now) and the
+stats registry (counters labelled by ``cluster`` and ``endpoint``, where the
+endpoint label is ``EndpointConfig.address``). Pure: data in, dicts out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from nodeproxy.admin.stats import (
+    POOL_CONNECTIONS,
+    REQUESTS,
+    UPSTREAM_CONNECT_FAILURES,
+    UPSTREAM_CONNECTIONS_OPENED,
+    UPSTREAM_REQUESTS,
+    Labels,
+    Stats,
+)
+from nodeproxy.runtime import Runtime
+
+ENDPOINT_STATE_ACTIVE = "active"
+
+Counts = dict[str, float]
+
+
+def _index(series: dict[Labels, float], key: tuple[str, ...]) -> dict[tuple[str, ...], Counts]:
+    """Group a metric's series by the values of ``key`` labels; the rest is flattened.
+
+    ``{(("cluster","a"),("code_class","2xx"),("endpoint","h:1")): 3}`` with
+    key ``("cluster","endpoint")`` -> ``{("a","h:1"): {"code_class=2xx": 3}}``.
+    """
+    out: dict[tuple[str, ...], Counts] = defaultdict(dict)
+    for lbls, value in series.items():
+        d = dict(lbls)
+        if not all(k in d for k in key):
+            continue
+        rest = ",".join(f"{k}={v}" for k, v in lbls if k not in key)
+        group = out[tuple(d[k] for k in key)]
+        group[rest] = group.get(rest, 0) + value
+    return out
+
+
+def _by_class(counts: Counts) -> dict[str, float]:
+    """``{"code_class=2xx": 3, "code_class=5xx": 1}`` -> rq_total and rq_<class>."""
+    out: dict[str, float] = {"rq_total": sum(counts.values())}
+    for rest, value in sorted(counts.items()):
+        for pair in rest.split(","):
+            if pair.startswith("code_class="):
+                cls = pair.removeprefix("code_class=")
+                out[f"rq_{cls}"] = out.get(f"rq_{cls}", 0) + value
+    return out
+
+
+def clusters_view(runtime: Runtime) -> dict[str, Any]:
+    """Every configured (or discovered) cluster, its settings, endpoints and counters."""
+    stats: Stats = runtime.stats
+    snapshot = runtime.endpoints.current()
+    ce = ("cluster", "endpoint")
+    upstream_rq = _index(stats.counters.get(UPSTREAM_REQUESTS, {}), ce)
+    connect_fail = _index(stats.counters.get(UPSTREAM_CONNECT_FAILURES, {}), ce)
+    opened = _index(stats.counters.get(UPSTREAM_CONNECTIONS_OPENED, {}), ce)
+    pool = _index(stats.gauges.get(POOL_CONNECTIONS, {}), ce)
+    downstream_rq = _index(stats.counters.get(REQUESTS, {}), ("cluster",))
+
+    names = list(runtime.config.clusters)
+    names += sorted(n for n in snapshot.clusters if n not in runtime.config.clusters)
+    clusters: list[dict[str, Any]] = []
+    for name in names:
+        cfg = runtime.config.clusters.get(name)
+        settings: dict[str, Any] | None = None
+        if cfg is not None:
+            settings = {
+                "namespace": cfg.namespace,
+                "lb_policy": cfg.lb_policy,
+                "connect_timeout": cfg.connect_timeout,
+                "response_timeout": cfg.response_timeout,
+                "idle_timeout": cfg.idle_timeout,
+                "max_connections_per_endpoint": cfg.max_connections_per_endpoint,
+            }
+        endpoints: list[dict[str, Any]] = []
+        for ep in snapshot.endpoints(name):
+            key = (name, ep.address)
+            pool_counts = pool.get(key, {})
+            counters: dict[str, float] = _by_class(upstream_rq.get(key, {}))
+            counters["cx_connect_fail"] = sum(connect_fail.get(key, {}).values())
+            counters["cx_total"] = sum(opened.get(key, {}).values())
+            counters["cx_active"] = pool_counts.get("state=active", 0)
+            counters["cx_idle"] = pool_counts.get("state=idle", 0)
+            endpoints.append(
+                {
+                    "address": ep.address,
+                    "host": ep.host,
+                    "port": ep.port,
+                    "labels": dict(ep.labels),
+                    "node": ep.node,
+                    "state": ENDPOINT_STATE_ACTIVE,
+                    "stats": counters,
+                }
+            )
+        clusters.append(
+            {
+                "name": name,
+                "settings": settings,
+                "stats": _by_class(downstream_rq.get((name,), {})),
+                "endpoints": endpoints,
+            }
+        )
+    return {"snapshot_version": snapshot.version, "clusters": clusters}
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def clusters_text(view: dict[str, Any]) -> str:
+    """Envoy-style ``cluster::endpoint::stat::value`` lines, one fact per line."""
+    lines: list[str] = []
+    for c in view["clusters"]:
+        name = c["name"]
+        for key, value in (c["settings"] or {}).items():
+            lines.append(f"{name}::{key}::{value}")
+        for key, value in c["stats"].items():
+            lines.append(f"{name}::{key}::{_num(value)}")
+        for ep in c["endpoints"]:
+            prefix = f"{name}::{ep['address']}"
+            for key, value in ep["stats"].items():
+                lines.append(f"{prefix}::{key}::{_num(value)}")
+            lines.append(f"{prefix}::state::{ep['state']}")
+            lines.append(f"{prefix}::health_flags::healthy")
+            if ep["node"]:
+                lines.append(f"{prefix}::node::{ep['node']}")
+            for k, v in sorted(ep["labels"].items()):
+                lines.append(f"{prefix}::label::{k}={v}")
+    return "\n".join(lines) + "\n" if lines else ""

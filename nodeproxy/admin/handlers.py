@@ -1,0 +1,209 @@
+"""The admin API as a pure function: (method, target, headers, now) -> response.
+
+Why pure: every admin answer is a read of the runtime (or, for ``/drain``,
+one synchronous flip of ``DrainState``), so it needs no I/O of its own. The
+trio/h11 shell in ``server.py`` only parses requests and writes these
+responses; everything an operator sees is unit-tested here without sockets.
+
+The route table is data (``ROUTES``): path -> allowed methods, handler and the
+description shown on the ``/`` index page. HEAD is answered for every GET
+route with the GET's headers and no body.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from nodeproxy.admin.clusters import clusters_text, clusters_view
+from nodeproxy.admin.dump import config_dump
+from nodeproxy.admin.process import process_families, runtime_families
+from nodeproxy.admin.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
+from nodeproxy.admin.prometheus import Family, families_json, render, stats_families
+from nodeproxy.runtime import Runtime
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
+DRAIN_REASON = "admin /drain"
+
+
+@dataclass(frozen=True)
+class AdminResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    """What the handlers read: the runtime, and when the admin server started (trio clock)."""
+
+    runtime: Runtime
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # lowercased names
+    now: float
+
+
+Handler = Callable[[AdminContext, Request], AdminResponse]
+
+
+def respond(status: int, body: str | bytes, content_type: str = TEXT) -> AdminResponse:
+    data = body.encode() if isinstance(body, str) else body
+    return AdminResponse(
+        status,
+        (
+            ("content-type", content_type),
+            ("content-length", str(len(data))),
+            ("cache-control", "no-cache, no-store"),
+            ("x-content-type-options", "nosniff"),
+        ),
+        data,
+    )
+
+
+def respond_json(status: int, data: Any) -> AdminResponse:
+    return respond(status, json.dumps(data, indent=2, sort_keys=False) + "\n", JSON)
+
+
+def all_families(ctx: AdminContext, now: float) -> list[Family]:
+    rt = ctx.runtime
+    return stats_families(rt.stats) + runtime_families(rt, now, ctx.started_at) + process_families()
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+def not_ready_reason(runtime: Runtime) -> str:
+    if runtime.drain.draining:
+        return f"draining: {runtime.drain.reason}"
+    if not runtime.listeners_ready:
+        return "starting: listeners not ready"
+    return "starting: endpoints not synced"
+
+
+def get_ready(ctx: AdminContext, req: Request) -> AdminResponse:
+    if ctx.runtime.ready:
+        return respond(200, "LIVE\n")
+    return respond(503, not_ready_reason(ctx.runtime) + "\n")
+
+
+def get_healthz(ctx: AdminContext, req: Request) -> AdminResponse:
+    return respond(200, "ok\n")
+
+
+def get_prometheus(ctx: AdminContext, req: Request) -> AdminResponse:
+    return respond(200, render(all_families(ctx, req.now)), PROMETHEUS_TYPE)
+
+
+def get_stats(ctx: AdminContext, req: Request) -> AdminResponse:
+    if req.query.get("format") == "prometheus":
+        return get_prometheus(ctx, req)
+    return respond_json(200, families_json(all_families(ctx, req.now)))
+
+
+def get_clusters(ctx: AdminContext, req: Request) -> AdminResponse:
+    view = clusters_view(ctx.runtime)
+    fmt = req.query.get("format", "json")
+    if fmt == "text":
+        return respond(200, clusters_text(view))
+    if fmt != "json":
+        return respond(400, f"unknown format {fmt!r}: use json or text\n")
+    return respond_json(200, view)
+
+
+def get_config_dump(ctx: AdminContext, req: Request) -> AdminResponse:
+    return respond_json(200, config_dump(ctx.runtime.config))
+
+
+def post_drain(ctx: AdminContext, req: Request) -> AdminResponse:
+    # A browser page can send a simple cross-site POST to 127.0.0.1; refuse those.
+    if "origin" in req.headers or req.headers.get("sec-fetch-site", "none") not in (
+        "none",
+        "same-origin",
+    ):
+        return respond(403, "cross-origin drain refused\n")
+    ctx.runtime.drain.start(DRAIN_REASON)
+    return respond(202, f"draining ({ctx.runtime.drain.reason})\n")
+
+
+def get_index(ctx: AdminContext, req: Request) -> AdminResponse:
+    rows = []
+    for path, route in ROUTES.items():
+        method = "POST" if "POST" in route.methods else "GET"
+        link = (
+            f'<a href="{html.escape(path)}">{html.escape(path)}</a>'
+            if method == "GET"
+            else f"<code>curl -X POST http://&lt;admin&gt;{html.escape(path)}</code>"
+        )
+        rows.append(f"<tr><td>{method}</td><td>{link}</td><td>{html.escape(route.doc)}</td></tr>")
+    state = "ready" if ctx.runtime.ready else not_ready_reason(ctx.runtime)
+    page = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>nodeproxy admin</title>"
+        "</head><body>\n<h1>nodeproxy admin</h1>\n"
+        f"<p>state: <b>{html.escape(state)}</b></p>\n<table>\n"
+        "<tr><th>method</th><th>path</th><th>what</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
+        "</body></html>\n"
+    )
+    return respond(200, page, HTML)
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: frozenset[str]
+    handler: Handler
+    doc: str
+
+
+GET = frozenset({"GET", "HEAD"})
+ROUTES: dict[str, Route] = {
+    "/": Route(GET, get_index, "This page."),
+    "/ready": Route(GET, get_ready, "200 LIVE when serving; 503 while starting or draining."),
+    "/healthz": Route(GET, get_healthz, "200 while the process runs (also while draining)."),
+    "/stats/prometheus": Route(GET, get_prometheus, "Metrics in Prometheus text format 0.0.4."),
+    "/stats": Route(GET, get_stats, "All counters, gauges and histograms as JSON."),
+    "/clusters": Route(
+        GET, get_clusters, "Clusters, endpoints, state and counters (JSON; ?format=text)."
+    ),
+    "/config_dump": Route(GET, get_config_dump, "The effective config as JSON, secrets redacted."),
+    "/drain": Route(
+        frozenset({"POST"}), post_drain, "Start a graceful drain (like SIGTERM); answers 202."
+    ),
+}
+
+
+def handle(
+    ctx: AdminContext, method: str, target: str, headers: Mapping[str, str], now: float
+) -> AdminResponse:
+    """Answer one admin request. ``headers`` has lowercased names."""
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    if len(path) > 1:
+        path = path.rstrip("/")
+    route = ROUTES.get(path)
+    if route is None:
+        return respond(404, f"no admin endpoint {path!r}; see / for the list\n")
+    if method not in route.methods:
+        resp = respond(405, f"method {method} not allowed on {path}\n")
+        allow = ", ".join(sorted(route.methods))
+        return AdminResponse(resp.status, (*resp.headers, ("allow", allow)), resp.body)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    resp = route.handler(ctx, Request(method, path, query, headers, now))
+    if method == "HEAD":
+        return AdminResponse(resp.status, resp.headers, b"")
+    return resp
