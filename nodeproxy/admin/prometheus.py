@@ -124,9 +124,9 @@ def families_json(families: Iterable[Family]) -> dict[str, dict[str, list[dict[s
                     "labels": dict(lbls),
                     "count": hist.count,
                     "sum": hist.total,
-                    "p50": hist.estimate(0.5),
-                    "p90": hist.estimate(0.9),
-                    "p99": hist.estimate(0.99),
+                    "p50": round(hist.estimate(0.5), 9),
+                    "p90": round(hist.estimate(0.9), 9),
+                    "p99": round(hist.estimate(0.99), 9),
                     "buckets": {format_bound(b): c for b, c in hist.cumulative()},
                 }
                 for lbls, hist in fam.histograms
