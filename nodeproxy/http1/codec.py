@@ -1,0 +1,144 @@
+"""HTTP/1.1 framing for both sides of the proxy, behind a small interface.
+
+The data path never touches ``h11.Connection`` directly: it talks to a
+``ServerCodec`` (downstream, we are the server) or a ``ClientCodec``
+(upstream, we are the client). The vocabulary is h11's event classes
+(``Request``, ``Response``, ``Data``, ``EndOfMessage``...), which are plain
+value objects, so a faster parser can later implement the same two protocols
+and produce the same events without the rest of the proxy noticing.
+
+Parse errors are mapped here, once, to the proxy's typed errors: a header
+block over ``limits.max_request_header_bytes`` becomes ``HeadersTooLarge``
+(431), any other malformed request ``BadRequest`` (400); a malformed upstream
+response becomes ``UpstreamProtocolError`` (502).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import h11
+from h11._state import MIGHT_SWITCH_PROTOCOL
+
+from nodeproxy.errors import BadRequest, HeadersTooLarge, UpstreamProtocolError
+
+Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+NEED_DATA = h11.NEED_DATA
+PAUSED = h11.PAUSED
+
+
+class ServerCodec(Protocol):
+    """Downstream framing: parses requests, serializes responses."""
+
+    def receive(self, data: bytes) -> None: ...
+    def next_event(self) -> Event: ...
+    def send(self, event: h11.Event) -> bytes: ...
+
+
+class ClientCodec(Protocol):
+    """Upstream framing: serializes requests, parses responses."""
+
+    def receive(self, data: bytes) -> None: ...
+    def next_event(self) -> Event: ...
+    def send(self, event: h11.Event) -> bytes: ...
+
+
+def _header_bytes(headers: h11._headers.Headers) -> int:
+    return sum(len(n) + len(v) + 4 for n, v in headers)
+
+
+class H11ServerCodec:
+    """``ServerCodec`` on h11; bounds the request head at ``max_header_bytes``."""
+
+    __slots__ = ("_max", "conn")
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self._max = max_header_bytes
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+
+    def __repr__(self) -> str:
+        return f"<H11ServerCodec [us {self.conn.our_state}, client {self.conn.their_state}]>"
+
+    def receive(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+
+    def next_event(self) -> Event:
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise HeadersTooLarge(str(exc)) from exc
+            raise BadRequest(str(exc)) from exc
+        # h11 only bounds an *incomplete* head; a complete one that arrived in
+        # a single read can exceed the limit, so measure it too.
+        if type(event) is h11.Request and _header_bytes(event.headers) > self._max:
+            raise HeadersTooLarge("request headers over the limit")
+        return event
+
+    def send(self, event: h11.Event) -> bytes:
+        return self.conn.send(event) or b""
+
+    @property
+    def request_complete(self) -> bool:
+        """The client finished sending its request (body included)."""
+        state = self.conn.their_state
+        return state is h11.DONE or state is MIGHT_SWITCH_PROTOCOL
+
+    @property
+    def can_send_response(self) -> bool:
+        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    @property
+    def keep_alive(self) -> bool:
+        """Both sides finished the exchange and agreed to reuse the connection."""
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    @property
+    def client_http11(self) -> bool:
+        """The client speaks HTTP/1.1 (may get 1xx responses and chunked trailers)."""
+        return self.conn.their_http_version == b"1.1"
+
+    @property
+    def waiting_for_100_continue(self) -> bool:
+        return self.conn.they_are_waiting_for_100_continue
+
+    def start_next_cycle(self) -> None:
+        self.conn.start_next_cycle()
+
+    def trailing_data(self) -> bytes:
+        return self.conn.trailing_data[0]
+
+
+class H11ClientCodec:
+    """``ClientCodec`` on h11; one per upstream connection, reused across requests."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+
+    def __repr__(self) -> str:
+        return f"<H11ClientCodec [us {self.conn.our_state}, server {self.conn.their_state}]>"
+
+    def receive(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+
+    def next_event(self) -> Event:
+        try:
+            return self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamProtocolError(str(exc)) from exc
+
+    def send(self, event: h11.Event) -> bytes:
+        return self.conn.send(event) or b""
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange ended cleanly and the server agreed to keep-alive."""
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        self.conn.start_next_cycle()
+
+    def trailing_data(self) -> bytes:
+        return self.conn.trailing_data[0]

@@ -1,0 +1,157 @@
+"""Pure header rewriting for a forward hop: what a proxy must drop and add.
+
+Hop-by-hop headers describe one connection, not the message, so they never
+cross the proxy (RFC 9110 §7.6.1): ``Connection`` and every header it names,
+``Keep-Alive``, ``Proxy-Connection``, ``TE`` (except ``trailers``),
+``Upgrade`` (kept only on an upgrade exchange), ``Proxy-Authorization`` and
+``Proxy-Authenticate``. Framing headers (``Content-Length``,
+``Transfer-Encoding``) are kept: the codec on the other side re-frames the body
+from them. We add ``Via``, ``X-Forwarded-For``/``-Proto`` and an
+``x-request-id`` when the client sent none.
+
+Also here: turning the request target into (authority, origin-form target),
+for both ``http_proxy`` style absolute-form and ``Host``-header requests.
+No I/O, no clock; every function is a table-testable input -> output.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from nodeproxy.errors import BadRequest
+
+Header = tuple[bytes, bytes]
+
+VIA = b"1.1 nodeproxy"
+_ALWAYS_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"upgrade",
+    }
+)
+# Never dropped even when a Connection header names them: the codec needs them.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+
+def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
+    """Lowercased tokens of every ``Connection`` header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def is_upgrade(headers: Iterable[Header]) -> bool:
+    """A request asking to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
+    headers = list(headers)
+    return b"upgrade" in connection_tokens(headers) and any(n == b"upgrade" for n, _ in headers)
+
+
+def split_target(target: bytes) -> tuple[bytes | None, bytes]:
+    """(authority from an absolute-form target or None, origin-form target).
+
+    >>> split_target(b"http://bdgreeter/hello?x=1")
+    (b'bdgreeter', b'/hello?x=1')
+    >>> split_target(b"/hello")
+    (None, b'/hello')
+    """
+    if target[:1] == b"/" or target == b"*":
+        return None, target
+    if target[:7].lower() != b"http://":
+        raise BadRequest("only origin-form or http:// absolute-form targets are supported")
+    rest = target[7:]
+    cut = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:]
+    if not authority:
+        raise BadRequest("absolute-form target without authority")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
+
+
+def request_authority(target: bytes, headers: Iterable[Header]) -> tuple[bytes, bytes]:
+    """(authority, origin-form target): from the URI when absolute, else ``Host``."""
+    authority, path = split_target(target)
+    if authority is None:
+        for name, value in headers:
+            if name == b"host":
+                authority = value
+                break
+        else:
+            raise BadRequest("missing Host header")
+    return authority, path
+
+
+def upstream_request_headers(
+    headers: Iterable[Header], *, host: bytes, client_ip: str, upgrade: bool
+) -> tuple[list[Header], str]:
+    """Headers to send upstream, and the request id (the client's or a new one).
+
+    ``host`` replaces any ``Host`` the client sent (absolute-form wins, RFC 9112 §3.2.2).
+    """
+    headers = list(headers)
+    drop = _ALWAYS_HOP | (connection_tokens(headers) - _FRAMING)
+    out: list[Header] = [(b"host", host)]
+    xff: bytes | None = None
+    request_id: bytes | None = None
+    for name, value in headers:
+        if name in drop:
+            if name == b"te" and value.strip().lower() == b"trailers":
+                out.append((name, b"trailers"))
+            elif name == b"upgrade" and upgrade:
+                out.append((name, value))
+            continue
+        if name == b"host" or name == b"x-forwarded-proto":
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        if name == b"x-request-id":
+            request_id = value
+        out.append((name, value))
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    ip = client_ip.encode()
+    out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
+    out.append((b"x-forwarded-proto", b"http"))
+    out.append((b"via", VIA))
+    if request_id is None:
+        request_id = uuid.uuid4().hex.encode()
+        out.append((b"x-request-id", request_id))
+    return out, request_id.decode("latin-1")
+
+
+def downstream_response_headers(
+    headers: Iterable[Header], *, upgrade: bool = False, close: bool = False
+) -> list[Header]:
+    """Response headers to send downstream: hop-by-hop removed, ``Via`` added.
+
+    ``close`` asks the client to drop the connection after this response
+    (draining, or a request body we did not read).
+    """
+    headers = list(headers)
+    drop = _ALWAYS_HOP | (connection_tokens(headers) - _FRAMING)
+    out: list[Header] = []
+    for name, value in headers:
+        if name in drop:
+            if name == b"upgrade" and upgrade:
+                out.append((name, value))
+            continue
+        out.append((name, value))
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    elif close:
+        out.append((b"connection", b"close"))
+    out.append((b"via", VIA))
+    return out

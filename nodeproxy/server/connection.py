@@ -1,0 +1,208 @@
+"""The per-connection loop: read a request head, proxy it, account for it, repeat.
+
+This is the boundary where errors become answers, exactly once: a
+``ProxyError`` raised anywhere below (codec, router, balancer, pool, upstream)
+is answered here with its status, a one-line text body and the
+``x-nodeproxy-error`` header, if the response has not started yet; once
+response headers have gone out the only honest signal left is to close the
+connection. Each request then yields one access-log event and its counters.
+
+Timeouts: a new connection has ``header_read_timeout`` to deliver its first
+request head (slowloris guard; a partial head gets 408); between requests a
+keep-alive connection may sit idle ``downstream_idle_timeout``, then is closed
+silently. While idle the connection exposes its cancel scope so that drain can
+close it at once instead of waiting out the idle timeout.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import h11
+import structlog
+import trio
+
+from nodeproxy.admin.stats import (
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    PROXY_ERRORS,
+    REQUEST_DURATION,
+    REQUESTS,
+    Labels,
+    labels,
+)
+from nodeproxy.errors import ERROR_HEADER, BadRequest, ProxyError, RequestHeaderTimeout
+from nodeproxy.http1.codec import NEED_DATA
+from nodeproxy.pipeline import Pipeline
+from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
+
+access_log = structlog.get_logger("nodeproxy.access")
+log = structlog.get_logger("nodeproxy.server")
+
+
+class ConnectionLoop:
+    """Serves the connections of one listener; shared by all its connection tasks."""
+
+    def __init__(self, pipeline: Pipeline, listener: str) -> None:
+        self.pipeline = pipeline
+        self.runtime = pipeline.runtime
+        self.listener = listener
+        self.limits = self.runtime.config.limits
+        self.access_log_enabled = self.runtime.config.log.access_log
+        self.idle: set[Downstream] = set()  # connections between requests (drain closes them)
+        self._labels: dict[tuple[str, str], Labels] = {}
+        self._listener_labels = labels(listener=listener)
+
+    def __repr__(self) -> str:
+        return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"
+
+    def close_idle(self) -> None:
+        """Drain: wake every connection waiting for a next request, so it closes."""
+        for down in self.idle:
+            if down.idle_scope is not None:
+                down.idle_scope.cancel()
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection until it closes."""
+        limits = self.limits
+        down = Downstream(stream, limits.max_request_header_bytes, limits.stream_chunk_bytes)
+        deadline = trio.current_time() + limits.header_read_timeout
+        try:
+            while True:
+                ex: Exchange | None = None
+                baseline = (down.bytes_in, down.bytes_out)
+                try:
+                    request = await self._read_head(down, deadline)
+                    if request is None:
+                        return
+                    ex = self._exchange(down, request, baseline)
+                    keep = await self.pipeline.handle(down, request, ex)
+                except ProxyError as err:
+                    ex = ex or self._exchange(down, None, baseline)
+                    keep = await self._answer_error(down, ex, err)
+                except ClientGone:
+                    keep = False
+                if ex is not None:
+                    self._account(down, ex)
+                if not keep or self.runtime.drain.draining:
+                    return
+                down.codec.start_next_cycle()
+                deadline = trio.current_time() + limits.downstream_idle_timeout
+        except Exception:
+            log.exception("connection failed", listener=self.listener, source=down.source)
+        finally:
+            down.close()
+
+    async def _read_head(self, down: Downstream, idle_deadline: float) -> h11.Request | None:
+        """The next request head; None when the client closed or went idle too long."""
+        codec = down.codec
+        event = codec.next_event()
+        if event is NEED_DATA:  # nothing pipelined: wait (idle) for the first byte
+            if self.runtime.drain.draining:
+                return None
+            with trio.CancelScope(deadline=idle_deadline) as scope:
+                down.idle_scope = scope
+                self.idle.add(down)
+                try:
+                    data = await down.receive()
+                finally:
+                    self.idle.discard(down)
+                    down.idle_scope = None
+            if scope.cancelled_caught or not data:
+                return None
+            event = codec.next_event()
+        with trio.move_on_after(self.limits.header_read_timeout):
+            while event is NEED_DATA:
+                await down.receive()
+                event = codec.next_event()
+            if type(event) is h11.Request:
+                return event
+            if type(event) is h11.ConnectionClosed:
+                return None
+            raise BadRequest(f"unexpected {event!r}")
+        raise RequestHeaderTimeout("request headers not received in time")
+
+    def _exchange(
+        self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
+    ) -> Exchange:
+        ex = Exchange(listener=self.listener, source=down.source, started=trio.current_time())
+        ex.bytes_received, ex.bytes_sent = baseline  # counters before this request
+        if request is not None:
+            ex.method = request.method.decode("latin-1")
+            ex.protocol = "HTTP/" + request.http_version.decode("latin-1")
+            ex.path = request.target.decode("latin-1")
+        return ex
+
+    async def _answer_error(self, down: Downstream, ex: Exchange, err: ProxyError) -> bool:
+        """Answer ``err`` if the response has not started; True if keep-alive holds."""
+        ex.cause = err.cause
+        self.runtime.stats.inc(PROXY_ERRORS, labels(cause=err.cause))
+        codec = down.codec
+        if ex.response_started or not codec.can_send_response:
+            return False
+        ex.status = err.status
+        try:
+            request_done = _skip_buffered_body(down)
+        except ProxyError:
+            request_done = False
+        close = not request_done or self.runtime.drain.draining
+        body = err.response_body()
+        headers = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode()),
+            (ERROR_HEADER.encode(), err.cause.encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        reason = HTTPStatus(err.status).phrase.encode()
+        data = codec.send(h11.Response(status_code=err.status, headers=headers, reason=reason))
+        data += codec.send(h11.Data(data=body)) + codec.send(h11.EndOfMessage())
+        await down.send(data)
+        return not close and codec.keep_alive
+
+    def _account(self, down: Downstream, ex: Exchange) -> None:
+        """Stats and the access-log line for one finished request."""
+        stats = self.runtime.stats
+        duration = trio.current_time() - ex.started
+        received = down.bytes_in - ex.bytes_received
+        sent = down.bytes_out - ex.bytes_sent
+        cluster = ex.cluster or ""
+        code_class = f"{ex.status // 100}xx" if ex.status else "none"
+        key = (cluster, code_class)
+        lbls = self._labels.get(key)
+        if lbls is None:
+            lbls = self._labels[key] = labels(
+                listener=self.listener, cluster=cluster, code_class=code_class
+            )
+        stats.inc(REQUESTS, lbls)
+        stats.observe(REQUEST_DURATION, labels(cluster=cluster), duration)
+        stats.inc(BYTES_RECEIVED, self._listener_labels, received)
+        stats.inc(BYTES_SENT, self._listener_labels, sent)
+        if self.access_log_enabled:
+            access_log.info(
+                "access",
+                listener=ex.listener,
+                method=ex.method,
+                authority=ex.authority,
+                path=ex.path,
+                protocol=ex.protocol,
+                status=ex.status,
+                duration_ms=round(duration * 1000, 3),
+                upstream=ex.upstream,
+                cluster=ex.cluster,
+                bytes_received=received,
+                bytes_sent=sent,
+                request_id=ex.request_id,
+                cause=ex.cause,
+                source=ex.source,
+            )
+
+
+def _skip_buffered_body(down: Downstream) -> bool:
+    """Consume request body already buffered; True when the request is complete."""
+    codec = down.codec
+    while not codec.request_complete:
+        event = codec.next_event()
+        if type(event) is not h11.Data and type(event) is not h11.EndOfMessage:
+            return False
+    return True

@@ -1,0 +1,107 @@
+"""One client connection's socket, codec and counters, and one request's record.
+
+``Downstream`` is owned by the connection task that accepted it; the exchange
+code borrows it for the length of a request. It is the only place that reads
+from or writes to the client socket, so byte counts are exact and a client
+that vanished shows up as one exception type (``ClientGone``) instead of the
+zoo of trio/OS errors.
+
+``Exchange`` is the per-request record the access log and the stats are built
+from; the data path fills it in as the request progresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
+
+
+class ClientGone(Exception):
+    """The downstream client closed or reset its connection."""
+
+
+class Downstream:
+    """The client side of one connection: its socket and its ``ServerCodec``."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "chunk",
+        "client_ip",
+        "codec",
+        "idle_scope",
+        "source",
+        "stream",
+    )
+
+    def __init__(self, stream: trio.SocketStream, max_header_bytes: int, chunk: int) -> None:
+        self.stream = stream
+        self.codec = H11ServerCodec(max_header_bytes)
+        self.chunk = chunk
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # Set while waiting for a next request, so drain can close idle connections.
+        self.idle_scope: trio.CancelScope | None = None
+        try:
+            peer = stream.socket.getpeername()
+            self.client_ip = str(peer[0])
+            self.source = f"{peer[0]}:{peer[1]}"
+        except OSError:  # already reset by the peer
+            self.client_ip, self.source = "0.0.0.0", "0.0.0.0:0"
+
+    def __repr__(self) -> str:
+        return f"<Downstream {self.source} [in {self.bytes_in} B, out {self.bytes_out} B]>"
+
+    async def receive(self) -> bytes:
+        """Read up to one chunk into the codec; b"" at EOF."""
+        try:
+            data = await self.stream.receive_some(self.chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc
+        self.bytes_in += len(data)
+        self.codec.receive(data)
+        return data
+
+    async def next_event(self) -> Event:
+        """The next parsed event, reading from the socket as needed."""
+        event = self.codec.next_event()
+        while event is NEED_DATA:
+            await self.receive()
+            event = self.codec.next_event()
+        return event
+
+    async def send(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc
+        self.bytes_out += len(data)
+
+    def close(self) -> None:
+        self.stream.socket.close()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What happened to one request, for the access log and the stats."""
+
+    listener: str
+    source: str
+    started: float
+    method: str = "-"
+    authority: str = "-"
+    path: str = "-"
+    protocol: str = "HTTP/1.1"
+    status: int = 0
+    cluster: str | None = None
+    upstream: str | None = None
+    request_id: str = ""
+    cause: str | None = None
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    response_started: bool = False  # response headers went out: errors now mean "close"

@@ -1,0 +1,219 @@
+"""Forwarding one request: send it upstream, then relay the response down.
+
+The request side lives here; the response side and the WebSocket splice are in
+``relay.py``. Everything is sequential in the connection's own task (no
+per-request tasks): read a chunk, frame it, write it, so at most one chunk per
+direction is ever held. When the whole request (head and any small body) is
+already in hand it goes out in a single write, and that same buffer is what
+makes the one transparent retry safe: if a *reused* keep-alive connection turns
+out to be dead before a single response byte arrives (the upstream closed it
+while it sat idle), the request is replayed once on a fresh connection.
+
+``Expect: 100-continue`` is forwarded; the upstream's 100 is relayed. If the
+upstream says nothing for ``CONTINUE_WAIT`` the proxy sends the 100 itself (as
+curl would stop waiting), so neither side can deadlock on the other.
+"""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+from nodeproxy.errors import (
+    RequestHeaderTimeout,
+    UpstreamProtocolError,
+    UpstreamResetBeforeHeaders,
+    UpstreamResponseTimeout,
+)
+from nodeproxy.http1.codec import NEED_DATA, Event
+from nodeproxy.http1.headers import is_upgrade, upstream_request_headers
+from nodeproxy.runtime import DrainState
+from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.server.relay import relay_informational, relay_response, splice
+from nodeproxy.upstream.pool import Target, UpstreamConnection, Upstreams
+
+CONTINUE_WAIT = 1.0  # seconds to wait for an upstream 100 before sending our own
+
+
+class _DeadBeforeResponse(Exception):
+    """The upstream connection closed or reset before any response byte."""
+
+
+async def forward(
+    down: Downstream,
+    request: h11.Request,
+    ex: Exchange,
+    target: Target,
+    upstreams: Upstreams,
+    *,
+    host: bytes,
+    path: bytes,
+    body_timeout: float,
+    drain: DrainState,
+) -> bool:
+    """Proxy one request to ``target``; True when the client connection may be reused."""
+    upgrade = is_upgrade(request.headers)
+    headers, ex.request_id = upstream_request_headers(
+        request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
+    )
+    in_hand: list[h11.Event] = [h11.Request(method=request.method, target=path, headers=headers)]
+    complete = _take_buffered_body(down, in_hand)
+
+    conn, first = await _connect_and_send(upstreams, target, down, in_hand, complete, body_timeout)
+    reusable = False
+    try:
+        upstreams.record_response(conn, first.status_code)
+        if isinstance(first, h11.InformationalResponse):  # only a 101 gets here
+            if not upgrade:
+                raise UpstreamProtocolError("101 Switching Protocols without an upgrade request")
+            await splice(down, conn, first, ex)
+            return False
+        close = drain.draining or not down.codec.request_complete
+        await relay_response(down, conn, first, ex, close=close)
+        reusable = conn.codec.reusable and not upgrade
+        return down.codec.keep_alive
+    finally:
+        upstreams.release(conn, reusable=reusable)
+
+
+async def _connect_and_send(
+    upstreams: Upstreams,
+    target: Target,
+    down: Downstream,
+    in_hand: list[h11.Event],
+    complete: bool,
+    body_timeout: float,
+) -> tuple[UpstreamConnection, h11.Response | h11.InformationalResponse]:
+    """A lent connection that took the request, and the response head it gave.
+
+    On failure nothing stays lent. A reused connection found dead before any
+    response byte is replayed once on a fresh one (the classic keep-alive race),
+    if the whole request was in hand.
+    """
+    for attempt in (1, 2):
+        conn = await upstreams.acquire(target.cluster, target.endpoint, fresh=attempt > 1)
+        try:
+            return conn, await _send(conn, down, in_hand, complete, target, body_timeout)
+        except _DeadBeforeResponse:
+            upstreams.release(conn, reusable=False)
+            if attempt > 1 or not (conn.reused and complete):
+                msg = f"{conn.endpoint} closed before answering"
+                raise UpstreamResetBeforeHeaders(msg) from None
+        except BaseException:
+            upstreams.release(conn, reusable=False)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
+    """Move body events already parsed from the client into ``events``; True at end."""
+    codec = down.codec
+    while True:
+        event = codec.next_event()
+        if type(event) is h11.Data:
+            events.append(h11.Data(data=bytes(event.data)))
+        elif type(event) is h11.EndOfMessage:
+            events.append(h11.EndOfMessage(headers=event.headers))
+            return True
+        else:
+            return False
+
+
+async def _send(
+    conn: UpstreamConnection,
+    down: Downstream,
+    in_hand: list[h11.Event],
+    complete: bool,
+    target: Target,
+    body_timeout: float,
+) -> h11.Response | h11.InformationalResponse:
+    """Send the request (streaming any rest of the body); return the response head."""
+    conn.bytes_in = 0
+    payload = b"".join([conn.codec.send(e) for e in in_hand])
+    try:
+        await conn.stream.send_all(payload)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise _DeadBeforeResponse from None
+    if not complete:
+        if down.codec.waiting_for_100_continue:
+            early = await _await_continue(conn, down, target.timeout)
+            if early is not None:
+                return early
+        await _stream_body(down, conn, body_timeout)
+    with trio.move_on_after(target.timeout):
+        while True:
+            event = await _head_event(conn)
+            if type(event) is h11.InformationalResponse and event.status_code != 101:
+                await relay_informational(down, event)
+                continue
+            return _expect_head(event)
+    raise UpstreamResponseTimeout(f"no response headers in {target.timeout}s")
+
+
+async def _await_continue(
+    conn: UpstreamConnection, down: Downstream, timeout: float
+) -> h11.Response | h11.InformationalResponse | None:
+    """Wait briefly for the upstream's 100; a final answer instead is returned."""
+    with trio.move_on_after(min(CONTINUE_WAIT, timeout)):
+        while True:
+            event = await _head_event(conn)
+            if type(event) is h11.InformationalResponse and event.status_code == 100:
+                break
+            if type(event) is h11.InformationalResponse and event.status_code != 101:
+                await relay_informational(down, event)
+                continue
+            return _expect_head(event)
+    if down.codec.waiting_for_100_continue:
+        await relay_informational(down, h11.InformationalResponse(status_code=100, headers=[]))
+    return None
+
+
+async def _stream_body(down: Downstream, conn: UpstreamConnection, idle_timeout: float) -> None:
+    """Copy the rest of the request body up, one read at a time, until its end."""
+    client, upstream = down.codec, conn.codec
+    with trio.CancelScope() as scope:
+        while True:
+            scope.deadline = trio.current_time() + idle_timeout
+            event: Event = await down.next_event()
+            out: list[bytes] = []
+            done = False
+            while event is not NEED_DATA:
+                if type(event) is h11.Data:
+                    out.append(upstream.send(event))
+                elif type(event) is h11.EndOfMessage:
+                    out.append(upstream.send(event))
+                    done = True
+                    break
+                event = client.next_event()
+            try:
+                await conn.stream.send_all(b"".join(out))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamResetBeforeHeaders(f"{conn.endpoint}: {exc}") from None
+            if done:
+                return
+    raise RequestHeaderTimeout(f"request body stalled for {idle_timeout}s")
+
+
+async def _head_event(conn: UpstreamConnection) -> Event:
+    """Next upstream event while waiting for the response head."""
+    codec = conn.codec
+    event = codec.next_event()
+    while event is NEED_DATA:
+        try:
+            data = await conn.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            if conn.bytes_in == 0:
+                raise _DeadBeforeResponse
+            raise UpstreamResetBeforeHeaders(f"{conn.endpoint} closed mid-headers")
+        conn.bytes_in += len(data)
+        codec.receive(data)
+        event = codec.next_event()
+    return event
+
+
+def _expect_head(event: Event) -> h11.Response | h11.InformationalResponse:
+    if type(event) is h11.Response or type(event) is h11.InformationalResponse:
+        return event
+    raise UpstreamProtocolError(f"unexpected {event!r} before response headers")

@@ -1,0 +1,112 @@
+"""One listener: bind, accept under a connection cap, serve, and drain.
+
+Connections live in their own nursery, apart from the accept loops (trio's
+``serve_listeners`` shape), so drain can stop accepting without touching the
+requests in flight. Drain, started by ``runtime.drain``: close the listening
+sockets, wake every idle keep-alive connection so it closes now, let in-flight
+requests finish (their responses carry ``Connection: close``), and return when
+the last connection is gone. The app bounds all of this with a deadline;
+cancellation closes every socket through the connection tasks' ``finally``.
+
+Over ``limits.max_downstream_connections`` a new connection is accepted and
+closed at once (counted as rejected): cheaper and fairer than leaving it in
+the kernel backlog, where it would time out without a word.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import structlog
+import trio
+
+from nodeproxy.admin.stats import (
+    DOWNSTREAM_CONNECTIONS_ACTIVE,
+    DOWNSTREAM_CONNECTIONS_REJECTED,
+    DOWNSTREAM_CONNECTIONS_TOTAL,
+    labels,
+)
+from nodeproxy.config.model import ListenerConfig
+from nodeproxy.pipeline import Pipeline
+from nodeproxy.runtime import Runtime
+from nodeproxy.server.connection import ConnectionLoop
+from nodeproxy.upstream.pool import Upstreams
+
+log = structlog.get_logger("nodeproxy.server")
+
+# Out of file descriptors or buffers: pause accepting briefly instead of spinning.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_BACKOFF = 0.1
+
+
+class _Acceptor:
+    """Accept loop state for one listener: the connection count and the cap."""
+
+    def __init__(self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop) -> None:
+        self.runtime = runtime
+        self.loop = loop
+        self.cap = runtime.config.limits.max_downstream_connections
+        self.active = 0
+        self.lbls = labels(listener=listener.name)
+
+    def __repr__(self) -> str:
+        return f"<Acceptor [{self.active}/{self.cap} connections]>"
+
+    async def accept_loop(self, sock: trio.SocketListener, nursery: trio.Nursery) -> None:
+        stats = self.runtime.stats
+        while True:
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("accept paused", error=str(exc))
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
+            if self.active >= self.cap:
+                stats.inc(DOWNSTREAM_CONNECTIONS_REJECTED, self.lbls)
+                stream.socket.close()
+                continue
+            self.active += 1
+            stats.inc(DOWNSTREAM_CONNECTIONS_TOTAL, self.lbls)
+            stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, 1)
+            nursery.start_soon(self.serve, stream)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        try:
+            await self.loop.serve(stream)
+        finally:
+            self.active -= 1
+            self.runtime.stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, -1)
+
+
+async def serve_listener(
+    runtime: Runtime,
+    listener: ListenerConfig,
+    upstreams: Upstreams,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``listener`` until drain completes; ``task_status.started(bound_port)``."""
+    sockets = await trio.open_tcp_listeners(listener.port, host=listener.host or None)
+    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams), listener.name)
+    acceptor = _Acceptor(runtime, listener, loop)
+    port = int(sockets[0].socket.getsockname()[1])
+    log.info("listening", listener=listener.name, host=listener.host, port=port)
+    try:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                for sock in sockets:
+                    accepting.start_soon(acceptor.accept_loop, sock, connections)
+                task_status.started(port)
+                await runtime.drain.started.wait()
+                accepting.cancel_scope.cancel()
+            for sock in sockets:
+                await sock.aclose()
+            loop.close_idle()
+            log.info("draining", listener=listener.name, connections=acceptor.active)
+            # Connections finish their request and return; the nursery waits for them.
+    finally:
+        for sock in sockets:
+            sock.socket.close()
+    log.info("drained", listener=listener.name)

@@ -1,0 +1,123 @@
+"""Relaying the upstream's answer down: interim responses, the response, upgrades.
+
+The response body is copied one upstream read at a time and everything parsed
+from that read (head, data, end of message) leaves in one downstream write, so
+a small response costs exactly one ``send_all``. Once the response head has
+been written ``ex.response_started`` is set: from then on any failure can only
+be reported by closing the client connection, which the caller does.
+
+After a ``101 Switching Protocols`` the two sockets are spliced as raw bytes,
+one task per direction: the only place the data path starts tasks, and the
+upstream connection is never returned to the pool afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+import h11
+import trio
+
+from nodeproxy.errors import UpstreamProtocolError
+from nodeproxy.http1.codec import NEED_DATA
+from nodeproxy.http1.headers import downstream_response_headers
+from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.upstream.pool import UpstreamConnection
+
+
+async def relay_informational(down: Downstream, event: h11.InformationalResponse) -> None:
+    """Pass a 1xx on (HTTP/1.0 clients never get one, RFC 9110 §15.2)."""
+    if not down.codec.client_http11:
+        return
+    interim = h11.InformationalResponse(
+        status_code=event.status_code,
+        headers=downstream_response_headers(event.headers),
+        reason=event.reason,
+    )
+    await down.send(down.codec.send(interim))
+
+
+async def relay_response(
+    down: Downstream, conn: UpstreamConnection, response: h11.Response, ex: Exchange, *, close: bool
+) -> None:
+    """Write the response head and stream its body down until its end."""
+    dc, uc = down.codec, conn.codec
+    chunked = any(n == b"transfer-encoding" for n, _ in response.headers)
+    trailers_ok = chunked and dc.client_http11
+    ex.status = response.status_code
+    try:
+        head = dc.send(
+            h11.Response(
+                status_code=response.status_code,
+                headers=downstream_response_headers(response.headers, close=close),
+                reason=response.reason,
+            )
+        )
+    except h11.LocalProtocolError as exc:
+        raise UpstreamProtocolError(f"cannot relay response head: {exc}") from None
+    ex.response_started = True
+    out = [head]
+    while True:
+        event = uc.next_event()
+        if type(event) is h11.Data:
+            out.append(dc.send(event))
+        elif type(event) is h11.EndOfMessage:
+            trailers = list(event.headers) if trailers_ok else []
+            out.append(dc.send(h11.EndOfMessage(headers=trailers)))
+            await down.send(b"".join(out))
+            return
+        elif event is NEED_DATA:
+            await down.send(b"".join(out))
+            out = []
+            try:
+                data = await conn.stream.receive_some(down.chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamProtocolError(f"{conn.endpoint} reset mid-response: {exc}") from None
+            uc.receive(data)  # b"" at EOF: the codec decides if the body was complete
+        else:
+            raise UpstreamProtocolError(f"unexpected {event!r} in the response body")
+
+
+async def splice(
+    down: Downstream, conn: UpstreamConnection, response: h11.InformationalResponse, ex: Exchange
+) -> None:
+    """Complete the upgrade downstream, then copy raw bytes both ways until both end."""
+    ex.status = 101
+    switch = h11.InformationalResponse(
+        status_code=101,
+        headers=downstream_response_headers(response.headers, upgrade=True),
+        reason=response.reason,
+    )
+    await down.send(down.codec.send(switch))
+    ex.response_started = True
+    to_upstream, to_downstream = down.codec.trailing_data(), conn.codec.trailing_data()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pipe, down, down.stream, conn.stream, to_upstream, False, nursery)
+        nursery.start_soon(_pipe, down, conn.stream, down.stream, to_downstream, True, nursery)
+
+
+async def _pipe(
+    down: Downstream,
+    src: trio.SocketStream,
+    dst: trio.SocketStream,
+    pending: bytes,
+    downward: bool,
+    nursery: trio.Nursery,
+) -> None:
+    """Copy src -> dst; half-close dst at EOF; on a broken socket end both directions."""
+    try:
+        data = pending
+        while True:
+            if data:
+                await dst.send_all(data)
+                if downward:
+                    down.bytes_out += len(data)
+                else:
+                    down.bytes_in += len(data)
+            data = await src.receive_some(down.chunk)
+            if not data:
+                break
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await dst.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        nursery.cancel_scope.cancel()

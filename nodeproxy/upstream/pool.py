@@ -1,0 +1,229 @@
+"""The trio shell around the endpoint pools: connect, lend, take back, reap.
+
+``Upstreams`` is created once per process by the app and handed to every
+listener. It owns one ``EndpointPool`` per (cluster, endpoint) and is the only
+code that opens or closes upstream sockets. Connect failures are mapped here,
+once, to typed errors: refused/unreachable -> ``UpstreamConnectFailure``, no
+answer within the cluster's ``connect_timeout`` -> ``UpstreamConnectTimeout``.
+
+When an endpoint's pool is at capacity a request waits for a free slot, at
+most the cluster's ``connect_timeout`` (the time it would have been willing to
+spend connecting), then fails ``Overloaded`` (503). Waiting that long is
+bounded and absorbs short bursts; failing at once would turn every burst over
+``max_connections_per_endpoint`` into errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from nodeproxy.admin.stats import (
+    POOL_CONNECTIONS,
+    UPSTREAM_CONNECT_FAILURES,
+    UPSTREAM_CONNECTIONS_OPENED,
+    UPSTREAM_REQUESTS,
+    Labels,
+    Stats,
+    labels,
+)
+from nodeproxy.config.model import ClusterConfig
+from nodeproxy.discovery.snapshot import Endpoint
+from nodeproxy.errors import Overloaded, UpstreamConnectFailure, UpstreamConnectTimeout
+from nodeproxy.http1.codec import H11ClientCodec
+from nodeproxy.runtime import Runtime
+from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
+
+_MIN_REAP_INTERVAL = 0.05
+_MAX_REAP_INTERVAL = 30.0
+
+_Key = tuple[str, str]  # (cluster name, endpoint address)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one request goes: the balancer's pick and the route's deadline."""
+
+    cluster: ClusterConfig
+    endpoint: Endpoint
+    timeout: float  # response headers must arrive this long after the request is sent
+
+
+class UpstreamConnection:
+    """One socket to an endpoint plus its client codec; lent to one request at a time."""
+
+    __slots__ = ("bytes_in", "codec", "pool_key", "reused", "stream")
+
+    def __init__(self, stream: trio.SocketStream, codec: H11ClientCodec, key: _Key) -> None:
+        self.stream = stream
+        self.codec = codec
+        self.pool_key = key
+        self.reused = False  # True once it has served a request and come back from idle
+        self.bytes_in = 0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.pool_key[1]} [{'reused' if self.reused else 'new'}]>"
+
+    @property
+    def endpoint(self) -> str:
+        return self.pool_key[1]
+
+    def close(self) -> None:
+        self.stream.socket.close()
+
+
+@dataclass
+class _Entry:
+    pool: EndpointPool[UpstreamConnection]
+    lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    ep_labels: Labels = ()
+    idle_labels: Labels = ()
+    active_labels: Labels = ()
+
+
+class Upstreams:
+    """All upstream connection pools of the process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._stats: Stats = runtime.stats
+        self._clusters = runtime.config.clusters
+        self._max_header_bytes = runtime.config.limits.max_request_header_bytes
+        self._entries: dict[_Key, _Entry] = {}
+
+    def __repr__(self) -> str:
+        active = sum(e.pool.active for e in self._entries.values())
+        idle = sum(e.pool.idle for e in self._entries.values())
+        return f"<Upstreams [{len(self._entries)} endpoints | {active} active, {idle} idle]>"
+
+    def _entry(self, cluster: ClusterConfig, endpoint: Endpoint) -> _Entry:
+        key = (cluster.name, endpoint.address)
+        entry = self._entries.get(key)
+        if entry is None:
+            lbls = {"cluster": cluster.name, "endpoint": endpoint.address}
+            entry = self._entries[key] = _Entry(
+                pool=EndpointPool(cluster.max_connections_per_endpoint, cluster.idle_timeout),
+                ep_labels=labels(**lbls),
+                idle_labels=labels(**lbls, state="idle"),
+                active_labels=labels(**lbls, state="active"),
+            )
+        return entry
+
+    def _publish(self, entry: _Entry) -> None:
+        self._stats.gauge_set(POOL_CONNECTIONS, entry.idle_labels, entry.pool.idle)
+        self._stats.gauge_set(POOL_CONNECTIONS, entry.active_labels, entry.pool.active)
+
+    async def acquire(
+        self, cluster: ClusterConfig, endpoint: Endpoint, *, fresh: bool = False
+    ) -> UpstreamConnection:
+        """A connection to ``endpoint``: an idle one if any (unless ``fresh``), else a new one."""
+        entry = self._entry(cluster, endpoint)
+        pool = entry.pool
+        try:
+            conn, expired = pool.checkout(trio.current_time())
+        except PoolFull:
+            conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout)
+        for old in expired:
+            old.close()
+        if conn is not None and fresh:
+            conn.close()
+            conn = None  # keep the slot, open a new socket in it
+        if conn is not None:
+            conn.reused = True
+            self._publish(entry)
+            return conn
+        self._publish(entry)
+        try:
+            return await self._connect(cluster, endpoint, entry)
+        except BaseException:
+            pool.discard()
+            self._publish(entry)
+            entry.lot.unpark()
+            raise
+
+    async def _wait_for_slot(
+        self, entry: _Entry, timeout: float
+    ) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:
+        with trio.move_on_after(timeout):
+            while True:
+                await entry.lot.park()
+                try:
+                    return entry.pool.checkout(trio.current_time())
+                except PoolFull:
+                    continue
+        raise Overloaded(f"connection pool full: {entry.pool!r}")
+
+    async def _connect(
+        self, cluster: ClusterConfig, endpoint: Endpoint, entry: _Entry
+    ) -> UpstreamConnection:
+        stream: trio.SocketStream | None = None
+        try:
+            with trio.move_on_after(cluster.connect_timeout):
+                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        except OSError as exc:
+            self._stats.inc(UPSTREAM_CONNECT_FAILURES, entry.ep_labels)
+            raise UpstreamConnectFailure(f"{endpoint.address}: {exc}") from exc
+        if stream is None:
+            self._stats.inc(UPSTREAM_CONNECT_FAILURES, entry.ep_labels)
+            raise UpstreamConnectTimeout(
+                f"{endpoint.address}: no answer in {cluster.connect_timeout}s"
+            )
+        self._stats.inc(UPSTREAM_CONNECTIONS_OPENED, entry.ep_labels)
+        return UpstreamConnection(
+            stream, H11ClientCodec(self._max_header_bytes), (cluster.name, endpoint.address)
+        )
+
+    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        """Give a connection back: kept for reuse when ``reusable``, else closed."""
+        entry = self._entries[conn.pool_key]
+        if reusable:
+            conn.codec.start_next_cycle()
+            entry.pool.checkin(conn, trio.current_time())
+        else:
+            conn.close()
+            entry.pool.discard()
+        self._publish(entry)
+        entry.lot.unpark()
+
+    def record_response(self, conn: UpstreamConnection, status: int) -> None:
+        """Count one upstream answer by endpoint and status class."""
+        cluster, endpoint = conn.pool_key
+        code_class = f"{status // 100}xx"
+        self._stats.inc(
+            UPSTREAM_REQUESTS, labels(cluster=cluster, endpoint=endpoint, code_class=code_class)
+        )
+
+    def reap(self, now: float) -> int:
+        """Close idle connections past their cluster's idle timeout; returns how many."""
+        closed = 0
+        for entry in self._entries.values():
+            expired = entry.pool.expire(now)
+            for conn in expired:
+                conn.close()
+            if expired:
+                closed += len(expired)
+                self._publish(entry)
+        return closed
+
+    async def run(self) -> None:
+        """The reaper task: runs until cancelled."""
+        timeouts = [c.idle_timeout for c in self._clusters.values()] or [_MAX_REAP_INTERVAL]
+        interval = min(max(min(timeouts) / 2, _MIN_REAP_INTERVAL), _MAX_REAP_INTERVAL)
+        while True:
+            await trio.sleep(interval)
+            self.reap(trio.current_time())
+
+    async def aclose(self) -> None:
+        """Shutdown: close idle connections (lent ones close with their request)."""
+        self.close_idle()
+        await trio.lowlevel.checkpoint()
+
+    def close_idle(self) -> int:
+        """Close every idle connection now (drain, shutdown); returns how many."""
+        closed = 0
+        for entry in self._entries.values():
+            for conn in entry.pool.take_all_idle():
+                conn.close()
+                closed += 1
+            self._publish(entry)
+        return closed
