@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 import trio
 
 from nodeproxy.admin import server as admin_server
@@ -407,3 +408,33 @@ async def test_connection_cap(nursery: trio.Nursery) -> None:
 
 def server_cap() -> int:
     return admin_server.MAX_CONNECTIONS
+
+
+async def test_expect_continue_then_drain(nursery: trio.Nursery) -> None:
+    rt = make_runtime()
+    port = await nursery.start(serve_admin, rt)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            b"POST /drain HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert (await stream.receive_some(1024)).startswith(b"HTTP/1.1 100 Continue\r\n")
+        assert not rt.drain.draining
+        await stream.send_all(b"hello")
+        assert (await stream.receive_some(1024)).startswith(b"HTTP/1.1 202 ")
+    assert rt.drain.draining
+
+
+async def test_a_failing_handler_answers_500_and_the_server_lives_on(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ctx: AdminContext, req: Any) -> AdminResponse:
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(ROUTES, "/healthz", replace(ROUTES["/healthz"], handler=broken))
+    port = await nursery.start(serve_admin, make_runtime())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+        with structlog.testing.capture_logs() as logs:
+            assert (await client.get("/healthz")).status_code == 500
+        assert logs[0]["event"] == "admin_handler_failed"
+        assert (await client.get("/ready")).status_code == 200

@@ -162,7 +162,9 @@ async def _discard_body(
         if name == b"content-length" and int(value) > MAX_BODY_BYTES:
             return False  # h11 has validated the value already
     if conn.they_are_waiting_for_100_continue:
-        await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        await stream.send_all(
+            conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+        )
     seen = 0
     while True:
         event = await _next_event(conn, stream)
