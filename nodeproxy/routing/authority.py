@@ -8,9 +8,15 @@ as ``svc``, ``svc.ns``, ``svc.ns.svc`` or ``svc.ns.svc.<cluster-domain>``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
 from nodeproxy.errors import BadRequest
+
+# RFC 3986 reg-name characters (percent-encoding left as is); IPv4 fits too.
+_REG_NAME = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -59,15 +65,20 @@ def parse_authority(raw: str) -> Authority:
         host, rest = raw[1:end], raw[end + 1 :]
         if rest and not rest.startswith(":"):
             raise BadRequest(f"malformed authority {raw!r}")
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise BadRequest(f"bad IPv6 address in authority {raw!r}") from None
         port_text = rest[1:] if rest else None
     else:
         host, sep, port_text_ = raw.partition(":")
         port_text = port_text_ if sep else None
+        host = host[:-1] if host.endswith(".") else host  # FQDN "svc.ns.svc.cluster.local."
+        if not _REG_NAME.fullmatch(host):
+            raise BadRequest(f"malformed authority {raw!r}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
             raise BadRequest(f"bad port in authority {raw!r}")
         port = int(port_text)
-    if not host:
-        raise BadRequest(f"malformed authority {raw!r}")
     return Authority(host=host, port=port)

@@ -68,17 +68,18 @@ class Router:
 
     def virtual_host(self, authority: Authority, raw: str) -> VirtualHost:
         exact = self._exact
-        vh = exact.get(raw) or exact.get(authority.host)
+        vh = exact.get(raw.lower()) or exact.get(authority.host)
         if vh is not None:
             return vh
         key = authority.service_key(self._default_ns, self._cluster_domain)
         if key is not None and (vh := exact.get(key)) is not None:
             return vh
-        for suffix, vh in self._suffix:
-            if authority.host.endswith(suffix):
+        host = authority.host
+        for suffix, vh in self._suffix:  # the "*" must stand for at least one character
+            if host.endswith(suffix) and len(host) > len(suffix):
                 return vh
         for prefix, vh in self._prefix:
-            if authority.host.startswith(prefix):
+            if host.startswith(prefix) and len(host) > len(prefix):
                 return vh
         if self._any is not None:
             return self._any
