@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -237,9 +237,6 @@ class Fields:
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
-
-    def keys(self) -> Iterable[str]:
-        return self._entries.keys()
 
     def get(self, key: str) -> Node | None:
         return self._entries.get(key)
