@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nodeproxy.tls.files import RefusedOverwrite, write_file
 from nodeproxy.tls.identity import DEFAULT_TRUST_DOMAIN, SpiffeId, validate_trust_domain
 
 KeyType = Literal["ec-p256", "ed25519"]
@@ -183,32 +184,12 @@ def init_ca(
                 raise CAError(f"{existing} exists; refusing to overwrite a CA (use --force)")
     ca = build_ca(trust_domain, key_type, validity_days, now=now or utc_now())
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(key_path, private_key_pem(ca.key), mode=0o600, force=force)
-    write_file(cert_path, ca.cert_pem, mode=0o644, force=force)
+    try:
+        write_file(key_path, private_key_pem(ca.key), mode=0o600, force=force)
+        write_file(cert_path, ca.cert_pem, mode=0o644, force=force)
+    except RefusedOverwrite as exc:  # lost a race with another init: same answer
+        raise CAError(str(exc)) from None
     return ca
-
-
-def write_file(path: Path, data: bytes, *, mode: int, force: bool) -> None:
-    """Write ``data`` to ``path`` with ``mode`` from the first byte (no chmod window).
-
-    Without ``force`` an existing file is an error (O_EXCL); with it the new
-    content goes to a sibling temp file that atomically replaces the old one.
-    """
-    target = path.with_name(f".{path.name}.tmp-{os.getpid()}") if force else path
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise CAError(f"{path} exists; refusing to overwrite it (use --force)") from None
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed it; never widen beyond `mode`
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if force:
-            os.replace(target, path)
-    except BaseException:
-        if force:
-            target.unlink(missing_ok=True)
-        raise
 
 
 def load_ca(directory: str | os.PathLike[str]) -> CertificateAuthority:
