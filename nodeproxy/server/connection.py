@@ -36,6 +36,8 @@ from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
+_CLOSE_AFTER = frozenset({400, 408, 431})
+
 access_log = structlog.get_logger("nodeproxy.access")
 log = structlog.get_logger("nodeproxy.server")
 
@@ -145,7 +147,8 @@ class ConnectionLoop:
             request_done = _skip_buffered_body(down)
         except ProxyError:
             request_done = False
-        close = not request_done or self.runtime.drain.draining
+        # After bad input the stream cannot be trusted to frame a next request.
+        close = not request_done or err.status in _CLOSE_AFTER or self.runtime.drain.draining
         body = err.response_body()
         headers = [
             (b"content-type", b"text/plain"),
@@ -156,8 +159,12 @@ class ConnectionLoop:
             headers.append((b"connection", b"close"))
         reason = HTTPStatus(err.status).phrase.encode()
         data = codec.send(h11.Response(status_code=err.status, headers=headers, reason=reason))
-        data += codec.send(h11.Data(data=body)) + codec.send(h11.EndOfMessage())
+        if ex.method != "HEAD":
+            data += codec.send(h11.Data(data=body))
+        data += codec.send(h11.EndOfMessage())
         await down.send(data)
+        if close:
+            await down.linger()
         return not close and codec.keep_alive
 
     def _account(self, down: Downstream, ex: Exchange) -> None:

@@ -82,6 +82,25 @@ class Downstream:
             raise ClientGone(str(exc)) from exc
         self.bytes_out += len(data)
 
+    async def linger(self, budget_bytes: int = 1 << 20, seconds: float = 1.0) -> None:
+        """Half-close, then discard what the client still sends, briefly.
+
+        Closing with unread input makes the kernel send a reset, which can
+        destroy the error answer we just wrote before the client reads it
+        (e.g. a 431 while the client is still sending headers). Bounded in
+        bytes and time.
+        """
+        try:
+            await self.stream.send_eof()
+            with trio.move_on_after(seconds):
+                while budget_bytes > 0:
+                    data = await self.stream.receive_some(self.chunk)
+                    if not data:
+                        return
+                    budget_bytes -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+
     def close(self) -> None:
         self.stream.socket.close()
 

@@ -15,6 +15,7 @@ asserted on that count):
     /then-close        answers, then closes the keep-alive connection silently
     /continue          sends 100 Continue itself before reading the body
     /ws                101 Switching Protocols, then echoes raw bytes
+    /wait              sets ``arrived``, answers once ``release`` is set
 
 ``run_proxy(config)`` starts ``serve_listener`` for the first listener on
 port 0 plus the upstream reaper, yields a handle with the bound port, and on
@@ -27,8 +28,8 @@ import hashlib
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -60,6 +61,8 @@ class Backend:
     port: int = 0
     connections: int = 0
     requests: list[h11.Request] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
+    release: trio.Event = field(default_factory=trio.Event)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -92,6 +95,9 @@ class Backend:
         path, query = url.path, {k: v[0] for k, v in parse_qs(url.query).items()}
         if path == "/stall":
             await trio.sleep_forever()
+        if path == "/wait":
+            self.arrived.set()
+            await self.release.wait()
         if path in ("/close", "/reset"):
             await _read_body(stream, conn)
             if path == "/reset":
@@ -99,8 +105,8 @@ class Backend:
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
             return False
-        if path == "/ws" and conn.their_state is not h11.SEND_BODY:
-            await _next(stream, conn)  # PAUSED: the client may switch
+        if path == "/ws":
+            await _read_body(stream, conn)  # then h11 pauses: the client may switch
             headers = [("upgrade", "websocket"), ("connection", "upgrade")]
             await stream.send_all(
                 conn.send(h11.InformationalResponse(status_code=101, headers=headers))
@@ -134,7 +140,9 @@ class Backend:
         body = json.dumps(info).encode()
         headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
         out = conn.send(h11.Response(status_code=status, headers=headers))
-        await stream.send_all(out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        if req.method != b"HEAD":
+            out += conn.send(h11.Data(data=body))
+        await stream.send_all(out + conn.send(h11.EndOfMessage()))
         return path != "/then-close"
 
 
@@ -193,6 +201,57 @@ async def backend() -> AsyncIterator[Backend]:
         b.port = listeners[0].socket.getsockname()[1]
         yield b
         nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def saturated_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: connecting there hangs.
+
+    A listening socket with backlog 0 that never accepts, plus one connection
+    that fills its queue; the kernel then drops further SYNs, so a connect
+    neither succeeds nor fails until the caller's timeout.
+    """
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())
+        yield int(server.getsockname()[1])
+
+
+async def raw_request(port: int, data: bytes, *, read_until_eof: bool = True) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return everything read until EOF."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        return await read_all(stream)
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    """Read until EOF (or reset)."""
+    out = bytearray()
+    try:
+        while data := await stream.receive_some(CHUNK):
+            out += data
+    except trio.BrokenResourceError:
+        pass
+    return bytes(out)
+
+
+async def read_response(stream: trio.SocketStream, method: bytes = b"GET") -> list[h11.Event]:
+    """Read one response with an h11 client: [InformationalResponse..., Response, Data..., EOM]."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    conn.send(h11.EndOfMessage())
+    events: list[h11.Event] = []
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(CHUNK))
+            continue
+        assert not isinstance(event, type), event
+        events.append(event)
+        if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return events
 
 
 def free_port() -> int:

@@ -1,0 +1,174 @@
+"""Unit tables for the pure parts of the data path: header rewriting, targets, codec limits."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+
+from nodeproxy.errors import BadRequest, HeadersTooLarge, UpstreamProtocolError
+from nodeproxy.http1.codec import NEED_DATA, H11ClientCodec, H11ServerCodec
+from nodeproxy.http1.headers import (
+    downstream_response_headers,
+    is_upgrade,
+    request_authority,
+    split_target,
+    upstream_request_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/hello", (None, b"/hello")),
+        (b"*", (None, b"*")),
+        (b"http://bdgreeter/hello", (b"bdgreeter", b"/hello")),
+        (b"HTTP://bdgreeter:8080/a?b=c", (b"bdgreeter:8080", b"/a?b=c")),
+        (b"http://bdgreeter", (b"bdgreeter", b"/")),
+        (b"http://bdgreeter?x=1", (b"bdgreeter", b"/?x=1")),
+        (b"http://[::1]:80/p", (b"[::1]:80", b"/p")),
+    ],
+)
+def test_split_target(target: bytes, expected: tuple[bytes | None, bytes]) -> None:
+    assert split_target(target) == expected
+
+
+@pytest.mark.parametrize("target", [b"https://svc/", b"svc:443", b"http:///path", b"ftp://x/"])
+def test_split_target_rejects(target: bytes) -> None:
+    with pytest.raises(BadRequest):
+        split_target(target)
+
+
+def test_authority_prefers_absolute_form_over_host() -> None:
+    headers = [(b"host", b"other")]
+    assert request_authority(b"http://svc/x", headers) == (b"svc", b"/x")
+    assert request_authority(b"/x", headers) == (b"other", b"/x")
+    with pytest.raises(BadRequest):
+        request_authority(b"/x", [])
+
+
+def test_request_rewrite_drops_hop_by_hop_and_adds_forwarding_headers() -> None:
+    incoming = [
+        (b"host", b"client-host"),
+        (b"connection", b"keep-alive, x-secret"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-secret", b"hop"),
+        (b"proxy-connection", b"keep-alive"),
+        (b"proxy-authorization", b"Basic abc"),
+        (b"te", b"gzip"),
+        (b"upgrade", b"h2c"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"x-forwarded-proto", b"https"),
+        (b"content-length", b"3"),
+        (b"accept", b"*/*"),
+    ]
+    out, request_id = upstream_request_headers(
+        incoming, host=b"svc", client_ip="127.0.0.9", upgrade=False
+    )
+    names = [n for n, _ in out]
+    for gone in (b"connection", b"keep-alive", b"x-secret", b"proxy-connection", b"te", b"upgrade"):
+        assert gone not in names
+    assert b"proxy-authorization" not in names
+    d = dict(out)
+    assert d[b"host"] == b"svc"
+    assert d[b"x-forwarded-for"] == b"10.0.0.1, 127.0.0.9"
+    assert d[b"x-forwarded-proto"] == b"http"
+    assert d[b"via"] == b"1.1 nodeproxy"
+    assert d[b"content-length"] == b"3"
+    assert d[b"accept"] == b"*/*"
+    assert len(request_id) == 32
+    assert d[b"x-request-id"] == request_id.encode()
+
+
+def test_request_rewrite_keeps_client_request_id_te_trailers_and_upgrade() -> None:
+    incoming = [
+        (b"x-request-id", b"abc"),
+        (b"te", b"trailers"),
+        (b"connection", b"Upgrade"),
+        (b"upgrade", b"websocket"),
+    ]
+    assert is_upgrade(incoming)
+    out, request_id = upstream_request_headers(
+        incoming, host=b"s", client_ip="1.2.3.4", upgrade=True
+    )
+    assert request_id == "abc"
+    assert out.count((b"x-request-id", b"abc")) == 1
+    assert (b"te", b"trailers") in out
+    assert (b"upgrade", b"websocket") in out
+    assert (b"connection", b"upgrade") in out
+
+
+def test_connection_cannot_strip_framing_headers() -> None:
+    incoming = [(b"connection", b"content-length, host"), (b"content-length", b"5")]
+    out, _ = upstream_request_headers(incoming, host=b"s", client_ip="1.1.1.1", upgrade=False)
+    assert (b"content-length", b"5") in out
+
+
+def test_response_rewrite() -> None:
+    incoming = [
+        (b"connection", b"keep-alive, x-hop"),
+        (b"x-hop", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"content-type", b"text/plain"),
+    ]
+    out = downstream_response_headers(incoming, close=True)
+    assert out == [
+        (b"transfer-encoding", b"chunked"),
+        (b"content-type", b"text/plain"),
+        (b"connection", b"close"),
+        (b"via", b"1.1 nodeproxy"),
+    ]
+
+
+def _feed_bytewise(codec: H11ServerCodec, data: bytes) -> object:
+    for i in range(len(data)):
+        codec.receive(data[i : i + 1])
+        event = codec.next_event()
+        if event is not NEED_DATA:
+            return event
+    return NEED_DATA
+
+
+def test_server_codec_parses_a_request_fed_byte_by_byte() -> None:
+    codec = H11ServerCodec(max_header_bytes=1024)
+    event = _feed_bytewise(codec, b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+    assert isinstance(event, h11.Request)
+    assert event.target == b"/a"
+
+
+@pytest.mark.parametrize("bytewise", [True, False])
+def test_server_codec_headers_over_limit_is_431(bytewise: bool) -> None:
+    codec = H11ServerCodec(max_header_bytes=1024)
+    data = b"GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    if bytewise:
+        with pytest.raises(HeadersTooLarge):
+            _feed_bytewise(codec, data)
+    else:
+        codec.receive(data)
+        with pytest.raises(HeadersTooLarge):
+            codec.next_event()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: svc\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"NOT-HTTP\r\n\r\n",
+    ],
+)
+def test_server_codec_malformed_is_400(data: bytes) -> None:
+    codec = H11ServerCodec(max_header_bytes=1024)
+    codec.receive(data)
+    with pytest.raises(BadRequest):
+        codec.next_event()
+
+
+def test_client_codec_malformed_response_is_upstream_protocol_error() -> None:
+    codec = H11ClientCodec(max_header_bytes=1024)
+    codec.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+    codec.send(h11.EndOfMessage())
+    codec.receive(b"HTTP/1.1 abc\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError):
+        codec.next_event()
