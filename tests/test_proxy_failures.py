@@ -192,3 +192,34 @@ async def test_connections_over_the_cap_are_closed_and_counted() -> None:
             DOWNSTREAM_CONNECTIONS_REJECTED, labels(listener="outbound")
         )
         assert rejected == 1
+
+
+async def test_full_pool_waits_then_fails_overloaded() -> None:
+    async with backend() as b:
+        config = simple_config(
+            {"svc": [b.address]}, connect_timeout=0.2, max_connections_per_endpoint=1
+        )
+        async with run_proxy(config) as p, trio.open_nursery() as nursery:
+            first: list[httpx.Response] = []
+
+            async def hold_the_only_connection() -> None:
+                first.append(await get(p.url, "http://svc/wait"))
+
+            nursery.start_soon(hold_the_only_connection)
+            await b.arrived.wait()
+            r = await get(p.url, "http://svc/second")
+            assert r.status_code == 503
+            assert r.headers["x-nodeproxy-error"] == "overloaded"
+            b.release.set()
+        assert first[0].status_code == 200
+        assert b.connections == 1
+
+
+async def test_reaper_closes_idle_upstream_connections() -> None:
+    async with backend() as b, run_proxy(simple_config({"svc": [b.address]})) as p:
+        assert (await get(p.url, "http://svc/")).status_code == 200
+        assert p.upstreams.reap(trio.current_time()) == 0  # fresh: kept
+        assert p.upstreams.reap(trio.current_time() + 61) == 1  # past the 60 s idle timeout
+        assert "0 active, 0 idle" in repr(p.upstreams)
+        assert (await get(p.url, "http://svc/")).status_code == 200
+        assert b.connections == 2
