@@ -142,7 +142,7 @@ async def test_sigterm_drains_a_request_in_flight(tmp_path: Path) -> None:
 async def test_demo_serves_the_curl_lines_it_prints() -> None:
     async with running_nodeproxy("demo", "--port", "0", "--admin-port", "0") as demo:
         port = demo.listener_ports["outbound"]
-        seen = set()
+        seen: set[str] = set()
         for _ in range(4):
             curl = await trio.run_process(
                 ["curl", "-sS", "-i", "-x", f"http://127.0.0.1:{port}", "-X", "POST",
