@@ -84,13 +84,18 @@ class ConnectionLoop:
                     keep = await self._answer_error(down, ex, err)
                 except ClientGone:
                     keep = False
+                except Exception as exc:  # a bug: answer 500 if we still can, then close
+                    log.exception("request failed", listener=self.listener, source=down.source)
+                    ex = ex or self._exchange(down, None, baseline)
+                    await self._answer_error(down, ex, ProxyError(repr(exc)))
+                    keep = False
                 if ex is not None:
                     self._account(down, ex)
                 if not keep or self.runtime.drain.draining:
                     return
                 down.codec.start_next_cycle()
                 deadline = trio.current_time() + limits.downstream_idle_timeout
-        except Exception:
+        except Exception:  # last resort: one broken connection must not stop the listener
             log.exception("connection failed", listener=self.listener, source=down.source)
         finally:
             down.close()
@@ -113,16 +118,18 @@ class ConnectionLoop:
             if scope.cancelled_caught or not data:
                 return None
             event = codec.next_event()
-        with trio.move_on_after(self.limits.header_read_timeout):
-            while event is NEED_DATA:
-                await down.receive()
-                event = codec.next_event()
-            if type(event) is h11.Request:
-                return event
-            if type(event) is h11.ConnectionClosed:
-                return None
-            raise BadRequest(f"unexpected {event!r}")
-        raise RequestHeaderTimeout("request headers not received in time")
+        if event is NEED_DATA:  # a head split over reads: the slowloris guard applies
+            with trio.move_on_after(self.limits.header_read_timeout):
+                while event is NEED_DATA:
+                    await down.receive()
+                    event = codec.next_event()
+            if event is NEED_DATA:
+                raise RequestHeaderTimeout("request headers not received in time")
+        if type(event) is h11.Request:
+            return event
+        if type(event) is h11.ConnectionClosed:
+            return None
+        raise BadRequest(f"unexpected {event!r}")
 
     def _exchange(
         self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
@@ -162,7 +169,10 @@ class ConnectionLoop:
         if ex.method != "HEAD":
             data += codec.send(h11.Data(data=body))
         data += codec.send(h11.EndOfMessage())
-        await down.send(data)
+        try:
+            await down.send(data)
+        except ClientGone:
+            return False
         if close:
             await down.linger()
         return not close and codec.keep_alive
@@ -182,7 +192,10 @@ class ConnectionLoop:
                 listener=self.listener, cluster=cluster, code_class=code_class
             )
         stats.inc(REQUESTS, lbls)
-        stats.observe(REQUEST_DURATION, labels(cluster=cluster), duration)
+        duration_lbls = self._labels.get((cluster, ""))
+        if duration_lbls is None:
+            duration_lbls = self._labels[(cluster, "")] = labels(cluster=cluster)
+        stats.observe(REQUEST_DURATION, duration_lbls, duration)
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)
         if self.access_log_enabled:

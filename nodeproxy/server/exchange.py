@@ -25,7 +25,7 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
     UpstreamResponseTimeout,
 )
-from nodeproxy.http1.codec import NEED_DATA, Event
+from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.headers import is_upgrade, upstream_request_headers
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
@@ -56,7 +56,7 @@ async def forward(
     headers, ex.request_id = upstream_request_headers(
         request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
     )
-    in_hand: list[h11.Event] = [h11.Request(method=request.method, target=path, headers=headers)]
+    in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
     complete = _take_buffered_body(down, in_hand)
 
     conn, first = await _connect_and_send(upstreams, target, down, in_hand, complete, body_timeout)

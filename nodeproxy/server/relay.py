@@ -19,7 +19,7 @@ import h11
 import trio
 
 from nodeproxy.errors import UpstreamProtocolError
-from nodeproxy.http1.codec import NEED_DATA
+from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.headers import downstream_response_headers
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
@@ -29,10 +29,8 @@ async def relay_informational(down: Downstream, event: h11.InformationalResponse
     """Pass a 1xx on (HTTP/1.0 clients never get one, RFC 9110 §15.2)."""
     if not down.codec.client_http11:
         return
-    interim = h11.InformationalResponse(
-        status_code=event.status_code,
-        headers=downstream_response_headers(event.headers),
-        reason=event.reason,
+    interim = informational_event(
+        event.status_code, event.reason, downstream_response_headers(event.headers)
     )
     await down.send(down.codec.send(interim))
 
@@ -46,13 +44,8 @@ async def relay_response(
     trailers_ok = chunked and dc.client_http11
     ex.status = response.status_code
     try:
-        head = dc.send(
-            h11.Response(
-                status_code=response.status_code,
-                headers=downstream_response_headers(response.headers, close=close),
-                reason=response.reason,
-            )
-        )
+        headers = downstream_response_headers(response.headers, close=close)
+        head = dc.send(response_event(response.status_code, response.reason, headers))
     except h11.LocalProtocolError as exc:
         raise UpstreamProtocolError(f"cannot relay response head: {exc}") from None
     ex.response_started = True
@@ -83,11 +76,8 @@ async def splice(
 ) -> None:
     """Complete the upgrade downstream, then copy raw bytes both ways until both end."""
     ex.status = 101
-    switch = h11.InformationalResponse(
-        status_code=101,
-        headers=downstream_response_headers(response.headers, upgrade=True),
-        reason=response.reason,
-    )
+    headers = downstream_response_headers(response.headers, upgrade=True)
+    switch = informational_event(101, response.reason, headers)
     await down.send(down.codec.send(switch))
     ex.response_started = True
     to_upstream, to_downstream = down.codec.trailing_data(), conn.codec.trailing_data()
