@@ -195,3 +195,33 @@ def test_demo_banner_has_the_curl_lines_with_todays_birthday() -> None:
     day = datetime.date.fromisoformat(birthday_today(datetime.date(2025, 11, 25)))
     assert respond("POST", "/hello/x", f'{{"dateOfBirth": "{day}"}}'.encode(), TODAY).status == 200
     assert (day.month, day.day) == (11, 25)
+
+
+async def test_demo_end_to_end_round_robin_then_drain() -> None:
+    from nodeproxy.demo.runner import demo_main  # the whole app: proxy, admin, two greeters
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            demo = partial(demo_main, 0, 0, 2, handle_signals=False, announce=False)
+            handle = await nursery.start(demo)
+            proxy = f"http://127.0.0.1:{handle.listener_ports['outbound']}"
+            admin = f"http://127.0.0.1:{handle.admin_port}"
+            async with httpx.AsyncClient(proxy=proxy, timeout=5) as via_proxy:
+                dob = {"dateOfBirth": "1990-01-01"}
+                r = await via_proxy.post("http://bdgreeter/hello/Magalixcorp", json=dob)
+                assert r.status_code == 200
+                assert r.json()["message"].startswith("Hello, Magalixcorp!")
+                replicas = set()
+                for _ in range(4):
+                    r = await via_proxy.get("http://bdgreeter.default/hello/x")
+                    assert r.status_code == 200
+                    replicas.add(r.headers["x-greeter-replica"])
+                assert replicas == {"a", "b"}
+                r = await via_proxy.get("http://nosuchservice/")
+                assert (r.status_code, r.headers["x-nodeproxy-error"]) == (404, "unknown_service")
+            async with httpx.AsyncClient(timeout=5) as direct:
+                r = await direct.get(f"{proxy}/hello/Magalixcorp", headers={"host": "bdgreeter"})
+                assert r.json() == {"message": "Hello, Magalixcorp!"}
+                assert (await direct.get(f"{admin}/ready")).status_code == 200
+                assert (await direct.post(f"{admin}/drain")).status_code < 300
+        # leaving the nursery means the drained proxy stopped the greeters too

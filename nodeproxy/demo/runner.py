@@ -80,6 +80,14 @@ async def demo_main(
         task_status.started(handle)
 
 
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:
+    """The exceptions inside a (nested) group, for one plain line each."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 def run_demo(proxy_port: int = 4140, admin_port: int = 9901, replicas: int = 2) -> int:
     """Entry point for `nodeproxy demo`; returns the process exit status."""
     try:
@@ -93,11 +101,11 @@ def run_demo(proxy_port: int = 4140, admin_port: int = 9901, replicas: int = 2) 
     except* KeyboardInterrupt:  # Ctrl-C before the proxy's signal watcher was up
         code = 0
     except* ConfigError as group:  # a bug in the built-in config: say which field
-        for config_error in group.exceptions:
+        for config_error in _leaves(group):
             print(f"nodeproxy demo: built-in config rejected: {config_error}", file=sys.stderr)
         code = 1
     except* OSError as os_group:  # e.g. port 4140 or 9901 already in use
-        for os_error in os_group.exceptions:
+        for os_error in _leaves(os_group):
             print(f"nodeproxy demo: cannot start: {os_error}", file=sys.stderr)
         print("  (choose other ports: nodeproxy demo --port P --admin-port Q)", file=sys.stderr)
         code = 1
