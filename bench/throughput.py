@@ -229,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted by {interrupted}; stopped every process started", file=sys.stderr)
         return 130
     print(report(args, upstream, results))
+    print(f"\n1-minute load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     doc = {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "cpus": os.cpu_count(),
+        "loadavg_1m_after": os.getloadavg()[0],
         "results": [asdict(r) for r in results],
         "ratios": ratios(results),
     }
