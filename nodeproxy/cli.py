@@ -3,6 +3,7 @@
     nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
     nodeproxy check-config FILE        validate and summarise, start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
+    nodeproxy ca init|issue            the local CA (see docs/security.md)
 
 A config error is printed with its file, line and field, and the exit status
 is 1: nothing starts half-configured.
@@ -20,6 +21,7 @@ from nodeproxy import __version__
 from nodeproxy.config import load_config
 from nodeproxy.config.model import Config
 from nodeproxy.errors import ConfigError
+from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=4140, help="outbound listener port")
     demo.add_argument("--admin-port", type=int, default=9901)
     demo.add_argument("--replicas", type=int, default=2)
+    add_ca_subcommands(sub)
     return p
 
 
@@ -69,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nodeproxy.demo.runner import run_demo
 
         return run_demo(args.port, args.admin_port, args.replicas)
+    if args.command == "ca":
+        return run_ca_command(args)
     path = args.config
     try:
         config = load_config(path)
