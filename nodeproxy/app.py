@@ -80,7 +80,10 @@ async def run_app(
             runtime.listeners_ready = True
             log.info(
                 "started",
-                listeners={n: f"{lc.host}:{p}" for (n, p), lc in zip(handle.listener_ports.items(), config.listeners, strict=True)},
+                listeners={
+                    lc.name: f"{lc.host}:{handle.listener_ports[lc.name]}"
+                    for lc in config.listeners
+                },
                 admin=f"{config.admin.host}:{handle.admin_port}",
                 clusters=len(config.clusters),
             )
@@ -88,7 +91,9 @@ async def run_app(
             await runtime.drain.started.wait()
             deadline = trio.current_time() + config.limits.drain_timeout
             serving.cancel_scope.deadline = deadline
-            log.info("draining", reason=runtime.drain.reason, deadline_s=config.limits.drain_timeout)
+            log.info(
+                "draining", reason=runtime.drain.reason, deadline_s=config.limits.drain_timeout
+            )
         if serving.cancel_scope.cancelled_caught:
             log.warning("drain_deadline_reached_connections_cancelled")
         await upstreams.aclose()

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the proxy from a config file")
     run.add_argument("--config", "-c", required=True, help="native YAML or Envoy bootstrap")
-    run.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
+    run.add_argument(
+        "--log-format", choices=["auto", "json", "console"], help="override log.format"
+    )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("config")
