@@ -119,6 +119,29 @@ class Draining(ProxyError):
     body = "proxy is draining"
 
 
+# -- traffic policy (issue 5) -------------------------------------------------
+
+
+class CircuitOpen(ProxyError):
+    """The service's circuit breaker is open (or half-open with its probe in flight)."""
+
+    status = 503
+    cause = "circuit_open"
+    body = "upstream circuit open"
+
+
+class RateLimited(ProxyError):
+    """A local token bucket is empty; ``retry_after`` (seconds) feeds ``Retry-After``."""
+
+    status = 429
+    cause = "rate_limited"
+    body = "local_rate_limited"  # Envoy's local rate limit body
+
+    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class ConfigError(Exception):
     """A configuration problem, naming the field and (when known) the line.
 
