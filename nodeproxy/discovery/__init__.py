@@ -1,1 +1,1 @@
-"""discovery"""
+"""Discovery: where endpoints come from (static config now); publishes immutable snapshots."""

@@ -1,1 +1,1 @@
-"""http1"""
+"""HTTP/1.1 framing (h11 behind our codec interface) and hop-by-hop header rewriting."""

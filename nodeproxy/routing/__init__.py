@@ -1,1 +1,1 @@
-"""routing"""
+"""Routing: authority -> virtual host -> first matching rule -> cluster (pure)."""

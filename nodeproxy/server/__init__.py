@@ -1,1 +1,1 @@
-"""server"""
+"""Downstream side: listeners, the per-connection loop, forwarding and relaying."""
