@@ -1,0 +1,169 @@
+"""Kubernetes discovery: the reflectors, and the one task that publishes their result.
+
+``KubernetesDiscovery.run`` starts one ``Reflector`` per watched resource and a
+publisher. Reflectors only mark the state dirty; the publisher wakes, waits for
+every resource to have listed once, translates the caches (pure functions in
+``translate.py``) and calls ``EndpointRegistry.publish`` -- the registry's only
+writer, as the snapshot contract wants. Bursts of events coalesce into one
+publish, and a change that does not alter the clusters (a pod status update, a
+bookmark) publishes nothing. The first publish sets ``registry.synced``, which
+turns ``/ready`` to 200; until then the proxy is not ready.
+
+Watched: Services, EndpointSlices (or v1 Endpoints when configured), Pods on
+this node (``fieldSelector=spec.nodeName=<node>``; only with a node name) and
+Nodes. ``watched_resources`` lists them for RBAC checks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+import trio
+
+from nodeproxy.admin.stats import Stats
+from nodeproxy.discovery.kubernetes.access import ApiAccess, from_kubeconfig, in_cluster
+from nodeproxy.discovery.kubernetes.apiclient import ApiClient
+from nodeproxy.discovery.kubernetes.reflector import Reflector, ReflectorSettings
+from nodeproxy.discovery.kubernetes.store import K8S_PUBLISHES, Resource
+from nodeproxy.discovery.kubernetes.translate import (
+    NODE_PROXY_PORT,
+    SERVICE_NAME_LABEL,
+    PodIdentity,
+    clusters_from_endpoints,
+    clusters_from_slices,
+    node_proxies,
+    pod_identities,
+)
+from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
+
+log = structlog.get_logger("nodeproxy.discovery.kubernetes")
+
+EndpointsApi = Literal["endpointslices", "endpoints"]
+
+
+@dataclass(frozen=True)
+class KubernetesDiscoveryConfig:
+    """What a ``discovery: {kubernetes: ...}`` config block would hold."""
+
+    endpoints_api: EndpointsApi = "endpointslices"
+    node_name: str = ""  # $NODE_NAME from the downward API; '' = do not watch pods
+    kubeconfig: str | None = None  # None = in-cluster service account
+    context: str | None = None
+    node_proxy_port: int = NODE_PROXY_PORT
+    reflector: ReflectorSettings = field(default_factory=ReflectorSettings)
+
+
+def watched_resources(config: KubernetesDiscoveryConfig) -> list[Resource]:
+    """The collections discovery lists and watches, with their selectors."""
+    resources = [Resource("services", "", "/api/v1/services")]
+    if config.endpoints_api == "endpointslices":
+        resources.append(
+            Resource(
+                "endpointslices",
+                "discovery.k8s.io",
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                label_selector=SERVICE_NAME_LABEL,
+            )
+        )
+    else:
+        resources.append(Resource("endpoints", "", "/api/v1/endpoints"))
+    if config.node_name:
+        resources.append(
+            Resource("pods", "", "/api/v1/pods", field_selector=f"spec.nodeName={config.node_name}")
+        )
+    resources.append(Resource("nodes", "", "/api/v1/nodes"))
+    return resources
+
+
+def api_access(config: KubernetesDiscoveryConfig) -> ApiAccess:
+    """The kubeconfig's access when one is configured, else the in-cluster service account."""
+    if config.kubeconfig:
+        return from_kubeconfig(config.kubeconfig, config.context)
+    return in_cluster()
+
+
+class KubernetesDiscovery:
+    """Owns the reflectors and is the only writer of ``registry``."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        registry: EndpointRegistry,
+        stats: Stats,
+        config: KubernetesDiscoveryConfig,
+        default_namespace: str = "default",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.stats = stats
+        self.config = config
+        self.default_namespace = default_namespace
+        rng = rng or random.Random()
+        self.reflectors = {
+            r.name: Reflector(client, r, stats, self._mark_dirty, config.reflector, rng)
+            for r in watched_resources(config)
+        }
+        self.node_proxies: Mapping[str, str] = {}
+        self.pod_identities: Mapping[str, PodIdentity] = {}
+        self._dirty = trio.Event()
+        self._published: dict[str, tuple[Endpoint, ...]] | None = None
+
+    def __repr__(self) -> str:
+        stores = ", ".join(repr(r.store) for r in self.reflectors.values())
+        return f"<KubernetesDiscovery [{'synced' if self.synced else 'syncing'}] {stores}>"
+
+    @property
+    def synced(self) -> bool:
+        """Every resource has been listed once (then the first snapshot is published)."""
+        return all(r.store.synced for r in self.reflectors.values())
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def _objects(self, name: str) -> list[dict[str, object]]:
+        r = self.reflectors.get(name)
+        return list(r.store.objects.values()) if r else []
+
+    def clusters(self) -> dict[str, tuple[Endpoint, ...]]:
+        """The clusters the current caches describe."""
+        services, pods = self._objects("services"), self._objects("pods")
+        if self.config.endpoints_api == "endpointslices":
+            return clusters_from_slices(
+                services, self._objects("endpointslices"), pods, self.default_namespace
+            )
+        return clusters_from_endpoints(
+            services, self._objects("endpoints"), pods, self.default_namespace
+        )
+
+    def refresh(self) -> bool:
+        """Translate and publish if the clusters changed; True when it published."""
+        self.node_proxies = node_proxies(self._objects("nodes"), self.config.node_proxy_port)
+        self.pod_identities = pod_identities(self._objects("pods"))
+        clusters = self.clusters()
+        if clusters == self._published:
+            return False
+        self.registry.publish(clusters)
+        self._published = clusters
+        self.stats.inc(K8S_PUBLISHES)
+        log.info("k8s_published", clusters=len(clusters), version=self.registry.current().version)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the reflectors and the publisher until cancelled.
+
+        ``started`` is signalled at once; readiness is ``registry.synced``.
+        """
+        async with trio.open_nursery() as nursery:
+            for reflector in self.reflectors.values():
+                nursery.start_soon(reflector.run, name=f"k8s-reflector-{reflector.resource.name}")
+            task_status.started()
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
+                if self.synced:
+                    self.refresh()
+                await trio.lowlevel.checkpoint()

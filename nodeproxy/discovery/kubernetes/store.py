@@ -1,0 +1,210 @@
+"""The reflector's state, with no I/O: what one list+watch knows and how events change it.
+
+client-go's reflector semantics, as plain synchronous code:
+
+- a *list* replaces the whole cache at once and sets ``resource_version`` from
+  the list's ``metadata.resourceVersion`` (pages are gathered first, so a
+  half-read list is never visible);
+- each *watch event* applies to the cache: ``ADDED``/``MODIFIED`` store the
+  object, ``DELETED`` drops it, and each moves ``resource_version`` to the
+  object's own version; ``BOOKMARK`` moves only the version;
+- an ``ERROR`` event carries a ``Status``: code 410 means the version is too
+  old and the caller must list again (``Outcome.GONE``); any other error means
+  reconnect (``Outcome.ERROR``).
+
+Resource versions are opaque strings, as the API demands. ``LineBuffer`` splits
+a watch body into newline-delimited JSON events with a cap on one line, and
+``Backoff`` is the capped, jittered exponential delay (pure math; the shell sleeps).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+Obj = dict[str, Any]
+
+# -- metric names (the admin stats page renders them like any other) ----------
+K8S_RELISTS = "nodeproxy_k8s_relists_total"  # {resource, reason=initial|gone|error}
+K8S_WATCH_RESTARTS = "nodeproxy_k8s_watch_restarts_total"  # {resource, reason=timeout|gone|error}
+K8S_EVENTS = "nodeproxy_k8s_watch_events_total"  # {resource, type}
+K8S_SYNCED = "nodeproxy_k8s_synced"  # gauge {resource}: 1 after the first list
+K8S_PUBLISHES = "nodeproxy_k8s_snapshots_published_total"
+
+K8S_HELP: dict[str, str] = {
+    K8S_RELISTS: "Complete lists of a Kubernetes resource (initial, after 410 Gone, after errors).",
+    K8S_WATCH_RESTARTS: "Kubernetes watches started again, by reason.",
+    K8S_EVENTS: "Kubernetes watch events received, by resource and type.",
+    K8S_SYNCED: "1 once the resource has been listed completely.",
+    K8S_PUBLISHES: "Endpoint snapshots published from Kubernetes state.",
+}
+
+
+class WatchProtocolError(Exception):
+    """An event or list body that is not what the API sends."""
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"  # the cache changed (or was rewritten)
+    BOOKMARK = "bookmark"  # only the version moved
+    GONE = "gone"  # 410: list again
+    ERROR = "error"  # another error event: reconnect
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One collection to list and watch, cluster-wide (or narrowed by selectors)."""
+
+    name: str  # the RBAC resource name: "endpointslices"
+    group: str  # API group, "" for the core group (RBAC apiGroups)
+    path: str  # collection path: "/apis/discovery.k8s.io/v1/endpointslices"
+    label_selector: str = ""
+    field_selector: str = ""
+
+    def _query(self, **extra: str) -> str:
+        params = {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
+        params.update(extra)
+        return urlencode({k: v for k, v in params.items() if v})
+
+    def list_target(self, limit: int, cont: str = "") -> str:
+        return f"{self.path}?{self._query(limit=str(limit), **{'continue': cont})}"
+
+    def watch_target(self, resource_version: str, timeout_seconds: int) -> str:
+        query = self._query(
+            watch="true",
+            resourceVersion=resource_version,
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(timeout_seconds),
+        )
+        return f"{self.path}?{query}"
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` (``name`` for cluster-scoped objects), as client-go keys them."""
+    meta = obj.get("metadata") or {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise WatchProtocolError("object without metadata.name")
+    return f"{ns}/{name}" if ns else name
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    if not isinstance(rv, str) or not rv:
+        raise WatchProtocolError("object without metadata.resourceVersion")
+    return rv
+
+
+@dataclass
+class Store:
+    """The cache of one resource; owned by its reflector task, read by the translator."""
+
+    resource: str
+    objects: dict[str, Obj] = field(default_factory=dict)
+    resource_version: str = ""
+    synced: bool = False  # a complete list has been applied at least once
+
+    def __repr__(self) -> str:
+        state = "synced" if self.synced else "not synced"
+        return (
+            f"<Store {self.resource} [{len(self.objects)} objects, "
+            f"version {self.resource_version or '-'}, {state}]>"
+        )
+
+    def replace(self, items: Iterable[Obj], resource_version: str) -> None:
+        """Apply a complete list: the new contents replace the old at once."""
+        self.objects = {object_key(item): item for item in items}
+        self.resource_version = resource_version
+        self.synced = True
+
+    def apply(self, event: Mapping[str, Any]) -> Outcome:
+        """Apply one watch event (already decoded from JSON)."""
+        kind, obj = event.get("type"), event.get("object")
+        if not isinstance(obj, dict):
+            raise WatchProtocolError(f"{kind} event without an object")
+        if kind in ("ADDED", "MODIFIED"):
+            self.objects[object_key(obj)] = obj
+        elif kind == "DELETED":
+            self.objects.pop(object_key(obj), None)
+        elif kind == "BOOKMARK":
+            self.resource_version = _version(obj)
+            return Outcome.BOOKMARK
+        elif kind == "ERROR":
+            return Outcome.GONE if obj.get("code") == 410 else Outcome.ERROR
+        else:
+            raise WatchProtocolError(f"unknown watch event type {kind!r}")
+        self.resource_version = _version(obj)
+        return Outcome.APPLIED
+
+
+def parse_list(body: bytes) -> tuple[list[Obj], str, str]:
+    """(items, metadata.resourceVersion, metadata.continue) of a list response."""
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise WatchProtocolError(f"list body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+        raise WatchProtocolError("list body is not a list object")
+    meta = doc.get("metadata") or {}
+    return (
+        list(doc.get("items") or []),
+        str(meta.get("resourceVersion", "")),
+        meta.get("continue", "") or "",
+    )
+
+
+def parse_event(line: bytes) -> Obj:
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise WatchProtocolError(f"watch event is not JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise WatchProtocolError("watch event is not an object")
+    return event
+
+
+class LineBuffer:
+    """Splits a byte stream into lines; holds at most ``max_line`` bytes of one line."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<LineBuffer [{len(self._buf)} of {self.max_line} bytes buffered]>"
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete, non-blank lines that ``data`` finished (without newlines)."""
+        self._buf += data
+        *lines, rest = self._buf.split(b"\n")
+        if len(rest) > self.max_line:
+            raise WatchProtocolError(f"watch event longer than {self.max_line} bytes")
+        self._buf = bytearray(rest)
+        for line in lines:
+            if len(line) > self.max_line:
+                raise WatchProtocolError(f"watch event longer than {self.max_line} bytes")
+        return [bytes(line) for line in lines if line.strip()]
+
+    def finish(self) -> list[bytes]:
+        """A last line that had no newline before the stream ended."""
+        rest, self._buf = bytes(self._buf), bytearray()
+        return [rest] if rest.strip() else []
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential delay capped at ``cap``, then jittered down by up to ``jitter``."""
+
+    initial: float = 0.8  # client-go's reflector: 800 ms doubling to 30 s
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5  # 0.5: the delay lands in [d/2, d]
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Delay before retry number ``attempt`` (0-based), ``rand`` in [0, 1)."""
+        base = min(self.cap, self.initial * self.factor ** min(attempt, 64))
+        return base * (1.0 - self.jitter * rand)
