@@ -1,0 +1,80 @@
+"""Choosing a balancer by name, and the label-subset filter canary routing uses.
+
+``make_balancer`` is the one place that maps an ``lb_policy`` string to a
+balancer, so the config, the pipeline and ``/explain`` agree on the names.
+Every balancer it returns takes outcome feedback (``FeedbackBalancer``), so
+the pipeline reports tries the same way whatever the policy; round robin
+ignores the loads for picking but still counts them for ``/clusters``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from nodeproxy.balancing.feedback import FeedbackBalancer, LoadTable, Tracking
+from nodeproxy.balancing.least_request import LeastRequest
+from nodeproxy.balancing.locality import DEFAULT_SATURATION, LocalityAware
+from nodeproxy.balancing.p2c_ewma import P2CEwma
+from nodeproxy.balancing.round_robin import RoundRobin
+from nodeproxy.balancing.weighted import WeightedRandom, WeightedRoundRobin
+from nodeproxy.discovery.snapshot import Endpoint
+
+POLICIES = ("p2c_ewma", "least_request", "round_robin", "weighted_round_robin", "random")
+DEFAULT_POLICY = "p2c_ewma"
+
+
+class TrackedRoundRobin(Tracking):
+    """The existing ``RoundRobin`` plus load counting."""
+
+    def __init__(self, loads: LoadTable | None = None) -> None:
+        self.loads = loads or LoadTable()
+        self._rr = RoundRobin()
+
+    def __repr__(self) -> str:
+        return f"<TrackedRoundRobin [{self._rr!r} | {self.loads!r}]>"
+
+    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
+        self.loads.prune(endpoints)
+        return self._rr.pick(endpoints, now)
+
+
+def make_balancer(
+    policy: str,
+    rng: random.Random,
+    *,
+    local_node: str = "",
+    saturation: int = DEFAULT_SATURATION,
+) -> FeedbackBalancer:
+    """A fresh balancer for one cluster; ``local_node`` enables same-node preference.
+
+    Raises ``ValueError`` on an unknown policy name (the config loader should
+    have rejected it already).
+    """
+    inner: FeedbackBalancer
+    if policy == "p2c_ewma":
+        inner = P2CEwma(rng)
+    elif policy == "least_request":
+        inner = LeastRequest(rng)
+    elif policy == "round_robin":
+        inner = TrackedRoundRobin()
+    elif policy == "weighted_round_robin":
+        inner = WeightedRoundRobin()
+    elif policy == "random":
+        inner = WeightedRandom(rng)
+    else:
+        raise ValueError(f"unknown lb_policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    return LocalityAware(inner, local_node, saturation) if local_node else inner
+
+
+def subset(endpoints: Sequence[Endpoint], labels: Mapping[str, str]) -> tuple[Endpoint, ...]:
+    """Endpoints carrying every ``labels`` pair (empty ``labels`` keeps all).
+
+    A canary split is a route-level weighted choice between subsets (``version:
+    v1`` 90 / ``version: v2`` 10); an empty result is the caller's
+    ``NoHealthyUpstream``, never a silent fallback to other versions.
+    """
+    if not labels:
+        return tuple(endpoints)
+    items = tuple(labels.items())
+    return tuple(ep for ep in endpoints if all(ep.labels.get(k) == v for k, v in items))
