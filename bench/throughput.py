@@ -2,11 +2,13 @@
 
 Why this shape: a proxy's cost is what it adds on top of the upstream, so the upstream must never
 be the bottleneck. It is nginx answering a fixed 200 from memory (`return 200`), not the Python
-greeter. wrk (keep-alive, `--latency`) measures three targets one after another: the upstream
-directly, nodeproxy, and nginx as a reverse proxy with upstream keep-alive and one worker. The
-proxy under test is pinned to one core (default 1) and is the only thing on it; wrk and the
-upstream share the other core (default 0). The proxy's CPU comes from /proc (utime + stime of its
-process group) before and after the measured run, divided by the requests wrk completed.
+greeter. wrk (keep-alive, `--latency`) measures four targets one after another: the upstream
+directly, a bare trio + h11 relay (bench/bare_relay.py: the calibration peer, the floor for a
+Python proxy on this machine), nodeproxy, and nginx as a reverse proxy with upstream keep-alive
+and one worker. The proxy under test is pinned to one core (default 1) and is the only thing on
+it; wrk and the upstream share the other core (default 0). The proxy's CPU comes from /proc
+(utime + stime of its process group) before and after the measured run, divided by the requests
+wrk completed.
 
 Loopback only, bounded in time (default run well under 2 minutes), installs nothing, and every
 process it starts is killed (process groups, try/finally) even on Ctrl-C or SIGTERM.
@@ -35,7 +37,7 @@ from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
 BENCH = Path(__file__).resolve().parent
 TARGET_PATH = "/hello/bench"
 INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
-TARGETS = ("direct", "nodeproxy", "nginx")
+TARGETS = ("direct", "bare", "nodeproxy", "nginx")
 
 
 def pinned(cpu: int, *argv: str) -> list[str]:
@@ -112,6 +114,11 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
     if "direct" in args.targets:
         direct = measure(args, "direct", up_port, upstream.pid, "upstream nginx")
         results.append(direct)
+    if "bare" in args.targets:
+        port = free_port()
+        relay = str(BENCH / "bare_relay.py")
+        argv = pinned(args.proxy_cpu, sys.executable, relay, str(port), str(up_port))
+        results.append(bench_proxy(args, procs, "bare", argv, port))
     if "nodeproxy" in args.targets:
         port, admin = free_port(), free_port()
         config = out / "nodeproxy.yaml"
@@ -131,13 +138,18 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
+    """nodeproxy against nginx (the reference) and the bare relay (the Python floor)."""
     by = {r.target: r for r in results if r.error is None}
-    if "nodeproxy" not in by or "nginx" not in by:
-        return {}
-    ours, ref = by["nodeproxy"], by["nginx"]
-    found = {"throughput_nodeproxy_over_nginx": ours.rps / ref.rps}
-    if ours.cpu_us_per_req and ref.cpu_us_per_req:
-        found["cpu_per_request_nodeproxy_over_nginx"] = ours.cpu_us_per_req / ref.cpu_us_per_req
+    found: dict[str, float] = {}
+    pairs = [("nodeproxy", "nginx"), ("nodeproxy", "bare"), ("bare", "nginx")]
+    for ours_name, ref_name in pairs:
+        ours, ref = by.get(ours_name), by.get(ref_name)
+        if ours is None or ref is None or not ref.rps:
+            continue
+        found[f"throughput_{ours_name}_over_{ref_name}"] = ours.rps / ref.rps
+        if ours.cpu_us_per_req and ref.cpu_us_per_req:
+            cpu = ours.cpu_us_per_req / ref.cpu_us_per_req
+            found[f"cpu_per_request_{ours_name}_over_{ref_name}"] = cpu
     return found
 
 
