@@ -1,0 +1,1 @@
+"""Fakes of external systems that speak their real wire protocols (see each module)."""
