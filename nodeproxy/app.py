@@ -5,9 +5,11 @@ One function, ``run_app``, owns the process's lifetime:
     root nursery
     ├── admin server            (started first, so /ready can say "starting")
     ├── upstream pool reaper
+    ├── certificate rotation    (mesh only: renews at 2/3 of life, tls/node_certs.py)
     ├── signal watcher          (SIGTERM/SIGINT -> drain; a second signal -> stop now)
     └── serving nursery
-        └── one task per listener, each with its own connection nursery
+        ├── one task per listener, each with its own connection nursery
+        └── the inbound mTLS listener (mesh only, server/inbound.py)
 
 Drain is the only way out: a signal or ``POST /drain`` flips ``DrainState``;
 listeners stop accepting, finish in-flight requests and close idle
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 import trio
@@ -27,7 +30,9 @@ import trio
 from nodeproxy.admin.server import serve_admin
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import DrainState, Runtime
+from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
 from nodeproxy.upstream.pool import Upstreams
 
@@ -65,25 +70,32 @@ async def run_app(
 ) -> None:
     runtime = Runtime(config)
     runtime.endpoints.publish(static_snapshot(config))
-    upstreams = Upstreams(runtime)
+    mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
+    upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
     handle = AppHandle(runtime)
+    addresses: dict[str, str] = {}
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)
         root.start_soon(upstreams.run)
+        if mesh is not None:
+            root.start_soon(mesh.certs.run)
         if handle_signals:
             root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
         async with trio.open_nursery() as serving:
             for lc in config.listeners:
-                handle.listener_ports[lc.name] = await serving.start(
-                    serve_listener, runtime, lc, upstreams
+                port = await serving.start(
+                    partial(serve_listener, mesh=mesh), runtime, lc, upstreams
                 )
+                handle.listener_ports[lc.name] = port
+                addresses[lc.name] = f"{lc.host}:{port}"
+            if mesh is not None:
+                port = await serving.start(serve_inbound, runtime, mesh, upstreams)
+                handle.listener_ports["inbound"] = port
+                addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
             runtime.listeners_ready = True
             log.info(
                 "started",
-                listeners={
-                    lc.name: f"{lc.host}:{handle.listener_ports[lc.name]}"
-                    for lc in config.listeners
-                },
+                listeners=addresses,
                 admin=f"{config.admin.host}:{handle.admin_port}",
                 clusters=len(config.clusters),
             )

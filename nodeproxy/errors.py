@@ -142,6 +142,41 @@ class RateLimited(ProxyError):
         self.retry_after = retry_after
 
 
+# -- mesh (node-to-node mTLS, docs/security.md) -------------------------------
+
+
+class MissingDestination(ProxyError):
+    """An inbound (mTLS) request without a usable ``x-nodeproxy-destination``."""
+
+    status = 400
+    cause = "missing_destination"
+    body = "missing or malformed x-nodeproxy-destination"
+
+
+class NotLocalDestination(ProxyError):
+    """The inbound port forwards only to pods of its own node: it is no open relay."""
+
+    status = 421
+    cause = "not_local_destination"
+    body = "misdirected request: destination is not a pod of this node"
+
+
+class UnknownSource(ProxyError):
+    """A cross-node call from a source with no workload identity (and no default)."""
+
+    status = 403
+    cause = "unknown_source"
+    body = "RBAC: access denied"
+
+
+class PeerTLSFailure(ProxyError):
+    """The mTLS handshake with the destination node's inbound listener failed."""
+
+    status = 503
+    cause = "tls_handshake_failure"
+    body = _ENVOY_RESET + "connection failure, transport failure reason: TLS error"
+
+
 class ConfigError(Exception):
     """A configuration problem, naming the field and (when known) the line.
 

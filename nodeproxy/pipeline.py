@@ -5,13 +5,18 @@
       -> route    routing/router.py    authority + path + headers -> cluster
       -> balance  balancing/           one RoundRobin per cluster, over the
                                        current endpoint snapshot (discovery/)
+      -> mesh     mesh/outbound.py     a pod of this node: policy, then direct;
+                                       of another node: mTLS to its inbound port
+                                       as the calling workload (upstream/peer.py)
       -> upstream upstream/client.py   a pooled keep-alive connection to it
       -> forward  server/exchange.py   stream the request up, the response down
 
 Every step before ``forward`` is synchronous and raises a typed ``ProxyError``
 (404 unknown service / no route, 503 no healthy upstream...) that the
 connection loop turns into the answer. One ``Pipeline`` per listener; its
-balancers are the only state, owned by it.
+balancers are the only state, owned by it. Headers only a node proxy may set
+(``x-nodeproxy-*``) are stripped from every request first: a plaintext client
+never names the next hop. The inbound (mTLS) side is ``mesh/inbound.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from nodeproxy.balancing.round_robin import RoundRobin
 from nodeproxy.config.model import ListenerConfig
 from nodeproxy.errors import NoHealthyUpstream
 from nodeproxy.http1.headers import request_authority
+from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
+from nodeproxy.mesh.state import Mesh
 from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.router import RouteDecision, Router
 from nodeproxy.runtime import Runtime
@@ -35,9 +42,16 @@ from nodeproxy.upstream.pool import Target, Upstreams
 class Pipeline:
     """route -> balance -> upstream -> forward, for the requests of one listener."""
 
-    def __init__(self, runtime: Runtime, listener: ListenerConfig, upstreams: Upstreams) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        listener: ListenerConfig,
+        upstreams: Upstreams,
+        mesh: Mesh | None = None,
+    ) -> None:
         config = runtime.config
         self.runtime = runtime
+        self.outbound_mesh = mesh
         self.upstreams = upstreams
         self.router = Router(listener, config.default_namespace, config.cluster_domain)
         self.balancers: dict[str, Balancer] = {name: RoundRobin() for name in config.clusters}
@@ -50,10 +64,13 @@ class Pipeline:
         """Proxy one request; True when the client connection may be kept alive."""
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
+        request = strip_mesh_headers(request)
         decision = self.route(ex.authority, ex.path, request.headers)
         ex.cluster = decision.cluster
         target = self.balance(decision)
         ex.upstream = target.endpoint.address
+        if self.outbound_mesh is not None:
+            target, request = mesh_step(self.outbound_mesh, down.client_ip, request, ex, target)
         return await forward(
             down,
             request,

@@ -24,6 +24,7 @@ from nodeproxy.config.checks import (
     header_name,
     url_path,
 )
+from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
     AdminConfig,
     ClusterConfig,
@@ -46,7 +47,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services",
+    "services", "mesh",
 )  # fmt: skip
 SERVICE_KEYS = (
     "name", "namespace", "connect_timeout", "response_timeout", "lb_policy",
@@ -70,18 +71,27 @@ def load_native(root: Node) -> Config:
     binds: Binds = []
     listeners = _listeners(f.get("listeners"), vhosts, binds)
     admin = f.opt("admin", lambda n: _admin(n, binds), AdminConfig())
+    node_name = f.opt("node_name", lambda n: n.text(non_empty=False), "")
+    mesh_node = f.get("mesh")
+    mesh = None
+    if mesh_node is not None:
+        mesh = read_mesh(mesh_node, default_ns=default_ns, node_name=node_name, binds=binds)
     check_unique_binds(binds)
+    clusters = MappingProxyType({s.cluster.name: s.cluster for s in services})
+    if mesh is not None:
+        check_endpoint_nodes(mesh, node_name, clusters)
     return Config(
         listeners=listeners,
-        clusters=MappingProxyType({s.cluster.name: s.cluster for s in services}),
+        clusters=clusters,
         admin=admin,
         limits=f.opt("limits", _limits, Limits()),
         log=f.opt("log", _log, LogConfig()),
         default_namespace=default_ns,
         cluster_domain=f.opt("cluster_domain", Node.host, "cluster.local"),
-        node_name=f.opt("node_name", lambda n: n.text(non_empty=False), ""),
+        node_name=node_name,
         source_format="native",
         source_path=root.source.file,
+        mesh=mesh,
     )
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from nodeproxy.policy.model import Policy
+
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -133,6 +135,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class WorkloadConfig:
+    """A static source identity: pods at ``source`` (an IP or CIDR) run as this SA."""
+
+    source: str  # normalised network, e.g. "127.0.0.2/32"
+    namespace: str
+    service_account: str
+    node: str | None = None  # None: a pod of this node
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Node-to-node mTLS, workload identities and authorization (docs/security.md)."""
+
+    ca_dir: str
+    trust_domain: str = "cluster.local"
+    cert_lifetime: float = 24 * 3600.0
+    renew_fraction: float = 2 / 3
+    inbound_host: str = "0.0.0.0"
+    inbound_port: int = 4143
+    nodes: Mapping[str, tuple[str, int]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )  # node name -> (host, port) of its inbound listener
+    workloads: tuple[WorkloadConfig, ...] = ()
+    default_identity: tuple[str, str] | None = None  # (namespace, service account)
+    enforce_outbound: bool = False  # also check cross-node requests before they leave
+    policy: Policy = field(default_factory=Policy.allow_all)
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     clusters: Mapping[str, ClusterConfig]
@@ -144,3 +175,4 @@ class Config:
     node_name: str = ""
     source_format: Literal["native", "envoy"] = "native"
     source_path: str = ""
+    mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly

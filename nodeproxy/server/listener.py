@@ -27,6 +27,7 @@ from nodeproxy.admin.stats import (
     labels,
 )
 from nodeproxy.config.model import ListenerConfig
+from nodeproxy.mesh.state import Mesh
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
@@ -39,7 +40,7 @@ _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 _ACCEPT_BACKOFF = 0.1
 
 
-class _Acceptor:
+class Acceptor:
     """Accept loop state for one listener: the connection count and the cap."""
 
     def __init__(self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop) -> None:
@@ -74,10 +75,14 @@ class _Acceptor:
 
     async def serve(self, stream: trio.SocketStream) -> None:
         try:
-            await self.loop.serve(stream)
+            await self.handle(stream)
         finally:
             self.active -= 1
             self.runtime.stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, -1)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection (the mTLS listener handshakes first)."""
+        await self.loop.serve(stream)
 
 
 async def serve_listener(
@@ -85,12 +90,23 @@ async def serve_listener(
     listener: ListenerConfig,
     upstreams: Upstreams,
     *,
+    mesh: Mesh | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``listener`` until drain completes; ``task_status.started(bound_port)``."""
+    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams, mesh), listener.name)
+    await serve_acceptor(runtime, listener, Acceptor(runtime, listener, loop), task_status)
+
+
+async def serve_acceptor(
+    runtime: Runtime,
+    listener: ListenerConfig,
+    acceptor: Acceptor,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """Bind ``listener``, run ``acceptor`` on it, drain; shared by the plain and mTLS listeners."""
+    loop = acceptor.loop
     sockets = await trio.open_tcp_listeners(listener.port, host=listener.host or None)
-    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams), listener.name)
-    acceptor = _Acceptor(runtime, listener, loop)
     port = int(sockets[0].socket.getsockname()[1])
     log.info("listening", listener=listener.name, host=listener.host, port=port)
     try:

@@ -11,11 +11,17 @@ most the cluster's ``connect_timeout`` (the time it would have been willing to
 spend connecting), then fails ``Overloaded`` (503). Waiting that long is
 bounded and absorbs short bursts; failing at once would turn every burst over
 ``max_connections_per_endpoint`` into errors.
+
+A ``PeerEndpoint`` (a pod on another node, reached through that node's
+inbound mTLS listener, ``peer.py``) is pooled by (peer node, identity) and
+connected with TLS presenting the calling workload's certificate; the data
+path above sees the same ``UpstreamConnection`` either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -30,10 +36,19 @@ from nodeproxy.admin.stats import (
 )
 from nodeproxy.config.model import ClusterConfig
 from nodeproxy.discovery.snapshot import Endpoint
-from nodeproxy.errors import Overloaded, UpstreamConnectFailure, UpstreamConnectTimeout
+from nodeproxy.errors import (
+    Overloaded,
+    PeerTLSFailure,
+    UpstreamConnectFailure,
+    UpstreamConnectTimeout,
+)
 from nodeproxy.http1.codec import H11ClientCodec
 from nodeproxy.runtime import Runtime
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
+from nodeproxy.upstream.peer import PeerEndpoint, open_peer_stream
+
+if TYPE_CHECKING:
+    from nodeproxy.tls.node_certs import MeshCertificates
 
 _MIN_REAP_INTERVAL = 0.05
 _MAX_REAP_INTERVAL = 30.0
@@ -85,7 +100,8 @@ class _Entry:
 class Upstreams:
     """All upstream connection pools of the process."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, certs: MeshCertificates | None = None) -> None:
+        self._certs = certs  # this node's workload certificates (mesh only)
         self._stats: Stats = runtime.stats
         self._clusters = runtime.config.clusters
         self._max_header_bytes = runtime.config.limits.max_request_header_bytes
@@ -97,10 +113,13 @@ class Upstreams:
         return f"<Upstreams [{len(self._entries)} endpoints | {active} active, {idle} idle]>"
 
     def _entry(self, cluster: ClusterConfig, endpoint: Endpoint) -> _Entry:
-        key = (cluster.name, endpoint.address)
+        if isinstance(endpoint, PeerEndpoint):
+            key = endpoint.pool_key
+        else:
+            key = (cluster.name, endpoint.address)
         entry = self._entries.get(key)
         if entry is None:
-            lbls = {"cluster": cluster.name, "endpoint": endpoint.address}
+            lbls = {"cluster": key[0], "endpoint": key[1]}
             entry = self._entries[key] = _Entry(
                 pool=EndpointPool(cluster.max_connections_per_endpoint, cluster.idle_timeout),
                 ep_labels=labels(**lbls),
@@ -168,10 +187,26 @@ class Upstreams:
             raise UpstreamConnectTimeout(
                 f"{endpoint.address}: no answer in {cluster.connect_timeout}s"
             )
+        key = (cluster.name, endpoint.address)
+        if isinstance(endpoint, PeerEndpoint):
+            key = endpoint.pool_key
+            ctx = None
+            if self._certs is not None and endpoint.identity is not None:
+                ctx = self._certs.client_context(endpoint.identity)
+            if ctx is None:
+                await trio.aclose_forcefully(stream)
+                raise PeerTLSFailure(f"this node holds no certificate for {endpoint.identity}")
+            try:
+                tls = await open_peer_stream(
+                    stream, ctx, endpoint, cluster.connect_timeout, self._stats
+                )
+            except BaseException:
+                self._stats.inc(UPSTREAM_CONNECT_FAILURES, entry.ep_labels)
+                raise
+            # TLSStream has SocketStream's surface (socket, send_all, receive_some, send_eof).
+            stream = cast(trio.SocketStream, tls)
         self._stats.inc(UPSTREAM_CONNECTIONS_OPENED, entry.ep_labels)
-        return UpstreamConnection(
-            stream, H11ClientCodec(self._max_header_bytes), (cluster.name, endpoint.address)
-        )
+        return UpstreamConnection(stream, H11ClientCodec(self._max_header_bytes), key)
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give a connection back: kept for reuse when ``reusable``, else closed."""

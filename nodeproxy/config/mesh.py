@@ -1,0 +1,160 @@
+"""The native ``mesh:`` section -> ``MeshConfig`` (node-to-node mTLS and policy).
+
+Why a module of its own: the mesh section is the only part of the config that
+names files holding key material (``ca_dir``) and the only one whose values
+are cross-checked against the services (every endpoint ``node:`` needs an
+inbound address). Both checks happen here, at load time, so ``check-config``
+catches a missing CA or a typo in a node name instead of the first request.
+
+The CA is opened once here only to prove it is usable; the running app loads
+it again (the key never becomes part of ``Config``, which ``/config_dump``
+serves).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from nodeproxy.config.checks import Binds, dns_label
+from nodeproxy.config.model import ClusterConfig, MeshConfig, WorkloadConfig
+from nodeproxy.config.yamlsrc import Node
+from nodeproxy.errors import ConfigError
+from nodeproxy.policy.parse import parse_policy
+from nodeproxy.tls.ca import CAError, load_ca
+from nodeproxy.tls.identity import InvalidSpiffeId, SpiffeId, validate_trust_domain
+
+MESH_KEYS = (
+    "trust_domain", "ca_dir", "cert_lifetime", "renew_fraction", "inbound", "nodes",
+    "workloads", "default_identity", "enforce_outbound", "policy",
+)  # fmt: skip
+DEFAULT_INBOUND = ("0.0.0.0", 4143)
+
+
+def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> MeshConfig:
+    """Validate the ``mesh`` mapping; the inbound address joins ``binds``."""
+    f = node.fields(*MESH_KEYS)
+    if not node_name:
+        raise node.error("a mesh needs node_name (this node's name, e.g. ${NODE_NAME})")
+    td_node = f.get("trust_domain")
+    trust_domain = "cluster.local"
+    if td_node is not None:
+        try:
+            trust_domain = validate_trust_domain(td_node.text())
+        except InvalidSpiffeId as exc:
+            raise td_node.error(exc.reason) from None
+    ca_node = f.need("ca_dir")
+    ca_dir = ca_node.text()
+    try:
+        ca = load_ca(ca_dir)
+    except CAError as exc:
+        raise ca_node.error(f"{exc} (create one with: nodeproxy ca init --dir {ca_dir})") from None
+    if ca.trust_domain != trust_domain:
+        raise ca_node.error(f"the CA is for trust domain {ca.trust_domain!r}, not {trust_domain!r}")
+    inbound = DEFAULT_INBOUND
+    if (addr := f.get("inbound")) is not None:
+        inbound = addr.address(allow_zero_port=True)
+        binds.append((addr, *inbound))
+    nodes: dict[str, tuple[str, int]] = f.opt("nodes", _nodes, {})
+    workloads = tuple(_workload(w, default_ns, td=trust_domain) for w in f.items("workloads"))
+    default_identity = f.opt("default_identity", lambda n: _sa(n, default_ns, trust_domain), None)
+    policy_node = f.get("policy")
+    try:
+        policy = parse_policy(
+            None if policy_node is None else _plain(policy_node),
+            default_namespace=default_ns,
+            field="mesh.policy",
+        )
+    except ConfigError as exc:
+        assert policy_node is not None  # None parses to allow-all
+        raise ConfigError(exc.field, exc.message, policy_node.line, node.source.file) from None
+    lifetime = f.opt("cert_lifetime", Node.duration, 24 * 3600.0)
+    if lifetime < 60:
+        raise f.need("cert_lifetime").error("must be at least 1m")
+    return MeshConfig(
+        ca_dir=ca_dir,
+        trust_domain=trust_domain,
+        cert_lifetime=lifetime,
+        renew_fraction=f.opt("renew_fraction", _fraction, 2 / 3),
+        inbound_host=inbound[0],
+        inbound_port=inbound[1],
+        nodes=MappingProxyType(nodes),
+        workloads=workloads,
+        default_identity=default_identity,
+        enforce_outbound=f.opt("enforce_outbound", Node.flag, False),
+        policy=policy,
+    )
+
+
+def check_endpoint_nodes(mesh: MeshConfig, node_name: str, clusters: Mapping[str, Any]) -> None:
+    """Every endpoint on another node needs that node's inbound address in ``mesh.nodes``."""
+    for cluster in clusters.values():
+        assert isinstance(cluster, ClusterConfig)
+        for ep in cluster.endpoints:
+            if ep.node and ep.node != node_name and ep.node not in mesh.nodes:
+                raise ConfigError(
+                    "mesh.nodes",
+                    f"no inbound address for node {ep.node!r} "
+                    f"(endpoint {ep.address} of service {cluster.name})",
+                )
+
+
+def _nodes(node: Node) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for name, value in node.entries().items():
+        try:
+            SpiffeId.node(name)
+        except InvalidSpiffeId:
+            raise value.error(f"{name!r} is not a valid node name (DNS-1123 subdomain)") from None
+        out[name] = value.address()
+    return out
+
+
+def _workload(node: Node, default_ns: str, *, td: str) -> WorkloadConfig:
+    f = node.fields("source", "namespace", "service_account", "node")
+    src = f.need("source")
+    try:
+        network = ipaddress.ip_network(src.text(), strict=True)
+    except ValueError as exc:
+        raise src.error(f"expected an IP or CIDR: {exc}") from None
+    ns, sa = _sa(node, default_ns, td, extra=("source", "node"))
+    return WorkloadConfig(
+        source=str(network),
+        namespace=ns,
+        service_account=sa,
+        node=f.opt("node", Node.text, None),
+    )
+
+
+def _sa(node: Node, default_ns: str, td: str, extra: tuple[str, ...] = ()) -> tuple[str, str]:
+    f = node.fields("namespace", "service_account", *extra)
+    ns = f.opt("namespace", dns_label, default_ns)
+    sa_node = f.need("service_account")
+    try:
+        sid = SpiffeId.workload(ns, sa_node.text(), td)
+    except InvalidSpiffeId as exc:
+        raise sa_node.error(exc.reason) from None
+    assert sid.service_account is not None
+    return ns, sid.service_account
+
+
+def _fraction(node: Node) -> float:
+    try:
+        value = float(node.text())
+    except ValueError:
+        raise node.error("expected a number between 0 and 1") from None
+    if not 0.1 <= value <= 0.9:
+        raise node.error(f"must be between 0.1 and 0.9, got {value}")
+    return value
+
+
+def _plain(node: Node) -> Any:
+    """The Python value of a YAML subtree (the policy parser takes plain data)."""
+    if not isinstance(node.node, yaml.Node):  # pragma: no cover - composed nodes only
+        raise node.error("unexpected value")
+    return SafeConstructor().construct_object(node.node, deep=True)  # type: ignore[no-untyped-call]  # PyYAML has no annotations

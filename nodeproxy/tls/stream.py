@@ -1,0 +1,58 @@
+"""An mTLS stream that fits where the plain data path expects a socket stream.
+
+The connection loop, the downstream/upstream records and the relay were
+written for ``trio.SocketStream``: they read and write with ``receive_some``
+/ ``send_all``, half-close with ``send_eof``, and close through
+``.socket.close()`` (cheap and never blocking). ``TLSStream`` wraps a
+handshaken ``trio.SSLStream`` with exactly that surface, so the mesh reuses
+the plain HTTP/1.1 path unchanged on both sides of a node-to-node hop:
+
+- ``socket`` is the TCP transport's socket (peer address, hard close);
+- TLS has no half-close: ``send_eof`` sends ``close_notify`` and closes
+  (what the lingering close after an error answer and the WebSocket splice
+  need: the peer sees a clean end of stream);
+- ``identity`` is the peer's verified SPIFFE ID, read once after the
+  handshake.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from nodeproxy.tls.identity import SpiffeId
+
+
+class TLSStream:
+    """A handshaken ``SSLStream`` over TCP, shaped like ``trio.SocketStream``."""
+
+    __slots__ = ("identity", "socket", "tls")
+
+    def __init__(self, tls: trio.SSLStream[trio.SocketStream], identity: SpiffeId) -> None:
+        self.tls = tls
+        self.socket = tls.transport_stream.socket
+        self.identity = identity
+
+    def __repr__(self) -> str:
+        return f"<TLSStream {self.identity} {self.tls.version()}>"
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.tls.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.tls.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tls.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """No TLS half-close: send close_notify and close the connection."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        try:
+            with trio.move_on_after(1.0) as scope:  # a peer that never reads must not hold us
+                await self.tls.aclose()
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self.tls.transport_stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.socket.close()
