@@ -147,7 +147,7 @@ def parse_list(body: bytes) -> tuple[list[Obj], str, str]:
         doc = json.loads(body)
     except ValueError as exc:
         raise WatchProtocolError(f"list body is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+    if not isinstance(doc, dict) or not isinstance(doc.get("items") or [], list):
         raise WatchProtocolError("list body is not a list object")
     meta = doc.get("metadata") or {}
     return (

@@ -1,0 +1,120 @@
+"""From Services, EndpointSlices/Endpoints, Pods and Nodes to clusters of endpoints (pure)."""
+
+from __future__ import annotations
+
+from nodeproxy.config.model import EndpointConfig
+from nodeproxy.discovery.kubernetes.translate import (
+    PodIdentity,
+    cluster_name,
+    clusters_from_endpoints,
+    clusters_from_slices,
+    node_proxies,
+    pod_identities,
+)
+from tests.fakes.k8s_objects import endpoint, endpoint_slice, endpoints_v1, node, pod, service
+
+
+def hosts(eps: tuple[EndpointConfig, ...]) -> list[str]:
+    return [e.address for e in eps]
+
+
+def test_cluster_names_follow_the_native_config() -> None:
+    assert cluster_name("bdgreeter", "default") == "bdgreeter"
+    assert cluster_name("db", "prod") == "db.prod"
+    assert cluster_name("db", "prod", default_namespace="prod") == "db"
+
+
+def test_several_slices_per_service_only_ready_and_not_terminating() -> None:
+    svc = service("bdgreeter", [("http", 80, 8080)])
+    slices = [
+        endpoint_slice("bd-1", "bdgreeter", [
+            endpoint("10.0.1.1"),
+            endpoint("10.0.1.2", ready=False),
+        ]),
+        endpoint_slice("bd-2", "bdgreeter", [
+            endpoint("10.0.2.1", node="node-2"),
+            endpoint("10.0.2.2", ready=False, terminating=True),
+            endpoint("10.0.2.3", ready=None),  # nil ready means ready (API docs)
+        ]),
+        endpoint_slice("other-1", "other", [endpoint("10.0.9.9")]),
+    ]  # fmt: skip
+    clusters = clusters_from_slices([svc], slices)
+    assert sorted(clusters) == ["bdgreeter", "bdgreeter:80"]
+    assert hosts(clusters["bdgreeter"]) == ["10.0.1.1:8080", "10.0.2.1:8080", "10.0.2.3:8080"]
+    assert clusters["bdgreeter"] == clusters["bdgreeter:80"]
+    assert [e.node for e in clusters["bdgreeter"]] == ["node-1", "node-2", "node-1"]
+
+
+def test_terminating_but_ready_endpoint_gets_no_new_traffic() -> None:
+    # publishNotReadyAddresses keeps ready=true while terminating
+    svc = service("s", [("", 80, 8080)])
+    sl = endpoint_slice("s-1", "s", [endpoint("10.0.0.1", terminating=True)], ports=(("", 8080),))
+    assert clusters_from_slices([svc], [sl])["s"] == ()
+
+
+def test_port_names_pick_the_slice_port_and_each_port_is_a_cluster() -> None:
+    svc = service("api", [("grpc", 9090, 9000), ("http", 8080, 8000)], ns="prod")
+    sl = endpoint_slice(
+        "api-1", "api", [endpoint("10.1.0.1")], ports=(("http", 8000), ("grpc", 9000)), ns="prod"
+    )
+    clusters = clusters_from_slices([svc], [sl])
+    assert hosts(clusters["api.prod:8080"]) == ["10.1.0.1:8000"]
+    assert hosts(clusters["api.prod:9090"]) == ["10.1.0.1:9000"]
+    assert clusters["api.prod"] == clusters["api.prod:9090"]  # no port 80: the first port
+
+
+def test_slices_in_another_namespace_do_not_match() -> None:
+    svc = service("s", [("http", 80, 8080)], ns="a")
+    sl = endpoint_slice("s-1", "s", [endpoint("10.0.0.1")], ns="b")
+    assert clusters_from_slices([svc], [sl]) == {"s.a": (), "s.a:80": ()}
+
+
+def test_service_without_slices_is_an_empty_cluster_and_external_name_is_skipped() -> None:
+    ext = service("ext", [("http", 80, 80)])
+    ext["spec"]["type"] = "ExternalName"
+    clusters = clusters_from_slices([service("lonely", [("http", 80, 8080)]), ext], [])
+    assert clusters == {"lonely": (), "lonely:80": ()}
+
+
+def test_duplicate_address_across_slices_is_listed_once() -> None:
+    svc = service("s", [("http", 80, 8080)])
+    slices = [endpoint_slice(f"s-{i}", "s", [endpoint("10.0.0.1")]) for i in range(2)]
+    assert hosts(clusters_from_slices([svc], slices)["s"]) == ["10.0.0.1:8080"]
+
+
+def test_labels_from_the_local_pod_and_the_zone() -> None:
+    svc = service("s", [("http", 80, 8080)])
+    sl = endpoint_slice("s-1", "s", [
+        endpoint("10.0.0.1", pod="s-a", zone="z1"),
+        endpoint("10.0.0.2", pod="s-remote"),
+    ])  # fmt: skip
+    pods = [pod("s-a", "10.0.0.1", labels={"version": "v1"})]
+    eps = clusters_from_slices([svc], [sl], pods)["s"]
+    assert dict(eps[0].labels) == {"version": "v1", "topology.kubernetes.io/zone": "z1"}
+    assert dict(eps[1].labels) == {}
+
+
+def test_v1_endpoints_ready_addresses_only() -> None:
+    svc = service("bdgreeter", [("http", 80, 8080)])
+    eps = endpoints_v1("bdgreeter", [("10.0.0.1", "n1"), ("10.0.0.2", "n2")], [("10.0.0.3", "n1")])
+    clusters = clusters_from_endpoints([svc], [eps])
+    assert hosts(clusters["bdgreeter"]) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    assert [e.node for e in clusters["bdgreeter"]] == ["n1", "n2"]
+
+
+def test_node_proxy_addresses() -> None:
+    no_ip = {"metadata": {"name": "n3"}, "status": {"addresses": []}}
+    v6 = node("n4", "fd00::4")
+    assert node_proxies([node("n1", "192.168.0.1"), no_ip, v6]) == {
+        "n1": "192.168.0.1:4143",
+        "n4": "[fd00::4]:4143",
+    }
+
+
+def test_pod_identities_by_ip() -> None:
+    done = pod("job", "10.0.0.9")
+    done["status"]["phase"] = "Succeeded"
+    host = pod("hostnet", "192.168.0.1")
+    host["spec"]["hostNetwork"] = True
+    pods = [pod("web", "10.0.0.1", ns="shop", service_account="web-sa"), done, host]
+    assert pod_identities(pods) == {"10.0.0.1": PodIdentity("web", "shop", "web-sa")}
