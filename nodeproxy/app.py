@@ -46,6 +46,7 @@ class AppHandle:
     runtime: Runtime
     listener_ports: dict[str, int] = field(default_factory=dict)
     admin_port: int = 0
+    mesh: Mesh | None = None  # certificates, identities, policy (when config.mesh is set)
 
 
 async def watch_signals(drain: DrainState, stop: trio.CancelScope) -> None:
@@ -72,7 +73,7 @@ async def run_app(
     runtime.endpoints.publish(static_snapshot(config))
     mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
-    handle = AppHandle(runtime)
+    handle = AppHandle(runtime, mesh=mesh)
     addresses: dict[str, str] = {}
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)

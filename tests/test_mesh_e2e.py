@@ -101,7 +101,9 @@ async def test_other_workloads_and_unknown_sources(tmp_path: Path) -> None:
 async def test_same_node_pod_is_reached_directly_and_still_checked(tmp_path: Path) -> None:
     async with two_node_mesh(tmp_path) as mesh:
         async with client_from(WEB_IP) as web:
-            r = await web.get(f"http://127.0.0.1:{mesh.a.outbound}/", headers={"host": "cache.shop"})
+            r = await web.get(
+                f"http://127.0.0.1:{mesh.a.outbound}/", headers={"host": "cache.shop"}
+            )
         assert r.status_code == 200
         assert "x-forwarded-client-cert" not in dict(r.json()["headers"])  # plaintext, direct
         async with client_from("127.0.0.3") as reporting:

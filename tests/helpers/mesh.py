@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from nodeproxy.app import AppHandle, run_app
 from nodeproxy.config import load_config_text
-from nodeproxy.tls.ca import CertificateAuthority, init_ca
+from nodeproxy.tls.ca import CertificateAuthority, init_ca, utc_now
 from nodeproxy.tls.identity import SpiffeId
 from tests.helpers.backends import Backend, backend
 
@@ -108,9 +109,9 @@ class Mesh:
 
 async def _start(nursery: trio.Nursery, text: str) -> AppHandle:
     config = load_config_text(text, env={})
-    handle: AppHandle = await nursery.start(lambda task_status: run_app(
-        config, handle_signals=False, task_status=task_status
-    ))
+    handle: AppHandle = await nursery.start(
+        lambda task_status: run_app(config, handle_signals=False, task_status=task_status)
+    )
     return handle
 
 
@@ -118,7 +119,7 @@ async def _start(nursery: trio.Nursery, text: str) -> AppHandle:
 async def two_node_mesh(tmp_path: Path, *, enforce_outbound: bool = False) -> AsyncIterator[Mesh]:
     """node-b (auth-api, database) and node-a (cache, the callers), both running."""
     ca_dir = tmp_path / "mesh-ca"
-    ca = init_ca(ca_dir)
+    ca = init_ca(ca_dir, now=utc_now() - timedelta(days=30))  # room for "expired" test certs
     async with AsyncExitStack() as stack:
         auth = await stack.enter_async_context(backend())
         database = await stack.enter_async_context(backend())
