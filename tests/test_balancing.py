@@ -250,11 +250,24 @@ def test_unknown_policy_is_refused() -> None:
 def test_load_table_stays_bounded_across_snapshots() -> None:
     b = P2CEwma(random.Random(0))
     for gen in range(50):
+        now = gen * 60.0  # each snapshot lives a minute (> 5 decay times)
         eps = (ep(1000 + 2 * gen), ep(1001 + 2 * gen))
         for e in eps:
-            b.on_complete(b.on_start(e, gen), gen + 0.01, Outcome.SUCCESS)
-        b.pick(eps, float(gen))
+            b.on_complete(b.on_start(e, now), now + 0.01, Outcome.SUCCESS)
+        b.pick(eps, now + 1.0)
     assert len(b.loads) <= 2 * 2 + 8 + 2
+
+
+def test_picking_from_a_canary_subset_keeps_the_other_subsets_estimates() -> None:
+    b = P2CEwma(random.Random(0))
+    v1 = tuple(ep(2000 + i) for i in range(12))
+    v2 = (ep(3000),)
+    for e in v1:
+        b.on_complete(b.on_start(e, 0.0), 0.2, Outcome.SUCCESS)
+    for k in range(45):
+        b.pick(v2, 1.0 + k)  # 45 s of v2-only picks: v1 was recently used, so it is kept
+    assert len(b.loads) == 12
+    assert b.loads.ewma(v1[0], 1.0) > 0.15
 
 
 @pytest.mark.parametrize(

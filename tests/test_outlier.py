@@ -183,3 +183,11 @@ def test_illegal_health_transition_is_typed() -> None:
     t = HealthTracker()
     with pytest.raises(IllegalTransition):
         t._move(t._track(A, 0.0), "pass")
+
+
+def test_healthy_on_a_subset_forgets_nothing() -> None:
+    d = detector()
+    fail(d, 0.0)
+    assert d.healthy(EPS[1:2], 1.0) == EPS[1:2]  # a canary subset without A
+    assert d.healthy(EPS, 2.0) == EPS[1:]  # A is still ejected
+    assert "4 hosts, 1 ejected" in repr(d)

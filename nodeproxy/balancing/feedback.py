@@ -14,8 +14,8 @@ Every started try must be completed exactly once (use ``try/finally`` and
 ``Outcome.CANCELLED`` when the try is abandoned), else the active count leaks.
 Completing twice raises ``DoubleCompletion``. State is keyed by the endpoint's
 ``address`` so it survives a snapshot swap that re-creates the objects, and the
-table prunes idle entries for endpoints that left the snapshot, so it stays
-bounded by the cluster size.
+table forgets endpoints that have been gone and idle for a while (``prune``),
+so it stays bounded by the endpoints seen recently.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class LoadTable:
         self.decay = decay
         self.failure_penalty = failure_penalty
         self._loads: dict[str, EndpointLoad] = {}
+        self._next_prune = float("-inf")
 
     def __repr__(self) -> str:
         active = sum(x.active for x in self._loads.values())
@@ -157,12 +158,24 @@ class LoadTable:
             rtt = max(rtt, self.failure_penalty)  # a fast failure must not look fast
         load.observe(now, rtt, self.decay)
 
-    def prune(self, live: Sequence[Endpoint]) -> None:
-        """Forget idle endpoints no longer in ``live`` once the table has grown."""
-        if len(self._loads) <= 2 * len(live) + 8:
+    def prune(self, live: Sequence[Endpoint], now: float) -> None:
+        """Forget endpoints absent from ``live``, idle, and silent for 5 decay times.
+
+        Called from ``pick``; scans at most once per ``decay`` and only once the
+        table outgrew ``live``. Age matters because ``live`` may be a canary
+        subset: the other subset's estimates must survive. After five decay
+        times an estimate carries under 1 % of its last sample anyway.
+        """
+        if len(self._loads) <= 2 * len(live) + 8 or now < self._next_prune:
             return
+        self._next_prune = now + self.decay
         keep = {ep.address for ep in live}
-        for addr in [a for a, x in self._loads.items() if a not in keep and x.active == 0]:
+        horizon = now - 5 * self.decay
+        for addr in [
+            a
+            for a, x in self._loads.items()
+            if a not in keep and x.active == 0 and x.updated < horizon
+        ]:
             del self._loads[addr]
 
 

@@ -58,7 +58,7 @@ class P2CEwma(Tracking):
     def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
         if not endpoints:
             return None
-        self.loads.prune(endpoints)
+        self.loads.prune(endpoints, now)
         if len(endpoints) == 1:
             return endpoints[0]
         i, j = two_choices(len(endpoints), self._rng)

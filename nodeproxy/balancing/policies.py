@@ -35,7 +35,7 @@ class TrackedRoundRobin(Tracking):
         return f"<TrackedRoundRobin [{self._rr!r} | {self.loads!r}]>"
 
     def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
-        self.loads.prune(endpoints)
+        self.loads.prune(endpoints, now)
         return self._rr.pick(endpoints, now)
 
 

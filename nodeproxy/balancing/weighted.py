@@ -62,6 +62,7 @@ class WeightedRoundRobin(Tracking):
         """The endpoint with the highest running credit; its credit drops by the total."""
         if not endpoints:
             return None
+        self.loads.prune(endpoints, now)
         if len(self._current) > 2 * len(endpoints) + 8:
             live = {ep.address for ep in endpoints}
             self._current = {a: c for a, c in self._current.items() if a in live}
@@ -95,6 +96,7 @@ class WeightedRandom(Tracking):
         """Draw one endpoint; cumulative weights are cached per endpoint list object."""
         if not endpoints:
             return None
+        self.loads.prune(endpoints, now)
         seq, cum = self._cache
         if seq is not endpoints:
             cum = list(itertools.accumulate(weight_of(ep) for ep in endpoints))

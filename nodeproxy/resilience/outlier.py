@@ -109,7 +109,6 @@ class OutlierDetector:
     def __init__(self, config: OutlierConfig | None = None) -> None:
         self.config = config or OutlierConfig()
         self._hosts: dict[str, _Host] = {}
-        self._seen: Sequence[Endpoint] | None = None
         self.ejections = 0
         self.overflows = 0  # ejections refused by max_ejection_percent
         self.panics = 0  # healthy() calls that found everything ejected
@@ -140,7 +139,11 @@ class OutlierDetector:
             host.mark += steps * self.config.interval
 
     def sync(self, endpoints: Iterable[Endpoint], now: float) -> None:
-        """Adopt a new endpoint set: forget departed hosts, add new ones as ACTIVE."""
+        """Adopt the cluster's full endpoint set (call on each snapshot change).
+
+        Departed hosts are forgotten (a returning address starts clean), new
+        ones start ACTIVE; the set is the denominator of ``max_ejection_percent``.
+        """
         live = {ep.address for ep in endpoints}
         self._hosts = {a: h for a, h in self._hosts.items() if a in live}
         for address in live:
@@ -158,11 +161,12 @@ class OutlierDetector:
         return host.until if host and self.state(ep, now) is HostState.EJECTED else None
 
     def healthy(self, endpoints: Sequence[Endpoint], now: float) -> Sequence[Endpoint]:
-        """The endpoints not ejected; all of them if every one is (Envoy's panic mode)."""
-        if endpoints is not self._seen:
-            self.sync(endpoints, now)
-            self._seen = endpoints
-        live = [ep for ep in endpoints if self.state(ep, now) is HostState.ACTIVE]
+        """The endpoints not ejected; all of them if every one is (Envoy's panic mode).
+
+        ``endpoints`` may be a subset (a canary's); hosts not seen before are
+        added, none is forgotten here (that is ``sync``'s job).
+        """
+        live = [ep for ep in endpoints if self._host(ep.address, now).state is HostState.ACTIVE]
         if len(live) == len(endpoints):
             return endpoints
         if not live and endpoints:
