@@ -82,6 +82,12 @@ class MeshCertificates:
             self._clients.pop(sid, None)
         return list(plan.issue)
 
+    def renew_all(self, now: datetime) -> None:
+        """Re-issue every certificate now, due or not (e.g. after a CA key change)."""
+        for sid in sorted(self.wanted):
+            self.store.remove(sid)
+        self.rotations += len(self.refresh(now))
+
     def _install(self, issued: IssuedCert) -> None:
         sid = issued.spiffe_id
         if sid == self.node_id:
