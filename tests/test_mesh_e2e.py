@@ -10,6 +10,7 @@ webserver -> database is denied and the database never sees the request.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,11 @@ import structlog
 import trio
 
 from nodeproxy.mesh.state import POLICY_DENIED
+from nodeproxy.tls.ca import init_ca
 from nodeproxy.upstream.peer import TLS_HANDSHAKE_FAILURES
+from tests.helpers.backends import backend
 from tests.helpers.mesh import REPORTING, WEB, WEB_IP, client_from, two_node_mesh
-
-
-def _captured() -> structlog.testing.LogCapture:
-    return structlog.testing.LogCapture()
+from tests.helpers.proc import running_nodeproxy
 
 
 async def test_webserver_reaches_auth_api_on_the_other_node_over_mtls(tmp_path: Path) -> None:
@@ -145,3 +145,58 @@ async def test_plaintext_client_cannot_name_the_destination(tmp_path: Path, head
         assert len(mesh.auth.requests) == 1
         assert mesh.a.counter(TLS_HANDSHAKE_FAILURES) == 0
         await trio.lowlevel.checkpoint()
+
+
+async def _curl(*args: str) -> tuple[int, str]:
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return done.returncode, done.stdout.decode()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_example_as_two_nodeproxy_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/mesh/mesh.yaml, run as the operator would: two processes, curl as the pods."""
+    init_ca(tmp_path / "ca")
+    example = str(Path(__file__).parent.parent / "examples" / "mesh" / "mesh.yaml")
+    async with backend() as auth, backend() as database:
+        for name, value in {
+            "CA_DIR": str(tmp_path / "ca"),
+            "AUTH_PORT": str(auth.port),
+            "DATABASE_PORT": str(database.port),
+            "OUTBOUND": "127.0.0.1:0",
+            "ADMIN": "127.0.0.1:0",
+            "INBOUND": "127.0.0.1:0",
+            "NODE_NAME": "node-b",
+        }.items():
+            monkeypatch.setenv(name, value)
+        async with running_nodeproxy("run", "-c", example) as node_b:
+            monkeypatch.setenv("NODE_NAME", "node-a")
+            monkeypatch.setenv("NODE_B_INBOUND", f"127.0.0.1:{node_b.listener_ports['inbound']}")
+            async with running_nodeproxy("run", "-c", example) as node_a:
+                url = f"http://127.0.0.1:{node_a.listener_ports['outbound']}/"
+                web = ("--interface", WEB_IP)
+                reporting = ("--interface", "127.0.0.3")
+                assert await _curl(*web, "-H", "Host: auth-api.shop", url) == (0, "200")
+                assert await _curl(*web, "-H", "Host: database.shop", url) == (0, "403")
+                assert await _curl(*reporting, "-H", "Host: database.shop", url) == (0, "200")
+                post = ("-X", "POST", "-H", "Host: database.shop", url)
+                assert await _curl(*reporting, *post) == (0, "403")
+                assert len(auth.requests) == 1
+                assert [r.method for r in database.requests] == [b"GET"]
+                node_b.signal()
+                with trio.fail_after(20):
+                    await node_b.read_event("stopped")  # collects every log line before it
+                assert await node_b.wait_exit() == 0
+                denied = [
+                    line
+                    for line in node_b.lines
+                    if line.get("event") == "access" and line.get("status") == 403
+                ]
+                assert [d.get("policy_rule") for d in denied] == ["(default)", "(default)"]
