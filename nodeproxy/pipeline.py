@@ -30,7 +30,7 @@ from nodeproxy.config.model import ListenerConfig
 from nodeproxy.errors import NoHealthyUpstream
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
-from nodeproxy.mesh.state import Mesh
+from nodeproxy.mesh.state import Mesh, forget_rule
 from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.router import RouteDecision, Router
 from nodeproxy.runtime import Runtime
@@ -65,6 +65,8 @@ class Pipeline:
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
         request = strip_mesh_headers(request)
+        if self.outbound_mesh is not None:
+            forget_rule()  # the previous request's policy_rule must not reach this access line
         decision = self.route(ex.authority, ex.path, request.headers)
         ex.cluster = decision.cluster
         target = self.balance(decision)

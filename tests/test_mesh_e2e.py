@@ -106,11 +106,23 @@ async def test_same_node_pod_is_reached_directly_and_still_checked(tmp_path: Pat
             )
         assert r.status_code == 200
         assert "x-forwarded-client-cert" not in dict(r.json()["headers"])  # plaintext, direct
-        async with client_from("127.0.0.3") as reporting:
-            r = await reporting.get(
-                f"http://127.0.0.1:{mesh.a.outbound}/", headers={"host": "cache.shop"}
-            )
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            async with client_from("127.0.0.3") as reporting:
+                r = await reporting.get(
+                    f"http://127.0.0.1:{mesh.a.outbound}/", headers={"host": "cache.shop"}
+                )
+                again = await reporting.get(  # same keep-alive connection
+                    f"http://127.0.0.1:{mesh.a.outbound}/", headers={"host": "nosuch.shop"}
+                )
         assert (r.status_code, r.headers["x-nodeproxy-error"]) == (403, "denied")
+        assert again.status_code == 404
+        lines = [e for e in logs if e.get("event") == "access"]
+        assert [(e["status"], e.get("policy_rule")) for e in lines] == [
+            (403, "(default)"),
+            (404, None),  # the rule of the previous request does not leak into this line
+        ]
         assert len(mesh.cache.requests) == 1
         assert mesh.a.counter(POLICY_DENIED, listener="outbound") == 1
         assert mesh.b.counter("nodeproxy_downstream_connections_total", listener="inbound") == 0

@@ -33,6 +33,7 @@ from nodeproxy.mesh.state import (
     SERVICE_HEADER,
     XFCC_HEADER,
     Mesh,
+    forget_rule,
     is_mesh_header,
     service_of,
 )
@@ -113,6 +114,7 @@ class InboundPipeline(Pipeline):
         return self._local
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
+        forget_rule()
         caller = CALLER.get()
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")

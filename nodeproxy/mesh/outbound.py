@@ -30,7 +30,6 @@ from nodeproxy.mesh.state import (
     DESTINATION_HEADER,
     SERVICE_HEADER,
     Mesh,
-    forget_rule,
     is_mesh_header,
     service_of,
 )
@@ -56,7 +55,6 @@ def mesh_step(
     mesh: Mesh, client_ip: str, request: h11.Request, ex: Exchange, target: Target
 ) -> tuple[Target, h11.Request]:
     """Where ``target`` is really reached from here, and the request to send there."""
-    forget_rule()
     endpoint = target.endpoint
     if endpoint.node is None:
         return target, request

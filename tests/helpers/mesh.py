@@ -139,10 +139,12 @@ async def two_node_mesh(tmp_path: Path, *, enforce_outbound: bool = False) -> As
         a = await _start(
             nursery, CONFIG.format(node="node-a", a_inbound=1, b_inbound=b_inbound, **fields)
         )
-        yield Mesh(ca, ca_dir, Node("node-a", a), Node("node-b", b), auth, database, cache)
-        for handle in (a, b):  # drain: both apps return and close every pooled connection
-            handle.runtime.drain.start("test over")
-        nursery.cancel_scope.deadline = trio.current_time() + 10
+        try:
+            yield Mesh(ca, ca_dir, Node("node-a", a), Node("node-b", b), auth, database, cache)
+        finally:
+            for handle in (a, b):  # drain: both apps return and close every pooled connection
+                handle.runtime.drain.start("test over")
+            nursery.cancel_scope.deadline = trio.current_time() + 10
 
 
 def client_from(source_ip: str) -> httpx.AsyncClient:
