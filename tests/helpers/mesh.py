@@ -107,7 +107,7 @@ class Mesh:
         return sum(len(b.requests) for b in (self.auth, self.database, self.cache))
 
 
-async def _start(nursery: trio.Nursery, text: str) -> AppHandle:
+async def start_node(nursery: trio.Nursery, text: str) -> AppHandle:
     config = load_config_text(text, env={})
     handle: AppHandle = await nursery.start(
         lambda task_status: run_app(config, handle_signals=False, task_status=task_status)
@@ -134,9 +134,11 @@ async def two_node_mesh(tmp_path: Path, *, enforce_outbound: bool = False) -> As
             web_ip=WEB_IP,
             reporting_ip=REPORTING_IP,
         )
-        b = await _start(nursery, CONFIG.format(node="node-b", a_inbound=1, b_inbound=1, **fields))
+        b = await start_node(
+            nursery, CONFIG.format(node="node-b", a_inbound=1, b_inbound=1, **fields)
+        )
         b_inbound = b.listener_ports["inbound"]
-        a = await _start(
+        a = await start_node(
             nursery, CONFIG.format(node="node-a", a_inbound=1, b_inbound=b_inbound, **fields)
         )
         try:
