@@ -59,15 +59,20 @@ class ApiResponse:
     _stream: trio.abc.Stream
     _conn: h11.Connection
     _read_timeout: float
+    _ended: bool = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; ends at the end of the message."""
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body as it arrives; b"" once the message has ended."""
+        if self._ended:
+            return b""
         while True:
             event = await _next_event(self._conn, self._stream, self._read_timeout)
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
+                if event.data:
+                    return bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                return
+                self._ended = True
+                return b""
             else:
                 raise ApiUnavailable(f"unexpected {type(event).__name__} in the body")
 
@@ -75,7 +80,7 @@ class ApiResponse:
         """The whole body, refusing (``ApiUnavailable``) one longer than ``limit``."""
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.chunks():
+        while chunk := await self.next_chunk():
             size += len(chunk)
             if size > limit:
                 raise ApiUnavailable(f"response body larger than {limit} bytes")
@@ -187,6 +192,8 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, timeout: fl
             except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
                 raise ApiUnavailable(f"reading from the API server: {exc!r}") from exc
             conn.receive_data(bytes(data))
+            if not data and conn.their_state is h11.SEND_RESPONSE:
+                raise ApiUnavailable("the API server closed the connection without answering")
             continue
         if isinstance(event, h11.ConnectionClosed):
             raise ApiUnavailable("the API server closed the connection")

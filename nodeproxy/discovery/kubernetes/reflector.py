@@ -151,7 +151,7 @@ class Reflector:
         lines = LineBuffer(s.max_event_bytes)
         # The server should end the stream after `timeout` s; silence well past it is a dead peer.
         async with self.client.get(target, read_timeout=timeout + 30.0) as response:
-            async for chunk in response.chunks():
+            while chunk := await response.next_chunk():
                 for line in lines.feed(chunk):
                     events += 1
                     if self._apply(line) is Outcome.GONE:
