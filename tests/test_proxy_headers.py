@@ -6,10 +6,17 @@ import h11
 import pytest
 
 from nodeproxy.errors import BadRequest, HeadersTooLarge, UpstreamProtocolError
-from nodeproxy.http1.codec import NEED_DATA, H11ClientCodec, H11ServerCodec
+from nodeproxy.http1.codec import (
+    NEED_DATA,
+    H11ClientCodec,
+    H11ServerCodec,
+    request_event,
+    response_event,
+)
 from nodeproxy.http1.headers import (
     downstream_response_headers,
     is_upgrade,
+    new_request_id,
     request_authority,
     split_target,
     upstream_request_headers,
@@ -172,3 +179,36 @@ def test_client_codec_malformed_response_is_upstream_protocol_error() -> None:
     codec.receive(b"HTTP/1.1 abc\r\n\r\n")
     with pytest.raises(UpstreamProtocolError):
         codec.next_event()
+
+
+def test_generated_request_ids_are_unique_32_hex_digits() -> None:
+    ids = {upstream_request_headers([], host=b"s", client_ip="1.1.1.1", upgrade=False)[1]}
+    ids |= {new_request_id().decode() for _ in range(999)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_parsed_heads_iterate_as_lowercased_pairs_and_relay_byte_exact() -> None:
+    server = H11ServerCodec(max_header_bytes=1024)
+    server.receive(b"GET /a HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: V\r\n\r\n")
+    request = server.next_event()
+    assert isinstance(request, h11.Request)
+    assert list(request.headers) == [(b"host", b"svc"), (b"x-mixed-case", b"V")]
+    assert request.headers == [(b"host", b"svc"), (b"x-mixed-case", b"V")]
+    client = H11ClientCodec(max_header_bytes=1024)
+    out = client.send(request_event(b"GET", b"/a", list(request.headers)))
+    assert out == b"GET /a HTTP/1.1\r\nhost: svc\r\nx-mixed-case: V\r\n\r\n"
+    client.send(h11.EndOfMessage())
+    client.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok")
+    response = client.next_event()
+    assert isinstance(response, h11.Response)
+    assert list(response.headers) == [(b"content-length", b"2"), (b"x-a", b"b")]
+    head = server.send(response_event(200, b"OK", list(response.headers)))
+    assert head == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\n"
+
+
+def test_built_requests_still_get_h11_host_checks() -> None:
+    with pytest.raises(h11.LocalProtocolError):
+        request_event(b"GET", b"/", [(b"host", b"a"), (b"host", b"b")])
+    with pytest.raises(h11.LocalProtocolError):
+        request_event(b"GET", b"/", [(b"accept", b"*/*")])

@@ -113,7 +113,7 @@ def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
         if type(event) is h11.Data:
             events.append(h11.Data(data=bytes(event.data)))
         elif type(event) is h11.EndOfMessage:
-            events.append(h11.EndOfMessage(headers=event.headers))
+            events.append(event)  # immutable, its trailers validated by the parser
             return True
         else:
             return False

@@ -24,6 +24,8 @@ from nodeproxy.http1.headers import downstream_response_headers
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
 
+_END = h11.EndOfMessage()  # end of a body without trailers
+
 
 async def relay_informational(down: Downstream, event: h11.InformationalResponse) -> None:
     """Pass a 1xx on (HTTP/1.0 clients never get one, RFC 9110 §15.2)."""
@@ -55,8 +57,8 @@ async def relay_response(
         if type(event) is h11.Data:
             out.append(dc.send(event))
         elif type(event) is h11.EndOfMessage:
-            trailers = list(event.headers) if trailers_ok else []
-            out.append(dc.send(h11.EndOfMessage(headers=trailers)))
+            # The parsed event is immutable and its trailers already validated.
+            out.append(dc.send(event if trailers_ok or not event.headers else _END))
             await down.send(b"".join(out))
             return
         elif event is NEED_DATA:
