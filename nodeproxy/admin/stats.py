@@ -128,19 +128,31 @@ class Stats:
             f"{len(self.histograms)} histograms]>"
         )
 
+    # The mutators run several times per proxied request: plain get() first,
+    # because setdefault(name, {}) would build (and drop) a dict on every call.
+
     def inc(self, name: str, lbls: Labels = (), value: float = 1) -> None:
-        series = self.counters.setdefault(name, {})
+        series = self.counters.get(name)
+        if series is None:
+            series = self.counters[name] = {}
         series[lbls] = series.get(lbls, 0) + value
 
     def gauge_add(self, name: str, lbls: Labels = (), delta: float = 1) -> None:
-        series = self.gauges.setdefault(name, {})
+        series = self.gauges.get(name)
+        if series is None:
+            series = self.gauges[name] = {}
         series[lbls] = series.get(lbls, 0) + delta
 
     def gauge_set(self, name: str, lbls: Labels = (), value: float = 0) -> None:
-        self.gauges.setdefault(name, {})[lbls] = value
+        series = self.gauges.get(name)
+        if series is None:
+            series = self.gauges[name] = {}
+        series[lbls] = value
 
     def observe(self, name: str, lbls: Labels, value: float) -> None:
-        series = self.histograms.setdefault(name, {})
+        series = self.histograms.get(name)
+        if series is None:
+            series = self.histograms[name] = {}
         hist = series.get(lbls)
         if hist is None:
             hist = series[lbls] = Histogram()

@@ -51,8 +51,24 @@ def _is_ipv4(host: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() for p in parts)
 
 
+# A node's pods name the same few services over and over: parsed authorities
+# are kept (an Authority is immutable), bounded by clearing when full.
+_PARSED: dict[str, Authority] = {}
+_PARSED_MAX = 1024
+
+
 def parse_authority(raw: str) -> Authority:
     """Split ``host[:port]`` (IPv6 in brackets); BadRequest when malformed."""
+    authority = _PARSED.get(raw)
+    if authority is None:
+        authority = _parse_authority(raw)  # raises before anything is kept
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = authority
+    return authority
+
+
+def _parse_authority(raw: str) -> Authority:
     raw = raw.strip().lower()
     if not raw:
         raise BadRequest("empty authority")

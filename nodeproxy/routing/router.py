@@ -43,6 +43,10 @@ class Router:
         self._any: VirtualHost | None = None
         self._regex: dict[str, re.Pattern[str]] = {}
         self._rng = rng or random.Random()
+        # A rule naming one cluster always decides the same: built once, not per
+        # request. Keyed by id(): the rules live in the config as long as we do,
+        # and hashing a frozen rule would walk all its fields each time.
+        self._fixed: dict[int, RouteDecision] = {}
         for vh in listener.virtual_hosts:
             for domain in vh.domains:
                 d = domain.lower()
@@ -55,6 +59,8 @@ class Router:
                 else:
                     self._exact.setdefault(d, vh)
             for rule in vh.routes:
+                if rule.cluster is not None:
+                    self._fixed[id(rule)] = RouteDecision(vh, rule, rule.cluster)
                 for h in rule.match.headers:
                     if h.regex is not None:
                         self._regex[h.regex] = re.compile(h.regex)
@@ -87,7 +93,7 @@ class Router:
 
     def route(self, authority: Authority, raw: str, path: str, headers: Headers) -> RouteDecision:
         vh = self.virtual_host(authority, raw)
-        path_only = path.split("?", 1)[0]
+        path_only = path.partition("?")[0]
         for rule in vh.routes:
             m = rule.match
             if m.path is not None:
@@ -97,6 +103,9 @@ class Router:
                 continue
             if m.headers and not all(self._header_ok(h, headers) for h in m.headers):
                 continue
+            fixed = self._fixed.get(id(rule))
+            if fixed is not None and fixed.virtual_host is vh:
+                return fixed
             return RouteDecision(vh, rule, self._target(rule))
         raise NoRoute(f"no route in {vh.name!r} for {path_only!r}")
 

@@ -52,7 +52,8 @@ class ConnectionLoop:
         self.limits = self.runtime.config.limits
         self.access_log_enabled = self.runtime.config.log.access_log
         self.idle: set[Downstream] = set()  # connections between requests (drain closes them)
-        self._labels: dict[tuple[str, str], Labels] = {}
+        # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
+        self._labels: dict[tuple[str | None, int], tuple[Labels, Labels]] = {}
         self._listener_labels = labels(listener=listener)
 
     def __repr__(self) -> str:
@@ -131,6 +132,14 @@ class ConnectionLoop:
             return None
         raise BadRequest(f"unexpected {event!r}")
 
+    def _request_labels(self, cluster: str, status: int) -> tuple[Labels, Labels]:
+        """(requests_total labels, duration labels) for a cluster and status; cached."""
+        code_class = f"{status // 100}xx" if status else "none"
+        return (
+            labels(listener=self.listener, cluster=cluster, code_class=code_class),
+            labels(cluster=cluster),
+        )
+
     def _exchange(
         self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
     ) -> Exchange:
@@ -183,18 +192,12 @@ class ConnectionLoop:
         duration = trio.current_time() - ex.started
         received = down.bytes_in - ex.bytes_received
         sent = down.bytes_out - ex.bytes_sent
-        cluster = ex.cluster or ""
-        code_class = f"{ex.status // 100}xx" if ex.status else "none"
-        key = (cluster, code_class)
+        key = (ex.cluster, ex.status)
         lbls = self._labels.get(key)
         if lbls is None:
-            lbls = self._labels[key] = labels(
-                listener=self.listener, cluster=cluster, code_class=code_class
-            )
-        stats.inc(REQUESTS, lbls)
-        duration_lbls = self._labels.get((cluster, ""))
-        if duration_lbls is None:
-            duration_lbls = self._labels[(cluster, "")] = labels(cluster=cluster)
+            lbls = self._labels[key] = self._request_labels(ex.cluster or "", ex.status)
+        requests_lbls, duration_lbls = lbls
+        stats.inc(REQUESTS, requests_lbls)
         stats.observe(REQUEST_DURATION, duration_lbls, duration)
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)

@@ -42,8 +42,6 @@ async def relay_response(
 ) -> None:
     """Write the response head and stream its body down until its end."""
     dc, uc = down.codec, conn.codec
-    chunked = any(n == b"transfer-encoding" for n, _ in response.headers)
-    trailers_ok = chunked and dc.client_http11
     ex.status = response.status_code
     try:
         headers = downstream_response_headers(response.headers, close=close)
@@ -57,8 +55,11 @@ async def relay_response(
         if type(event) is h11.Data:
             out.append(dc.send(event))
         elif type(event) is h11.EndOfMessage:
-            # The parsed event is immutable and its trailers already validated.
-            out.append(dc.send(event if trailers_ok or not event.headers else _END))
+            # The parsed event is immutable and its trailers already validated;
+            # they only go to a client that can take them (chunked, HTTP/1.1).
+            if event.headers and not (dc.client_http11 and _chunked(response)):
+                event = _END
+            out.append(dc.send(event))
             await down.send(b"".join(out))
             return
         elif event is NEED_DATA:
@@ -71,6 +72,10 @@ async def relay_response(
             uc.receive(data)  # b"" at EOF: the codec decides if the body was complete
         else:
             raise UpstreamProtocolError(f"unexpected {event!r} in the response body")
+
+
+def _chunked(response: h11.Response) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in response.headers)
 
 
 async def splice(
