@@ -5,6 +5,9 @@ One function, ``run_app``, owns the process's lifetime:
     root nursery
     ├── admin server            (started first, so /ready can say "starting")
     ├── upstream pool reaper
+    ├── Kubernetes discovery    (discovery: kubernetes only; else the static
+    │                            endpoints are published before the tree starts;
+    │                            discovery/setup.py)
     ├── certificate rotation    (mesh only: renews at 2/3 of life, tls/node_certs.py)
     ├── signal watcher          (SIGTERM/SIGINT -> drain; a second signal -> stop now)
     └── serving nursery
@@ -29,7 +32,7 @@ import trio
 
 from nodeproxy.admin.server import serve_admin
 from nodeproxy.config.model import Config
-from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.discovery.setup import build_kubernetes, build_runtime
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
@@ -69,15 +72,18 @@ async def run_app(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    runtime = Runtime(config)
-    runtime.endpoints.publish(static_snapshot(config))
+    runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
+    config = runtime.config
     mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
+    kubernetes = build_kubernetes(runtime, mesh)  # raises ConfigError before anything starts
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
     handle = AppHandle(runtime, mesh=mesh)
     addresses: dict[str, str] = {}
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)
         root.start_soon(upstreams.run)
+        if kubernetes is not None:
+            await root.start(kubernetes.run)  # /ready stays 503 until its first sync
         if mesh is not None:
             root.start_soon(mesh.certs.run)
         if handle_signals:
@@ -99,6 +105,7 @@ async def run_app(
                 listeners=addresses,
                 admin=f"{config.admin.host}:{handle.admin_port}",
                 clusters=len(config.clusters),
+                discovery=config.discovery.mode,
             )
             task_status.started(handle)
             await runtime.drain.started.wait()

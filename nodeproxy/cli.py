@@ -1,6 +1,7 @@
 """Command line: argv -> config -> logging -> trio.run.
 
     nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
+                  [--kubeconfig F]     discover services from that cluster's API
     nodeproxy check-config FILE        validate and summarise, start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
@@ -19,7 +20,7 @@ import trio
 
 from nodeproxy import __version__
 from nodeproxy.config import load_config
-from nodeproxy.config.model import Config
+from nodeproxy.config.model import Config, DiscoveryConfig, KubernetesConfig
 from nodeproxy.errors import ConfigError
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=["auto", "json", "console"], help="override log.format"
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--kubeconfig",
+        help="discover from the API this kubeconfig names (development; "
+        "overrides discovery.kubernetes.kubeconfig, enables kubernetes discovery)",
+    )
+    run.add_argument("--context", help="kubeconfig context (with --kubeconfig)")
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("config")
     demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
@@ -88,7 +95,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(summarise(config))
         return 0
-    return serve(_with_log_overrides(config, args.log_format, args.log_level))
+    config = _with_log_overrides(config, args.log_format, args.log_level)
+    if args.kubeconfig:
+        config = with_kubeconfig(config, args.kubeconfig, args.context)
+    return serve(config)
+
+
+def with_kubeconfig(config: Config, path: str, context: str | None = None) -> Config:
+    """``--kubeconfig``: Kubernetes discovery from that file (other settings kept)."""
+    import dataclasses
+
+    from nodeproxy.config.discovery import KUBERNETES_VHOST
+
+    k8s = config.discovery.kubernetes
+    if k8s is None:  # turn discovery on: discovered services need the catch-all route
+        k8s = KubernetesConfig()
+        listeners = tuple(
+            dataclasses.replace(lc, virtual_hosts=(*lc.virtual_hosts, KUBERNETES_VHOST))
+            for lc in config.listeners
+        )
+        config = dataclasses.replace(config, listeners=listeners)
+    k8s = dataclasses.replace(k8s, kubeconfig=path, context=context or k8s.context)
+    return dataclasses.replace(config, discovery=DiscoveryConfig(kubernetes=k8s))
 
 
 def serve(config: Config) -> int:
@@ -99,6 +127,10 @@ def serve(config: Config) -> int:
     code = 0
     try:
         trio.run(run_app, config)
+    except* ConfigError as errors:  # e.g. the kubeconfig: read only when discovery is built
+        for error in errors.exceptions:
+            print(f"nodeproxy: config error: {error}", file=sys.stderr)
+        code = EXIT_CONFIG
     except* OSError as group:  # e.g. address in use: say so plainly, no traceback
         for exc in group.exceptions:
             print(f"nodeproxy: cannot start: {exc}", file=sys.stderr)

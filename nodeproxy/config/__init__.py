@@ -54,7 +54,7 @@ def detect_format(root: Node) -> str:
     if not isinstance(root.node, yaml.MappingNode):
         raise root.error("expected a mapping at the top level (native services: or Envoy)")
     keys = {str(k.value): v for k, v in root.node.value if isinstance(k, yaml.ScalarNode)}
-    if "services" in keys:
+    if "services" in keys or "discovery" in keys:
         if "static_resources" in keys:
             raise root.error(
                 "both services (native) and static_resources (Envoy): use one format per file"

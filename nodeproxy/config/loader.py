@@ -24,11 +24,13 @@ from nodeproxy.config.checks import (
     header_name,
     url_path,
 )
+from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
 from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
     AdminConfig,
     ClusterConfig,
     Config,
+    DiscoveryConfig,
     EndpointConfig,
     HeaderMatch,
     Limits,
@@ -47,7 +49,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services", "mesh",
+    "services", "mesh", "discovery",
 )  # fmt: skip
 SERVICE_KEYS = (
     "name", "namespace", "connect_timeout", "response_timeout", "lb_policy",
@@ -59,7 +61,11 @@ def load_native(root: Node) -> Config:
     """Build a ``Config`` from the root node of a native document."""
     f = root.fields(*NATIVE_KEYS)
     default_ns = f.opt("default_namespace", dns_label, "default")
-    services = [_Service.read(s, default_ns) for s in f.need("services").items()]
+    discovery = f.opt("discovery", read_discovery, DiscoveryConfig())
+    # With Kubernetes discovery the services come from the API: the list may be absent.
+    services_node = f.get("services") if discovery.kubernetes else f.need("services")
+    services_items = services_node.items() if services_node is not None else []
+    services = [_Service.read(s, default_ns) for s in services_items]
     by_key: dict[tuple[str, str], _Service] = {}
     for svc in services:
         if (other := by_key.get(svc.key)) is not None:
@@ -68,6 +74,8 @@ def load_native(root: Node) -> Config:
         by_key[svc.key] = svc
     targets = {key: svc.cluster.name for key, svc in by_key.items()}
     vhosts = tuple(svc.virtual_host(targets) for svc in services)
+    if discovery.kubernetes is not None:
+        vhosts += (KUBERNETES_VHOST,)
     binds: Binds = []
     listeners = _listeners(f.get("listeners"), vhosts, binds)
     admin = f.opt("admin", lambda n: _admin(n, binds), AdminConfig())
@@ -92,6 +100,7 @@ def load_native(root: Node) -> Config:
         source_format="native",
         source_path=root.source.file,
         mesh=mesh,
+        discovery=discovery,
     )
 
 

@@ -65,13 +65,20 @@ class WeightedCluster:
 
 @dataclass(frozen=True)
 class RouteRule:
-    """Send matching requests to ``cluster`` or split them over ``weighted``."""
+    """Send matching requests to ``cluster`` or split them over ``weighted``.
+
+    ``cluster_from_authority`` (neither ``cluster`` nor ``weighted`` set) sends
+    to the cluster the authority names as a Kubernetes service (``svc[.ns]``,
+    ``svc[.ns]:<port>`` with a port): the catch-all route of discovered
+    services, like Envoy's ``cluster_header`` but reading the authority.
+    """
 
     match: RouteMatch
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
     timeout: float | None = None  # overrides the cluster's response_timeout
     name: str = ""
+    cluster_from_authority: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,8 +171,37 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """``discovery.kubernetes``: where the API is and what to watch (docs/kubernetes.md).
+
+    The node name is the top-level ``node_name`` (``${NODE_NAME}``); this
+    mirrors ``discovery.kubernetes.KubernetesDiscoveryConfig``, which app.py
+    builds from it (the config model must not import the discovery code).
+    """
+
+    endpoints_api: Literal["endpointslices", "endpoints"] = "endpointslices"
+    kubeconfig: str | None = None  # None: the in-cluster service account
+    context: str | None = None  # kubeconfig context; None: its current-context
+    watch_timeout: float = 300.0  # server-side timeoutSeconds, jittered to [T, 2T)
+    node_proxy_port: int = 4143  # every node's inbound mTLS port (node -> InternalIP:port)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Where endpoints come from: the config's own ``services`` (static) or Kubernetes."""
+
+    kubernetes: KubernetesConfig | None = None
+
+    @property
+    def mode(self) -> Literal["static", "kubernetes"]:
+        return "static" if self.kubernetes is None else "kubernetes"
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
+    # The configured clusters. With Kubernetes discovery app.py swaps in a read-only
+    # view that also holds every discovered cluster (discovery/catalog.py).
     clusters: Mapping[str, ClusterConfig]
     admin: AdminConfig = field(default_factory=AdminConfig)
     limits: Limits = field(default_factory=Limits)
@@ -176,3 +212,4 @@ class Config:
     source_format: Literal["native", "envoy"] = "native"
     source_path: str = ""
     mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)

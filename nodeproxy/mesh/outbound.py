@@ -67,7 +67,7 @@ def mesh_step(
         return target, request
     if caller is None:
         raise UnknownSource(f"no workload identity for source {client_ip}")
-    address = mesh.config.nodes.get(endpoint.node)
+    address = mesh.nodes.get(endpoint.node)
     if address is None:
         raise UpstreamConnectFailure(f"no inbound address for node {endpoint.node!r}")
     peer = PeerEndpoint(

@@ -14,15 +14,26 @@ steps, so both answer a refusal the same way.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
+from typing import Protocol
 
 import structlog
 
 from nodeproxy.admin.stats import Stats, labels
-from nodeproxy.config.model import ClusterConfig, Config, EndpointConfig, MeshConfig
+from nodeproxy.config.model import (
+    ClusterConfig,
+    Config,
+    EndpointConfig,
+    MeshConfig,
+    WorkloadConfig,
+)
 from nodeproxy.policy.model import Decision, Denied, Policy
-from nodeproxy.tls.ca import load_ca, utc_now
+from nodeproxy.tls.ca import CAError, load_ca, utc_now
+from nodeproxy.tls.context import TLSConfigError
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.node_certs import MeshCertificates
 from nodeproxy.tls.sources import SourceIdentities
@@ -49,15 +60,30 @@ def service_of(cluster: ClusterConfig) -> str:
     return cluster.name if "." in cluster.name else f"{cluster.name}.{cluster.namespace}"
 
 
+class PodIdentity(Protocol):
+    """Who a discovered pod runs as (discovery/kubernetes/translate.py's PodIdentity)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def service_account(self) -> str: ...
+
+
 @dataclass
 class Mesh:
-    """Everything the mesh steps of the data path need, for one node."""
+    """Everything the mesh steps of the data path need, for one node.
+
+    ``nodes`` (peer inbound addresses) and ``sources`` are replaced whole by
+    ``update`` when discovery runs; request tasks read each once per request.
+    """
 
     config: MeshConfig
     node_name: str
     certs: MeshCertificates
     sources: SourceIdentities
     stats: Stats
+    nodes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    _inputs: tuple[object, object] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, config: Config, stats: Stats) -> Mesh:
@@ -73,13 +99,44 @@ class Mesh:
             renew_fraction=mesh.renew_fraction,
         )
         certs.refresh(utc_now())
-        return cls(mesh, config.node_name, certs, sources, stats)
+        return cls(mesh, config.node_name, certs, sources, stats, nodes=mesh.nodes)
 
     def __repr__(self) -> str:
         return (
-            f"<Mesh {self.node_name} [{len(self.config.nodes)} peers | {self.sources!r} "
+            f"<Mesh {self.node_name} [{len(self.nodes)} peers | {self.sources!r} "
             f"| {self.config.policy!r}]>"
         )
+
+    def update(self, node_proxies: Mapping[str, str], pods: Mapping[str, PodIdentity]) -> None:
+        """Take peers and local pods from discovery; mint certificates for new identities.
+
+        ``node_proxies``: node name -> ``host:port`` of its inbound listener;
+        ``pods``: pod IP -> identity, for this node's pods. Configured
+        ``mesh.nodes`` and ``mesh.workloads`` still apply and win on a tie.
+        Synchronous, like the certificate rotation task it shares ``certs`` with.
+        """
+        if self._inputs == (node_proxies, pods):
+            return
+        self._inputs = (dict(node_proxies), dict(pods))
+        nodes = {name: _split_address(addr) for name, addr in node_proxies.items()}
+        self.nodes = MappingProxyType({**nodes, **self.config.nodes})
+        static = SourceIdentities.from_config(self.config, self.node_name)
+        discovered = [
+            WorkloadConfig(str(ipaddress.ip_network(ip)), p.namespace, p.service_account)
+            for ip, p in pods.items()
+        ]
+        local = [w for w in self.config.workloads if w.node in (None, self.node_name)]
+        self.sources = SourceIdentities(
+            [*local, *discovered], self.config.trust_domain, static.default
+        )
+        wanted = frozenset({self.certs.node_id, *self.sources.identities})
+        if wanted != self.certs.wanted:
+            self.certs.wanted = wanted
+            try:
+                self.certs.refresh(utc_now())
+            except (CAError, TLSConfigError) as exc:  # the rotation task retries
+                log.error("certificate_issue_failed", error=str(exc))
+        log.info("mesh_updated", peers=len(self.nodes), pods=len(pods))
 
     @property
     def policy(self) -> Policy:
@@ -115,6 +172,12 @@ class Mesh:
             rule=rule,
         )
         raise Denied(decision.rule)
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``"10.0.0.1:4143"`` / ``"[fd00::1]:4143"`` -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def forget_rule() -> None:

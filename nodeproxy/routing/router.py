@@ -106,8 +106,23 @@ class Router:
             fixed = self._fixed.get(id(rule))
             if fixed is not None and fixed.virtual_host is vh:
                 return fixed
+            if rule.cluster_from_authority:
+                return RouteDecision(vh, rule, self.service_cluster(authority, raw))
             return RouteDecision(vh, rule, self._target(rule))
         raise NoRoute(f"no route in {vh.name!r} for {path_only!r}")
+
+    def service_cluster(self, authority: Authority, raw: str) -> str:
+        """The discovered cluster an authority names: ``svc[.ns]``, ``svc[.ns]:<port>``.
+
+        Named as discovery names them (discovery/kubernetes/translate.py): the
+        default namespace is left out, a port picks that Service port's cluster.
+        """
+        key = authority.service_key(self._default_ns, self._cluster_domain)
+        if key is None:
+            raise UnknownService(f"no service for authority {raw!r}")
+        name, _, ns = key.partition(".")
+        base = name if ns == self._default_ns else key
+        return base if authority.port is None else f"{base}:{authority.port}"
 
     def _target(self, rule: RouteRule) -> str:
         if rule.cluster is not None:

@@ -1,11 +1,13 @@
-"""Which workload is calling: source pod IP -> SPIFFE ID (static config).
+"""Which workload is calling: source pod IP -> SPIFFE ID (static config or discovery).
 
 A per-node proxy sees every pod of its node as a plaintext client on the
 outbound listener; the only thing that tells them apart is the source
 address (in Kubernetes, the pod IP). The static config names them:
 ``mesh.workloads`` maps an IP or CIDR to a namespace and service account.
 The most specific network wins (a /32 inside a /24), so one can give a
-namespace-wide default and carve single pods out of it.
+namespace-wide default and carve single pods out of it. With Kubernetes
+discovery the mesh builds a new table from the API's pods at each refresh
+(``Mesh.update``): every local pod IP is one exact entry.
 
 An unknown source gets ``mesh.default_identity`` when configured; without
 one it has *no* identity: cross-node calls are refused (``unknown_source``)
@@ -46,7 +48,15 @@ class SourceIdentities:
             for w in workloads
         ]
         entries.sort(key=lambda e: e[0].prefixlen, reverse=True)  # most specific first
-        self._entries: list[tuple[Network, SpiffeId]] = entries
+        # Single addresses (every discovered pod) are one dict probe, not a scan;
+        # the first of equal networks wins, as in the scan.
+        self._exact: dict[str, SpiffeId] = {}
+        for network, sid in entries:
+            if network.prefixlen == network.max_prefixlen:
+                self._exact.setdefault(str(network.network_address), sid)
+        self._entries: list[tuple[Network, SpiffeId]] = [
+            e for e in entries if e[0].prefixlen != e[0].max_prefixlen
+        ]
         self.default = default
         self._cache: dict[str, SpiffeId | None] = {}
 
@@ -61,14 +71,14 @@ class SourceIdentities:
 
     def __repr__(self) -> str:
         return (
-            f"<SourceIdentities [{len(self._entries)} sources | "
+            f"<SourceIdentities [{len(self._entries) + len(self._exact)} sources | "
             f"default {self.default or 'refuse'}]>"
         )
 
     @property
     def identities(self) -> set[SpiffeId]:
         """Every identity this node may present (its pods', and the default)."""
-        ids = {sid for _, sid in self._entries}
+        ids = {sid for _, sid in self._entries} | set(self._exact.values())
         if self.default is not None:
             ids.add(self.default)
         return ids
@@ -84,7 +94,9 @@ class SourceIdentities:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             addr = None
-        if addr is not None:
+        if addr is not None and (exact := self._exact.get(str(addr))) is not None:
+            found = exact
+        elif addr is not None:
             for network, sid in self._entries:
                 if addr.version == network.version and addr in network:
                     found = sid

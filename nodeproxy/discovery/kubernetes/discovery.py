@@ -17,7 +17,7 @@ Nodes. ``watched_resources`` lists them for RBAC checks.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,8 +97,10 @@ class KubernetesDiscovery:
         config: KubernetesDiscoveryConfig,
         default_namespace: str = "default",
         rng: random.Random | None = None,
+        on_refresh: Callable[[], None] | None = None,
     ) -> None:
         self.registry = registry
+        self.on_refresh = on_refresh  # after each refresh: node_proxies/pod_identities are new
         self.stats = stats
         self.config = config
         self.default_namespace = default_namespace
@@ -140,9 +142,15 @@ class KubernetesDiscovery:
         )
 
     def refresh(self) -> bool:
-        """Translate and publish if the clusters changed; True when it published."""
+        """Translate and publish if the clusters changed; True when it published.
+
+        ``on_refresh`` runs first (synchronously, so no request sees a snapshot
+        whose nodes or pods the mesh does not know yet).
+        """
         self.node_proxies = node_proxies(self._objects("nodes"), self.config.node_proxy_port)
         self.pod_identities = pod_identities(self._objects("pods"))
+        if self.on_refresh is not None:
+            self.on_refresh()
         clusters = self.clusters()
         if clusters == self._published:
             return False

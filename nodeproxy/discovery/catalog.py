@@ -1,0 +1,103 @@
+"""Clusters that exist because discovery found them, beside the configured ones.
+
+Why: the data path, the upstream pools and the admin pages all look a cluster
+up in ``config.clusters`` (its timeouts, pool size, namespace). With
+Kubernetes discovery most clusters are not in the config: they appear and go
+as Services do. ``ClusterCatalog`` is a read-only ``Mapping`` that answers for
+both: a configured cluster as written, and every other cluster of the current
+endpoint snapshot with default settings (``ClusterConfig`` defaults, its
+namespace read from the name). app.py puts it in place of ``config.clusters``,
+so none of those readers changes. Its only writer is the registry's publisher
+(discovery): the view follows each snapshot and keeps nothing of a cluster
+that left it.
+
+``OverlayRegistry`` keeps configured endpoints alive under discovery: a
+``services`` entry with ``endpoints`` (a database outside the cluster, say)
+stays as written in every published snapshot; a configured service without
+endpoints takes its endpoints from discovery and its settings from the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from nodeproxy.config.model import ClusterConfig
+from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry, EndpointSnapshot
+
+
+class OverlayRegistry(EndpointRegistry):
+    """An ``EndpointRegistry`` whose every publish keeps the configured endpoints."""
+
+    def __init__(self, static: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        super().__init__()
+        self.static = {name: eps for name, eps in static.items() if eps}
+
+    def publish(self, clusters: Mapping[str, tuple[Endpoint, ...]]) -> EndpointSnapshot:
+        return super().publish({**clusters, **self.static})
+
+
+class ClusterCatalog(Mapping[str, ClusterConfig]):
+    """Configured clusters plus the discovered ones of the current snapshot."""
+
+    def __init__(
+        self,
+        configured: Mapping[str, ClusterConfig],
+        registry: EndpointRegistry,
+        default_namespace: str = "default",
+        template: ClusterConfig | None = None,
+    ) -> None:
+        self._configured = configured
+        self._registry = registry
+        self._default_ns = default_namespace
+        self._template = template or ClusterConfig(name="")
+        self._version = -1
+        self._discovered: dict[str, ClusterConfig] = {}
+
+    def __repr__(self) -> str:
+        self._sync()
+        return (
+            f"<ClusterCatalog [{len(self._configured)} configured, "
+            f"{len(self._discovered)} discovered]>"
+        )
+
+    def _sync(self) -> dict[str, ClusterConfig]:
+        """The discovered clusters of the current snapshot (rebuilt once per version)."""
+        snapshot = self._registry.current()
+        if snapshot.version != self._version:
+            old = self._discovered
+            self._discovered = {
+                name: old.get(name) or self._cluster(name)
+                for name in snapshot.clusters
+                if name not in self._configured
+            }
+            self._version = snapshot.version
+        return self._discovered
+
+    def _cluster(self, name: str) -> ClusterConfig:
+        service = name.partition(":")[0]  # "svc.ns:8080" -> "svc.ns"
+        _, dot, ns = service.partition(".")
+        return ClusterConfig(
+            name=name,
+            namespace=ns if dot else self._default_ns,
+            connect_timeout=self._template.connect_timeout,
+            response_timeout=self._template.response_timeout,
+            lb_policy=self._template.lb_policy,
+            max_connections_per_endpoint=self._template.max_connections_per_endpoint,
+            idle_timeout=self._template.idle_timeout,
+        )
+
+    def __getitem__(self, name: str) -> ClusterConfig:
+        configured = self._configured.get(name)
+        if configured is not None:
+            return configured
+        return self._sync()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._configured or name in self._sync()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._configured
+        yield from list(self._sync())
+
+    def __len__(self) -> int:
+        return len(self._configured) + len(self._sync())
