@@ -135,7 +135,8 @@ def test_catalog_follows_snapshots_and_overlay_keeps_configured_endpoints() -> N
     }
     registry = OverlayRegistry({n: c.endpoints for n, c in configured.items()})
     catalog = ClusterCatalog(configured, registry, "default")
-    assert list(catalog) == ["db", "web"] and "api.shop:8080" not in catalog
+    assert list(catalog) == ["db", "web"]
+    assert "api.shop:8080" not in catalog
     a = EndpointConfig("10.1.0.1", 8080, node="node-2")
     registry.publish({"api.shop:8080": (a,), "web": (a,), "db": ()})
     assert registry.current().endpoints("db") == (db,)  # configured endpoints survive
@@ -143,9 +144,11 @@ def test_catalog_follows_snapshots_and_overlay_keeps_configured_endpoints() -> N
     assert catalog["web"].response_timeout == 3.0
     api = catalog["api.shop:8080"]
     assert (api.name, api.namespace, api.response_timeout) == ("api.shop:8080", "shop", 15.0)
-    assert len(catalog) == 3 and catalog.get("nosuch") is None
+    assert len(catalog) == 3
+    assert catalog.get("nosuch") is None
     registry.publish({})
-    assert "api.shop:8080" not in catalog and list(catalog) == ["db", "web"]
+    assert "api.shop:8080" not in catalog
+    assert list(catalog) == ["db", "web"]
     assert repr(catalog) == "<ClusterCatalog [2 configured, 0 discovered]>"
 
 
@@ -170,7 +173,8 @@ def test_mesh_takes_peers_and_pod_identities_from_discovery(ca_dir: Path) -> Non
         f"node_name: node-1\ndiscovery: {{kubernetes: {{}}}}\nmesh: {{ca_dir: {ca_dir}}}\n"
     )
     mesh = Mesh.create(config, Stats())
-    assert dict(mesh.nodes) == {} and mesh.sources.lookup("10.0.1.5") is None
+    assert dict(mesh.nodes) == {}
+    assert mesh.sources.lookup("10.0.1.5") is None
     web = SpiffeId.workload("shop", "web")
     mesh.update(
         {"node-2": "10.77.0.12:4143", "node-6": "[fd00::6]:4143"},
@@ -181,7 +185,8 @@ def test_mesh_takes_peers_and_pod_identities_from_discovery(ca_dir: Path) -> Non
     assert mesh.sources.lookup("10.0.1.6") is None
     assert mesh.certs.client_context(web) is not None  # minted for the new local workload
     mesh.update({}, {})
-    assert mesh.certs.client_context(web) is None and dict(mesh.nodes) == {}
+    assert mesh.certs.client_context(web) is None
+    assert dict(mesh.nodes) == {}
 
 
 def test_the_daemonset_config_passes_check_config(
@@ -209,5 +214,6 @@ def test_the_daemonset_config_passes_check_config(
     config = load_config_text(path.read_text(), source=str(path))
     assert config.discovery.kubernetes is not None
     assert config.discovery.kubernetes.watch_timeout == 300.0
-    assert config.node_name == "node-1" and config.admin.host == "10.244.0.7"
+    assert config.node_name == "node-1"
+    assert config.admin.host == "10.244.0.7"
     assert config.listeners[0].virtual_hosts[-1] == KUBERNETES_VHOST
