@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 
+import h11
 import httpx
 import trio
 
@@ -31,6 +32,7 @@ from tests.helpers.backends import (
     free_port,
     raw_request,
     read_all,
+    read_response,
     run_proxy,
     saturated_port,
     simple_config,
@@ -87,6 +89,73 @@ async def test_response_timeout_is_504() -> None:
     assert r.status_code == 504
     assert r.headers["x-nodeproxy-error"] == "upstream_timeout"
     assert r.content == UpstreamResponseTimeout().response_body()
+
+
+async def test_response_timeout_keeps_the_client_connection_for_the_next_request() -> None:
+    async with backend() as b:
+        config = simple_config({"svc": [b.address]}, rule_timeout=0.2)
+        async with run_proxy(config) as p:
+            stream = await trio.open_tcp_stream("127.0.0.1", p.port)
+            async with stream:
+                with trio.fail_after(5):
+                    await stream.send_all(b"GET /stall HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    first = (await read_response(stream))[0]
+                    await stream.send_all(b"GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    second = (await read_response(stream))[0]
+    assert isinstance(first, h11.Response)
+    assert first.status_code == 504
+    assert (b"x-nodeproxy-error", b"upstream_timeout") in first.headers
+    assert (b"connection", b"close") not in first.headers
+    assert isinstance(second, h11.Response)
+    assert second.status_code == 200
+
+
+async def test_idle_timeout_only_applies_between_requests() -> None:
+    limits = Limits(downstream_idle_timeout=0.3)
+    async with backend() as b, run_proxy(simple_config({"svc": [b.address]}, limits=limits)) as p:
+        stream = await trio.open_tcp_stream("127.0.0.1", p.port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(b"GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n")
+                await read_response(stream)  # from now on the idle timeout applies
+                # A body slower in total (not per read) than the idle timeout...
+                await stream.send_all(
+                    b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\n"
+                )
+                for byte in (b"a", b"b", b"c"):
+                    await trio.sleep(0.15)
+                    await stream.send_all(byte)
+                upload = (await read_response(stream))[0]
+                # ...and an answer slower than it are not cut.
+                await stream.send_all(b"GET /wait HTTP/1.1\r\nHost: svc\r\n\r\n")
+                await b.arrived.wait()
+                await trio.sleep(0.4)
+                b.release.set()
+                slow = (await read_response(stream))[0]
+                assert await read_all(stream) == b""  # then idle: closed without a word
+    for response in (upload, slow):
+        assert isinstance(response, h11.Response)
+        assert response.status_code == 200
+
+
+async def test_response_timeout_stops_at_the_head_not_a_slowly_read_body() -> None:
+    size = 32 << 20  # more than the socket buffers hold: the proxy waits on our reading
+    async with (
+        backend() as b,
+        run_proxy(simple_config({"svc": [b.address]}, rule_timeout=0.2)) as p,
+    ):
+        stream = await trio.open_tcp_stream("127.0.0.1", p.port)
+        async with stream:
+            with trio.fail_after(10):
+                target = f"/download?size={size}".encode()
+                await stream.send_all(b"GET " + target + b" HTTP/1.1\r\nHost: svc\r\n\r\n")
+                first = await stream.receive_some(65536)
+                await trio.sleep(0.4)  # twice the response timeout, reading nothing
+                got = len(first) - (first.index(b"\r\n\r\n") + 4)
+                while got < size and (data := await stream.receive_some(1 << 20)):
+                    got += len(data)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert got == size
 
 
 async def test_upstream_eof_or_reset_before_headers_is_502() -> None:

@@ -31,7 +31,13 @@ from nodeproxy.admin.stats import (
     Labels,
     labels,
 )
-from nodeproxy.errors import ERROR_HEADER, BadRequest, ProxyError, RequestHeaderTimeout
+from nodeproxy.errors import (
+    ERROR_HEADER,
+    BadRequest,
+    ProxyError,
+    RequestHeaderTimeout,
+    UpstreamResponseTimeout,
+)
 from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
@@ -62,8 +68,8 @@ class ConnectionLoop:
     def close_idle(self) -> None:
         """Drain: wake every connection waiting for a next request, so it closes."""
         for down in self.idle:
-            if down.idle_scope is not None:
-                down.idle_scope.cancel()
+            if down.scope is not None:
+                down.scope.cancel()
 
     async def serve(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes."""
@@ -72,26 +78,19 @@ class ConnectionLoop:
         deadline = trio.current_time() + limits.header_read_timeout
         try:
             while True:
-                ex: Exchange | None = None
-                baseline = (down.bytes_in, down.bytes_out)
-                try:
-                    request = await self._read_head(down, deadline)
-                    if request is None:
-                        return
-                    ex = self._exchange(down, request, baseline)
-                    keep = await self.pipeline.handle(down, request, ex)
-                except ProxyError as err:
-                    ex = ex or self._exchange(down, None, baseline)
-                    keep = await self._answer_error(down, ex, err)
-                except ClientGone:
-                    keep = False
-                except Exception as exc:  # a bug: answer 500 if we still can, then close
-                    log.exception("request failed", listener=self.listener, source=down.source)
-                    ex = ex or self._exchange(down, None, baseline)
-                    await self._answer_error(down, ex, ProxyError(repr(exc)))
-                    keep = False
-                if ex is not None:
-                    self._account(down, ex)
+                # One scope for many requests, its deadline moved per wait
+                # (Downstream.arm). Once fired it is spent: after a response
+                # timeout (answered here, outside it) the next requests get a
+                # new one; an idle timeout or drain just ends the connection.
+                with trio.CancelScope() as down.scope:
+                    await self._serve_requests(down, deadline)
+                    return
+                ex, timeout = down.exchange, down.response_timeout
+                if ex is None or timeout is None:
+                    return
+                err = UpstreamResponseTimeout(f"no response headers in {timeout}s")
+                keep = await self._answer_error(down, ex, err)
+                self._account(down, ex)
                 if not keep or self.runtime.drain.draining:
                     return
                 down.codec.start_next_cycle()
@@ -99,24 +98,57 @@ class ConnectionLoop:
         except Exception:  # last resort: one broken connection must not stop the listener
             log.exception("connection failed", listener=self.listener, source=down.source)
         finally:
+            down.scope = None
             down.close()
 
+    async def _serve_requests(self, down: Downstream, deadline: float) -> None:
+        """Read a request, proxy it, account for it, repeat; returns when the connection ends."""
+        limits = self.limits
+        while True:
+            ex: Exchange | None = None
+            down.exchange = None
+            baseline = (down.bytes_in, down.bytes_out)
+            try:
+                request = await self._read_head(down, deadline)
+                if request is None:
+                    return
+                ex = down.exchange = self._exchange(down, request, baseline)
+                keep = await self.pipeline.handle(down, request, ex)
+            except ProxyError as err:
+                ex = ex or self._exchange(down, None, baseline)
+                keep = await self._answer_error(down, ex, err)
+            except ClientGone:
+                keep = False
+            except Exception as exc:  # a bug: answer 500 if we still can, then close
+                log.exception("request failed", listener=self.listener, source=down.source)
+                ex = ex or self._exchange(down, None, baseline)
+                await self._answer_error(down, ex, ProxyError(repr(exc)))
+                keep = False
+            if ex is not None:
+                self._account(down, ex)
+            if not keep or self.runtime.drain.draining:
+                return
+            down.codec.start_next_cycle()
+            deadline = trio.current_time() + limits.downstream_idle_timeout
+
     async def _read_head(self, down: Downstream, idle_deadline: float) -> h11.Request | None:
-        """The next request head; None when the client closed or went idle too long."""
+        """The next request head; None when the client closed.
+
+        Idle too long (or drained while idle): the connection's scope fires.
+        """
         codec = down.codec
         event = codec.next_event()
         if event is NEED_DATA:  # nothing pipelined: wait (idle) for the first byte
             if self.runtime.drain.draining:
                 return None
-            with trio.CancelScope(deadline=idle_deadline) as scope:
-                down.idle_scope = scope
-                self.idle.add(down)
-                try:
-                    data = await down.receive()
-                finally:
-                    self.idle.discard(down)
-                    down.idle_scope = None
-            if scope.cancelled_caught or not data:
+            down.arm(idle_deadline)
+            self.idle.add(down)
+            try:
+                data = await down.receive()
+            finally:
+                self.idle.discard(down)
+                down.disarm()
+            if not data:
                 return None
             event = codec.next_event()
         if event is NEED_DATA:  # a head split over reads: the slowloris guard applies

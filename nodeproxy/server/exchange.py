@@ -23,7 +23,6 @@ from nodeproxy.errors import (
     RequestHeaderTimeout,
     UpstreamProtocolError,
     UpstreamResetBeforeHeaders,
-    UpstreamResponseTimeout,
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.headers import is_upgrade, upstream_request_headers
@@ -140,14 +139,17 @@ async def _send(
             if early is not None:
                 return early
         await _stream_body(down, conn, body_timeout)
-    with trio.move_on_after(target.timeout):
+    # Past the deadline the connection loop answers 504 (UpstreamResponseTimeout).
+    down.arm(trio.current_time() + target.timeout, response_timeout=target.timeout)
+    try:
         while True:
             event = await _head_event(conn)
             if type(event) is h11.InformationalResponse and event.status_code != 101:
                 await relay_informational(down, event)
                 continue
             return _expect_head(event)
-    raise UpstreamResponseTimeout(f"no response headers in {target.timeout}s")
+    finally:
+        down.disarm()
 
 
 async def _await_continue(
