@@ -83,7 +83,10 @@ def _event(type_: str, obj: Obj) -> bytes:
 
 
 class FakeApiServer:
-    def __init__(self, gone_as: GoneAs = "event", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, gone_as: GoneAs = "event", tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.host = host  # the cluster-in-a-box serves on its bridge address
         self.tls = tls  # serve HTTPS with this server context (client certs if it asks)
         self.state = ClusterState()
         self.gone_as: GoneAs = gone_as
@@ -95,12 +98,12 @@ class FakeApiServer:
         self._connections: set[trio.CancelScope] = set()
 
     def __repr__(self) -> str:
-        return (f"<FakeApiServer 127.0.0.1:{self.port} [version {self.state.version}, "
+        return (f"<FakeApiServer {self.host}:{self.port} [version {self.state.version}, "
                 f"{len(self.watchers)} watches{', DOWN' if self._down else ''}]>")  # fmt: skip
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # -- test controls -------------------------------------------------------------
     def add(self, resource: str, obj: Obj) -> Obj:
@@ -158,7 +161,7 @@ class FakeApiServer:
 
     # -- the HTTP shell ----------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        tcp = await trio.open_tcp_listeners(0, host=self.host)
         self.port = tcp[0].socket.getsockname()[1]
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
         if self.tls is not None:
