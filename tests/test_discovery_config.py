@@ -4,9 +4,11 @@ the mesh's peers and pod identities from discovery, and the shipped DaemonSet's 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+import trio
 import yaml
 
 from nodeproxy.admin.stats import Stats
@@ -163,9 +165,22 @@ def test_kubeconfig_flag_turns_discovery_on_and_overrides(tmp_path: Path) -> Non
         endpoints_api="endpoints", kubeconfig="/tmp/kc", context="a"
     )
     assert config.listeners == k8s.listeners  # the catch-all route is not added twice
-    missing = tmp_path / "config.yaml"
-    missing.write_text("discovery: {kubernetes: {}}\nlisteners: [{address: '127.0.0.1:0'}]\n")
-    assert main(["run", "-c", str(missing), "--kubeconfig", str(tmp_path / "nope")]) == 1
+
+
+async def test_an_unreadable_kubeconfig_stops_run_with_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("discovery: {kubernetes: {}}\nlisteners: [{address: '127.0.0.1:0'}]\n")
+    nope = tmp_path / "nope"
+    result = await trio.run_process(
+        [sys.executable, "-m", "nodeproxy", "run", "-c", str(path), "--kubeconfig", str(nope)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(
+        f"nodeproxy: config error: discovery.kubernetes.kubeconfig: cannot read kubeconfig {nope}"
+    )
 
 
 def test_mesh_takes_peers_and_pod_identities_from_discovery(ca_dir: Path) -> None:
