@@ -60,7 +60,7 @@ def summarise(config: Config) -> str:
     return (
         f"ok: {config.source_format} config, listeners [{listeners}], "
         f"{len(config.clusters)} clusters, {endpoints} endpoints, "
-        f"admin {config.admin.host}:{config.admin.port}"
+        f"admin {config.admin.host}:{config.admin.port}, discovery {config.discovery.mode}"
     )
 
 

@@ -225,7 +225,9 @@ def test_the_daemonset_config_passes_check_config(
     }.items():
         monkeypatch.setenv(name, value)
     assert main(["check-config", str(path)]) == 0
-    assert capsys.readouterr().out.startswith("ok: native config")
+    out = capsys.readouterr().out
+    assert out.startswith("ok: native config")
+    assert out.endswith("admin 10.244.0.7:9901, discovery kubernetes\n")
     config = load_config_text(path.read_text(), source=str(path))
     assert config.discovery.kubernetes is not None
     assert config.discovery.kubernetes.watch_timeout == 300.0
