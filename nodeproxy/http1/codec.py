@@ -54,14 +54,27 @@ class FastHeaders(_H11Headers):
     h11's class has no ``__iter__``, so every ``for name, value in headers``
     goes through ``Sequence.__iter__`` -> ``__getitem__`` per pair, about 4x
     the cost of reading the backing list; the data path iterates each head
-    several times (authority, routing, hop-by-hop rewriting). Every event the
-    codecs parse carries this class instead, and outgoing heads are built on it.
+    several times (authority, mesh headers, routing, hop-by-hop rewriting), so
+    the pairs are built once and kept. Every event the codecs parse carries this
+    class instead, and outgoing heads are built on it.
     """
 
-    __slots__ = ()
+    __slots__ = ("_pairs",)
+
+    def __init__(self, full_items: list[tuple[bytes, bytes, bytes]]) -> None:
+        super().__init__(full_items)
+        self._pairs = [(name, value) for _, name, value in full_items]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[Header]) -> FastHeaders:
+        """Headers whose names are already lowercase (sent as such)."""
+        headers = cls.__new__(cls)
+        headers._full_items = [(name, name, value) for name, value in pairs]
+        headers._pairs = list(pairs)
+        return headers
 
     def __iter__(self) -> Iterator[Header]:
-        return iter([(name, value) for _, name, value in self._full_items])
+        return iter(self._pairs)
 
 
 def _parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) -> None:
@@ -81,7 +94,7 @@ def _parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) 
 
 
 def _trusted(headers: list[Header]) -> FastHeaders:
-    return FastHeaders([(name, name, value) for name, value in headers])
+    return FastHeaders.from_pairs(headers)
 
 
 def request_event(method: bytes, target: bytes, headers: list[Header]) -> h11.Request:

@@ -63,10 +63,17 @@ def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
     return tokens
 
 
-def _dropped(headers: list[Header]) -> frozenset[bytes]:
+def _dropped(connection_values: list[bytes]) -> frozenset[bytes]:
     """Names that must not cross: the always hop-by-hop ones and those ``Connection`` lists."""
-    extra = connection_tokens(headers) - _FRAMING - _ALWAYS_HOP
+    tokens = connection_tokens((b"connection", value) for value in connection_values)
+    extra = tokens - _FRAMING - _ALWAYS_HOP
     return _ALWAYS_HOP | extra if extra else _ALWAYS_HOP
+
+
+# Both rewrites below make one pass assuming that Connection names nothing
+# beyond the usual hop-by-hop headers (true of nearly every message: it says
+# keep-alive, close or upgrade), noting its values on the way; only when it
+# names more is the pass redone with those names dropped too.
 
 
 def is_upgrade(headers: Iterable[Header]) -> bool:
@@ -123,23 +130,9 @@ def upstream_request_headers(
     ``host`` replaces any ``Host`` the client sent (absolute-form wins, RFC 9112 §3.2.2).
     """
     headers = list(headers)
-    drop = _dropped(headers)
-    out: list[Header] = [(b"host", host)]
-    xff: bytes | None = None
-    request_id: bytes | None = None
-    for name, value in headers:
-        if name in drop:
-            if name == b"te" and value.strip().lower() == b"trailers":
-                out.append((name, b"trailers"))
-            elif name == b"upgrade" and upgrade:
-                out.append((name, value))
-        elif name not in _REWRITTEN:  # one set probe for the common case
-            out.append((name, value))
-        elif name == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-        elif name == b"x-request-id":
-            request_id = value
-            out.append((name, value))
+    out, xff, request_id, connection = _request_pass(headers, _ALWAYS_HOP, host, upgrade)
+    if connection and (drop := _dropped(connection)) is not _ALWAYS_HOP:
+        out, xff, request_id, _ = _request_pass(headers, drop, host, upgrade)
     if upgrade:
         out.append((b"connection", b"upgrade"))
     ip = client_ip.encode()
@@ -152,6 +145,32 @@ def upstream_request_headers(
     return out, request_id.decode("latin-1")
 
 
+def _request_pass(
+    headers: list[Header], drop: frozenset[bytes], host: bytes, upgrade: bool
+) -> tuple[list[Header], bytes | None, bytes | None, list[bytes]]:
+    """(headers kept, client X-Forwarded-For, client request id, Connection values)."""
+    out: list[Header] = [(b"host", host)]
+    xff: bytes | None = None
+    request_id: bytes | None = None
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name in drop:
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"te" and value.strip().lower() == b"trailers":
+                out.append((name, b"trailers"))
+            elif name == b"upgrade" and upgrade:
+                out.append((name, value))
+        elif name not in _REWRITTEN:  # one set probe for the common case
+            out.append((name, value))
+        elif name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+        elif name == b"x-request-id":
+            request_id = value
+            out.append((name, value))
+    return out, xff, request_id, connection
+
+
 def downstream_response_headers(
     headers: Iterable[Header], *, upgrade: bool = False, close: bool = False
 ) -> list[Header]:
@@ -161,17 +180,28 @@ def downstream_response_headers(
     (draining, or a request body we did not read).
     """
     headers = list(headers)
-    drop = _dropped(headers)
-    out: list[Header] = []
-    for name, value in headers:
-        if name in drop:
-            if name == b"upgrade" and upgrade:
-                out.append((name, value))
-            continue
-        out.append((name, value))
+    out, connection = _response_pass(headers, _ALWAYS_HOP, upgrade)
+    if connection and (drop := _dropped(connection)) is not _ALWAYS_HOP:
+        out, _ = _response_pass(headers, drop, upgrade)
     if upgrade:
         out.append((b"connection", b"upgrade"))
     elif close:
         out.append((b"connection", b"close"))
     out.append((b"via", VIA))
     return out
+
+
+def _response_pass(
+    headers: list[Header], drop: frozenset[bytes], upgrade: bool
+) -> tuple[list[Header], list[bytes]]:
+    """(headers kept, Connection values)."""
+    out: list[Header] = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name not in drop:
+            out.append((name, value))
+        elif name == b"connection":
+            connection.append(value)
+        elif name == b"upgrade" and upgrade:
+            out.append((name, value))
+    return out, connection
