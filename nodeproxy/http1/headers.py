@@ -78,9 +78,12 @@ def _dropped(connection_values: list[bytes]) -> frozenset[bytes]:
 
 def is_upgrade(headers: Iterable[Header]) -> bool:
     """A request asking to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
-    headers = list(headers)
     # The Upgrade header first: rare, and cheaper to look for than to parse Connection.
-    return any(n == b"upgrade" for n, _ in headers) and b"upgrade" in connection_tokens(headers)
+    headers = list(headers)
+    for name, _ in headers:
+        if name == b"upgrade":
+            return b"upgrade" in connection_tokens(headers)
+    return False
 
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:
