@@ -2,21 +2,34 @@
 
     request head  (server/connection.py parsed it with http1/codec.py)
       -> where    http1/headers.py     authority from the absolute-form URI or Host
-      -> route    routing/router.py    authority + path + headers -> cluster
-      -> balance  balancing/           one RoundRobin per cluster, over the
-                                       current endpoint snapshot (discovery/)
+      -> route    routing/router.py    authority + path + headers -> cluster and
+                                       canary subset (label selector)
+      -> admit    traffic/state.py     the service's circuit breaker (503
+                                       circuit_open) and overload guard (503
+                                       overloaded), before any byte goes out
+      -> balance  balancing/           the cluster's balancer (p2c_ewma by
+                                       default) over the subset's endpoints the
+                                       outlier detector has not ejected
       -> mesh     mesh/outbound.py     a pod of this node: policy, then direct;
                                        of another node: mTLS to its inbound port
                                        as the calling workload (upstream/peer.py)
-      -> upstream upstream/client.py   a pooled keep-alive connection to it
-      -> forward  server/exchange.py   stream the request up, the response down
+      -> upstream upstream/pool.py     a pooled keep-alive connection to it
+      -> send     server/exchange.py   the request up, until the response head
+      -> report   traffic/attempt.py   the head's status, or the error, feeds the
+                                       balancer, the outlier detector and breaker
+      -> relay    server/exchange.py   the response down
 
-Every step before ``forward`` is synchronous and raises a typed ``ProxyError``
+Routes with ``retries`` go through ``server/retrying.py`` instead of the
+straight send/relay: it calls back ``pick`` for every try.
+
+Every step before ``send`` is synchronous and raises a typed ``ProxyError``
 (404 unknown service / no route, 503 no healthy upstream...) that the
-connection loop turns into the answer. One ``Pipeline`` per listener; its
-balancers are the only state, owned by it. Headers only a node proxy may set
-(``x-nodeproxy-*``) are stripped from every request first: a plaintext client
-never names the next hop. The inbound (mTLS) side is ``mesh/inbound.py``.
+connection loop turns into the answer. The decision state (balancers,
+detectors, breakers) is per process, ``runtime.traffic``, shared by every
+listener; a ``Pipeline`` holds only its listener's router. Headers only a node
+proxy may set (``x-nodeproxy-*``) are stripped from every request first: a
+plaintext client never names the next hop. The inbound (mTLS) side is
+``mesh/inbound.py``.
 """
 
 from __future__ import annotations
@@ -24,23 +37,25 @@ from __future__ import annotations
 import h11
 import trio
 
-from nodeproxy.balancing.base import Balancer
-from nodeproxy.balancing.round_robin import RoundRobin
-from nodeproxy.config.model import ListenerConfig
-from nodeproxy.errors import NoHealthyUpstream
+from nodeproxy.config.model import ClusterConfig, ListenerConfig
+from nodeproxy.errors import NoHealthyUpstream, UnknownService, UpstreamResponseTimeout
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
 from nodeproxy.mesh.state import Mesh, forget_rule
 from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.router import RouteDecision, Router
 from nodeproxy.runtime import Runtime
+from nodeproxy.server.admission import Admission
 from nodeproxy.server.downstream import Downstream, Exchange
-from nodeproxy.server.exchange import forward
+from nodeproxy.server.exchange import prepare, relay, send
+from nodeproxy.server.retrying import Retrier
+from nodeproxy.traffic.attempt import Attempt, Ticket
+from nodeproxy.traffic.state import ClusterTraffic
 from nodeproxy.upstream.pool import Target, Upstreams
 
 
 class Pipeline:
-    """route -> balance -> upstream -> forward, for the requests of one listener."""
+    """route -> admit -> balance -> upstream -> send -> report -> relay, for one listener."""
 
     def __init__(
         self,
@@ -54,11 +69,15 @@ class Pipeline:
         self.outbound_mesh = mesh
         self.upstreams = upstreams
         self.router = Router(listener, config.default_namespace, config.cluster_domain)
-        self.balancers: dict[str, Balancer] = {name: RoundRobin() for name in config.clusters}
+        self.traffic = runtime.traffic
+        if mesh is not None:
+            self.traffic.mesh = mesh  # for /explain's policy decision
+        self.retrier = Retrier(runtime.stats)
+        self.admission = Admission(listener, config.fairness, runtime.stats)  # rate limits
         self._body_timeout = config.limits.downstream_idle_timeout
 
     def __repr__(self) -> str:
-        return f"<Pipeline {self.router!r} [{len(self.balancers)} clusters]>"
+        return f"<Pipeline {self.router!r} [{self.traffic!r}]>"
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
         """Proxy one request; True when the client connection may be kept alive."""
@@ -69,37 +88,121 @@ class Pipeline:
             forget_rule()  # the previous request's policy_rule must not reach this access line
         decision = self.route(ex.authority, ex.path, request.headers)
         ex.cluster = decision.cluster
-        target = self.balance(decision)
-        ex.upstream = target.endpoint.address
-        if self.outbound_mesh is not None:
-            target, request = mesh_step(self.outbound_mesh, down.client_ip, request, ex, target)
-        return await forward(
-            down,
-            request,
-            ex,
-            target,
-            self.upstreams,
-            host=host,
-            path=path,
-            body_timeout=self._body_timeout,
-            drain=self.runtime.drain,
-        )
+        self.admission.check_route(decision.rule, down.client_ip)  # 429 before any state
+        cluster = self.cluster_of(decision)
+        state = self.traffic.cluster(cluster, trio.current_time())
+        ticket = state.admit(trio.current_time())
+        attempts: list[Attempt] = []
+        try:
+            out = prepare(down, request, ex, host=host, path=path)
+            head = out.in_hand[0]
+            assert type(head) is h11.Request
+
+            def pick(upstream_head: h11.Request) -> tuple[Target, h11.Request]:
+                """One try's endpoint: a re-pick means the previous try failed."""
+                now = trio.current_time()
+                if attempts:
+                    attempts[-1].report_retried(now)
+                attempt = self.start(state, ticket, decision, cluster, now)
+                attempts.append(attempt)
+                ex.upstream = attempt.endpoint.address
+                target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
+                if self.outbound_mesh is None:
+                    return target, upstream_head
+                return mesh_step(self.outbound_mesh, down.client_ip, upstream_head, ex, target)
+
+            retries = decision.rule.retries
+            if retries is not None:
+                return await self.retrier.forward(
+                    down,
+                    out,
+                    ex,
+                    decision.rule,
+                    retries,
+                    pick,
+                    self.upstreams,
+                    body_timeout=self._body_timeout,
+                    drain=self.runtime.drain,
+                )
+            target, out.in_hand[0] = pick(head)
+            try:
+                conn, first = await send(self.upstreams, target, down, out, self._body_timeout)
+            except BaseException as exc:
+                attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
+                raise
+            attempts[-1].report_status(first.status_code, trio.current_time())
+            return await relay(
+                down, conn, first, ex, self.upstreams, out.upgrade, self.runtime.drain
+            )
+        except BaseException as exc:
+            if attempts:  # the retry path's last try: its error is the request's
+                attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
+            raise
+        finally:
+            now = trio.current_time()
+            if attempts:
+                last = attempts[-1]
+                if not last.reported and ex.status:  # the retry path relayed an answer
+                    last.report_status(ex.status, now)
+            for attempt in attempts:
+                attempt.close(now)
+            ticket.close(now)
 
     def route(self, authority: str, path: str, headers: h11._headers.Headers) -> RouteDecision:
-        """Which cluster serves this request (UnknownService / NoRoute otherwise)."""
+        """Which cluster (and canary subset) serves this request (UnknownService / NoRoute)."""
         return self.router.route(parse_authority(authority), authority.lower(), path, headers)
 
-    def balance(self, decision: RouteDecision) -> Target:
-        """Pick the endpoint from the current snapshot (NoHealthyUpstream when none)."""
+    def cluster_of(self, decision: RouteDecision) -> ClusterConfig:
+        """The routed cluster's settings; a discovered service that does not exist is a 404."""
         cluster = self.runtime.config.clusters.get(decision.cluster)
-        if cluster is None:
-            raise NoHealthyUpstream(f"cluster {decision.cluster!r} is not configured")
+        if cluster is not None:
+            return cluster
+        if decision.rule.cluster_from_authority:
+            raise UnknownService(f"no service {decision.cluster!r} discovered")
+        raise NoHealthyUpstream(f"cluster {decision.cluster!r} is not configured")
+
+    def start(
+        self,
+        state: ClusterTraffic,
+        ticket: Ticket,
+        decision: RouteDecision,
+        cluster: ClusterConfig,
+        now: float,
+    ) -> Attempt:
+        """Pick from the current snapshot and count the try (NoHealthyUpstream when none)."""
         endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
-        balancer = self.balancers.get(cluster.name)
-        if balancer is None:
-            balancer = self.balancers[cluster.name] = RoundRobin()
-        endpoint = balancer.pick(endpoints, trio.current_time())
-        if endpoint is None:
-            raise NoHealthyUpstream(f"cluster {cluster.name!r} has no endpoints")
-        timeout = decision.rule.timeout or cluster.response_timeout
-        return Target(cluster, endpoint, timeout)
+        return state.start(ticket, endpoints, decision.subset, now)
+
+    @staticmethod
+    def timeout_of(decision: RouteDecision, cluster: ClusterConfig) -> float:
+        return decision.rule.timeout or cluster.response_timeout
+
+    def balance(self, decision: RouteDecision) -> Target:
+        """Pick an endpoint without sending (kept for callers outside the data path).
+
+        The pick is counted and completed at once (CANCELLED: no sample), so
+        the balancer's in-flight counts stay exact.
+        """
+        now = trio.current_time()
+        cluster = self.cluster_of(decision)
+        state = self.traffic.cluster(cluster, now)
+        ticket = state.admit(now)
+        try:
+            attempt = self.start(state, ticket, decision, cluster, now)
+            attempt.close(now)
+        finally:
+            ticket.close(now)
+        return Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
+
+
+def _timeout_or(down: Downstream, exc: BaseException) -> BaseException:
+    """The connection's response deadline firing is a timeout of the try, not a cancel."""
+    scope = down.scope
+    if (
+        isinstance(exc, trio.Cancelled)
+        and down.response_timeout is not None
+        and scope is not None
+        and scope.cancel_called
+    ):
+        return UpstreamResponseTimeout(f"no response headers in {down.response_timeout}s")
+    return exc

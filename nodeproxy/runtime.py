@@ -15,6 +15,7 @@ import trio
 from nodeproxy.admin.stats import Stats
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import EndpointRegistry
+from nodeproxy.traffic.state import Traffic
 
 
 class DrainState:
@@ -44,6 +45,14 @@ class Runtime:
     endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)
     drain: DrainState = field(default_factory=DrainState)
     listeners_ready: bool = False
+    _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def traffic(self) -> Traffic:
+        """Per-cluster balancers, outlier detectors and breakers, shared by every listener."""
+        if self._traffic is None:
+            self._traffic = Traffic(self.config.clusters, self.endpoints, self.config.node_name)
+        return self._traffic
 
     @property
     def ready(self) -> bool:

@@ -188,7 +188,7 @@ def test_clusters_json_joins_config_snapshot_and_stats() -> None:
     (cluster,) = data["clusters"]
     assert cluster["name"] == "bdgreeter"
     assert cluster["settings"]["connect_timeout"] == 0.25
-    assert cluster["settings"]["lb_policy"] == "round_robin"
+    assert cluster["settings"]["lb_policy"] == "p2c_ewma"
     assert cluster["stats"] == {"rq_total": 7, "rq_2xx": 7}
     ep1, ep2 = cluster["endpoints"]
     assert ep1["address"] == "127.0.0.1:3000"

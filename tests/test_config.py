@@ -53,6 +53,7 @@ def test_full_native_file_loads_into_the_model() -> None:
         namespace="default",
         connect_timeout=2.0,
         response_timeout=30.0,
+        lb_policy="round_robin",
         max_connections_per_endpoint=8,
         idle_timeout=90.0,
     )

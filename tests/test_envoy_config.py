@@ -38,7 +38,10 @@ SEED_LISTENER = ListenerConfig(
     ),
 )
 SEED_CLUSTER = ClusterConfig(
-    name="local_service", endpoints=(EndpointConfig("172.17.0.1", 3000),), connect_timeout=0.25
+    name="local_service",
+    endpoints=(EndpointConfig("172.17.0.1", 3000),),
+    connect_timeout=0.25,
+    lb_policy="round_robin",  # Envoy's default, kept by the Envoy front end
 )
 
 

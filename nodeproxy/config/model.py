@@ -16,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nodeproxy.policy.model import Policy
+
+if TYPE_CHECKING:  # the resilience cores import this module: annotations only
+    from nodeproxy.resilience.outlier import OutlierConfig
+    from nodeproxy.resilience.overload import OverloadLimits
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -30,6 +34,7 @@ class EndpointConfig:
     # mappingproxy is unhashable on 3.11: default via factory, and left out of hash()
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     node: str | None = None  # which node the endpoint lives on (issue 3)
+    weight: float | None = None  # relative share for the balancer (None: 1, or the label)
 
     @property
     def address(self) -> str:
@@ -59,8 +64,51 @@ class RouteMatch:
 
 @dataclass(frozen=True)
 class WeightedCluster:
+    """One branch of a weighted split; ``subset`` narrows it to labelled endpoints (canary)."""
+
     cluster: str
     weight: int
+    subset: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """A route's ``retries`` (docs/traffic.md); ``retry_on`` holds Envoy's condition names."""
+
+    retry_on: tuple[str, ...] = ("connect-failure", "reset", "gateway-error")
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+    backoff_base: float = 0.025
+    backoff_max: float = 0.250
+    budget_ratio: float = 0.2  # retries in flight <= ratio x requests in flight (Envoy's 20 %)
+    budget_min_concurrency: int = 3  # ... but always at least this many (Envoy's 3)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """One token bucket: ``requests_per_second`` sustained, ``burst`` at once."""
+
+    requests_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A local rate limit: one bucket for everyone and/or one per source IP."""
+
+    total: BucketConfig | None = None
+    per_source: BucketConfig | None = None
+
+
+@dataclass(frozen=True)
+class FairnessConfig:
+    """Per-source fairness of one listener (``resilience/fairness.py``)."""
+
+    max_concurrent_per_source: int = 128
+    max_queue_per_source: int = 64
+    max_wait: float = 1.0  # a queued request waits at most this long, then 503
+    max_concurrent: int = 1024
+    max_queue: int = 1024
 
 
 @dataclass(frozen=True)
@@ -79,6 +127,10 @@ class RouteRule:
     timeout: float | None = None  # overrides the cluster's response_timeout
     name: str = ""
     cluster_from_authority: bool = False
+    # Only endpoints carrying all these labels (a canary subset); a weighted entry's own wins.
+    subset: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    retries: RetryConfig | None = None  # None: no retries (besides the keep-alive replay)
+    rate_limit: RateLimitConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +155,21 @@ class ClusterConfig:
     namespace: str = "default"
     connect_timeout: float = 1.0
     response_timeout: float = 15.0  # whole response headers deadline (Envoy route default)
-    lb_policy: Literal["round_robin"] = "round_robin"
+    lb_policy: str = "p2c_ewma"  # one of balancing.policies.POLICIES
     max_connections_per_endpoint: int = 64
     idle_timeout: float = 60.0  # upstream keep-alive connections closed after this
+    outlier: OutlierConfig | None = None  # None: Envoy's defaults (docs/traffic.md)
+    circuit_breaker: BreakerConfig | None = None  # None: no consecutive-failure breaker
+    overload: OverloadLimits | None = None  # None: Envoy's thresholds (1024 / 1024 / 1024 / 3)
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """A service's circuit breaker (``resilience/breaker.py``); the issue's 3 failures."""
+
+    failure_threshold: int = 3
+    open_interval: float = 5.0
+    max_open_interval: float | None = None  # None: fixed at open_interval
 
 
 @dataclass(frozen=True)
@@ -114,6 +178,7 @@ class ListenerConfig:
     host: str = "0.0.0.0"
     port: int = 4140
     virtual_hosts: tuple[VirtualHost, ...] = ()
+    rate_limit: RateLimitConfig | None = None  # before routing, for every request
 
 
 @dataclass(frozen=True)
@@ -213,3 +278,4 @@ class Config:
     source_path: str = ""
     mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    fairness: FairnessConfig | None = None  # None: no per-source caps or queueing

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from nodeproxy.config.model import HeaderMatch, ListenerConfig, RouteRule, VirtualHost
+from nodeproxy.config.model import (
+    EMPTY_LABELS,
+    HeaderMatch,
+    ListenerConfig,
+    RouteRule,
+    VirtualHost,
+    WeightedCluster,
+)
 from nodeproxy.errors import NoRoute, UnknownService
 from nodeproxy.routing.authority import Authority
 
@@ -25,6 +32,8 @@ class RouteDecision:
     virtual_host: VirtualHost
     rule: RouteRule
     cluster: str
+    # Canary: only endpoints with all these labels (the weighted branch's, else the rule's).
+    subset: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
 
 
 class Router:
@@ -60,7 +69,7 @@ class Router:
                     self._exact.setdefault(d, vh)
             for rule in vh.routes:
                 if rule.cluster is not None:
-                    self._fixed[id(rule)] = RouteDecision(vh, rule, rule.cluster)
+                    self._fixed[id(rule)] = RouteDecision(vh, rule, rule.cluster, rule.subset)
                 for h in rule.match.headers:
                     if h.regex is not None:
                         self._regex[h.regex] = re.compile(h.regex)
@@ -106,9 +115,13 @@ class Router:
             fixed = self._fixed.get(id(rule))
             if fixed is not None and fixed.virtual_host is vh:
                 return fixed
+            if rule.cluster is not None:
+                return RouteDecision(vh, rule, rule.cluster, rule.subset)
             if rule.cluster_from_authority:
-                return RouteDecision(vh, rule, self.service_cluster(authority, raw))
-            return RouteDecision(vh, rule, self._target(rule))
+                cluster = self.service_cluster(authority, raw)
+                return RouteDecision(vh, rule, cluster, rule.subset)
+            branch = self._target(rule)
+            return RouteDecision(vh, rule, branch.cluster, branch.subset or rule.subset)
         raise NoRoute(f"no route in {vh.name!r} for {path_only!r}")
 
     def service_cluster(self, authority: Authority, raw: str) -> str:
@@ -124,16 +137,15 @@ class Router:
         base = name if ns == self._default_ns else key
         return base if authority.port is None else f"{base}:{authority.port}"
 
-    def _target(self, rule: RouteRule) -> str:
-        if rule.cluster is not None:
-            return rule.cluster
+    def _target(self, rule: RouteRule) -> WeightedCluster:
+        """The weighted branch to take (a rule with ``weighted`` set: ``_fixed`` took the rest)."""
         total = sum(w.weight for w in rule.weighted)
         pick = self._rng.randrange(total) if total > 0 else 0
         for w in rule.weighted:
             pick -= w.weight
             if pick < 0:
-                return w.cluster
-        return rule.weighted[-1].cluster
+                return w
+        return rule.weighted[-1]
 
     def _header_ok(self, h: HeaderMatch, headers: Headers) -> bool:
         name = h.name.encode()

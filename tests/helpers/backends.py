@@ -266,9 +266,14 @@ def simple_config(
     *,
     limits: Limits | None = None,
     rule_timeout: float | None = None,
+    lb_policy: str = "round_robin",
     **cluster_kw: float,
 ) -> Config:
-    """One listener on 127.0.0.1:0 with one ``<name>.default`` service per entry."""
+    """One listener on 127.0.0.1:0 with one ``<name>.default`` service per entry.
+
+    Round robin unless ``lb_policy`` says otherwise: the data-path tests count
+    requests per endpoint and were written for a deterministic rotation.
+    """
     vhosts, clusters = [], {}
     for name, eps in endpoints.items():
         rule = RouteRule(match=RouteMatch(prefix="/"), cluster=name, timeout=rule_timeout)
@@ -276,6 +281,7 @@ def simple_config(
         clusters[name] = ClusterConfig(
             name=name,
             endpoints=tuple(EndpointConfig(host=h, port=p) for h, p in eps),
+            lb_policy=lb_policy,
             **cluster_kw,  # type: ignore[arg-type]  # float timeouts/int capacities by name
         )
     listener = ListenerConfig(
