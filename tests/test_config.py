@@ -161,8 +161,8 @@ BAD = [
     ("services:\n  - name: a\n    routes:\n      - match:\n          headers:\n"
      "            - {name: 'bad name', present: true}\n        service: a\n",
      "services[0].routes[0].match.headers[0].name", 6, "invalid header name"),
-    ("services:\n  - name: a\n    lb_policy: least_request\n",
-     "services[0].lb_policy", 3, "unsupported value 'least_request'"),
+    ("services:\n  - name: a\n    lb_policy: fastest\n",
+     "services[0].lb_policy", 3, "unsupported value 'fastest'"),
     ("services:\n  - name: a\n    connect_timeout: 0s\n", "services[0].connect_timeout", 3, "> 0"),
     ("services:\n  - name: a\n    connect_timeout: -1\n", "services[0].connect_timeout", 3, "> 0"),
     ("services:\n  - name: a\n    idle_timeout: soon\n", "services[0].idle_timeout", 3,

@@ -11,10 +11,9 @@ after every service has been read, so order in the file does not matter.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, cast, get_args
+from typing import Literal, cast
 
 from nodeproxy.config.checks import (
     Binds,
@@ -41,18 +40,24 @@ from nodeproxy.config.model import (
     VirtualHost,
     WeightedCluster,
 )
+from nodeproxy.config.resilience import read_fairness, read_rate_limit, read_retries
+from nodeproxy.config.traffic import (
+    TRAFFIC_KEYS,
+    cluster_traffic,
+    opt_subset,
+    read_labels,
+    read_weight,
+)
 from nodeproxy.config.yamlsrc import Node
 
-_LABEL_KEY = re.compile(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-LbPolicy = Literal["round_robin"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services", "mesh", "discovery",
+    "services", "mesh", "discovery", "fairness",
 )  # fmt: skip
 SERVICE_KEYS = (
-    "name", "namespace", "connect_timeout", "response_timeout", "lb_policy",
+    "name", "namespace", "connect_timeout", "response_timeout", *TRAFFIC_KEYS,
     "max_connections_per_endpoint", "idle_timeout", "endpoints", "routes",
 )  # fmt: skip
 
@@ -101,6 +106,7 @@ def load_native(root: Node) -> Config:
         source_path=root.source.file,
         mesh=mesh,
         discovery=discovery,
+        fairness=f.opt("fairness", read_fairness, None),
     )
 
 
@@ -121,7 +127,7 @@ def _listeners(
     out: list[ListenerConfig] = []
     names: dict[str, str] = {}
     for i, item in enumerate(node.items(non_empty=True)):
-        f = item.fields("name", "address")
+        f = item.fields("name", "address", "rate_limit")
         name = f.opt("name", Node.text, "outbound" if i == 0 else f"outbound_{i}")
         if name in names:
             raise item.error(f"duplicate listener name {name!r} (also {names[name]})")
@@ -129,7 +135,10 @@ def _listeners(
         addr = f.need("address")
         host, port = addr.address(allow_zero_port=True)
         binds.append((addr, host, port))
-        out.append(ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts))
+        limit = f.opt("rate_limit", read_rate_limit, None)
+        out.append(
+            ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts, rate_limit=limit)
+        )
     return tuple(out)
 
 
@@ -181,20 +190,17 @@ class _Service:
         name = dns_label(f.need("name"))
         ns = f.opt("namespace", dns_label, default_ns)
         d = ClusterConfig(name="")
-        lb_policy: str = f.opt(
-            "lb_policy", lambda n: n.choice(*get_args(LbPolicy)), str(d.lb_policy)
-        )
         cluster = ClusterConfig(
             name=name if ns == default_ns else f"{name}.{ns}",
             endpoints=f.opt("endpoints", _endpoints, ()),
             namespace=ns,
             connect_timeout=f.opt("connect_timeout", Node.duration, d.connect_timeout),
             response_timeout=f.opt("response_timeout", Node.duration, d.response_timeout),
-            lb_policy=cast(LbPolicy, lb_policy),  # choice() checked the value
             max_connections_per_endpoint=f.opt(
                 "max_connections_per_endpoint", Node.integer, d.max_connections_per_endpoint
             ),
             idle_timeout=f.opt("idle_timeout", Node.duration, d.idle_timeout),
+            **cluster_traffic(f),
         )
         return cls(node, (name, ns), cluster, f.get("routes"))
 
@@ -208,20 +214,32 @@ class _Service:
         return VirtualHost(name=self.cluster.name, domains=(f"{name}.{ns}",), routes=routes)
 
     def _rule(self, node: Node, targets: dict[tuple[str, str], str]) -> RouteRule:
-        f = node.fields("name", "match", "service", "weighted", "timeout")
+        f = node.fields(
+            "name", "match", "service", "weighted", "timeout", "retries", "rate_limit", "subset"
+        )
         kind, target = f.one_of("service", "weighted")
         match = f.opt("match", route_match, RouteMatch(prefix="/"))
         timeout = f.opt("timeout", Node.duration, None)
         name = f.opt("name", Node.text, "")
+        retries = f.opt("retries", read_retries, None)
+        limit = f.opt("rate_limit", read_rate_limit, None)
+        subset = opt_subset(f)
         if kind == "service":
             cluster = self._resolve(target, targets)
-            return RouteRule(match=match, cluster=cluster, timeout=timeout, name=name)
+            return RouteRule(
+                match=match, cluster=cluster, timeout=timeout, name=name, retries=retries,
+                rate_limit=limit, subset=subset,
+            )  # fmt: skip
         weighted: list[WeightedCluster] = []
         for item in target.items(non_empty=True):
-            w = item.fields("service", "weight")
+            w = item.fields("service", "weight", "subset")
             cluster = self._resolve(w.need("service"), targets)
-            weighted.append(WeightedCluster(cluster=cluster, weight=w.need("weight").integer(1)))
-        return RouteRule(match=match, weighted=tuple(weighted), timeout=timeout, name=name)
+            weight = w.need("weight").integer(1)
+            weighted.append(WeightedCluster(cluster, weight, opt_subset(w)))
+        return RouteRule(
+            match=match, weighted=tuple(weighted), timeout=timeout, name=name, retries=retries,
+            rate_limit=limit, subset=subset,
+        )  # fmt: skip
 
     def _resolve(self, node: Node, targets: dict[tuple[str, str], str]) -> str:
         text = node.text()
@@ -249,20 +267,12 @@ def _endpoint(node: Node) -> EndpointConfig:
     if not node.is_map():
         host, port = node.address()
         return EndpointConfig(host=host, port=port)
-    f = node.fields("address", "labels", "node")
+    f = node.fields("address", "labels", "node", "weight")
     host, port = f.need("address").address()
-    labels: dict[str, str] = f.opt("labels", _labels, {})
+    labels: dict[str, str] = f.opt("labels", read_labels, {})
     where = f.opt("node", Node.text, None)
-    return EndpointConfig(host=host, port=port, labels=MappingProxyType(labels), node=where)
-
-
-def _labels(node: Node) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in node.entries().items():
-        if not _LABEL_KEY.fullmatch(key):
-            raise value.error(f"invalid label name {key!r}")
-        out[key] = value.text(non_empty=False)
-    return out
+    weight = f.opt("weight", read_weight, None)
+    return EndpointConfig(host, port, MappingProxyType(labels), where, weight)
 
 
 def route_match(node: Node) -> RouteMatch:
