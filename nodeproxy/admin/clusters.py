@@ -57,8 +57,14 @@ def _by_class(counts: Counts) -> dict[str, float]:
     return out
 
 
-def clusters_view(runtime: Runtime) -> dict[str, Any]:
-    """Every configured (or discovered) cluster, its settings, endpoints and counters."""
+def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
+    """Every configured (or discovered) cluster, its settings, endpoints and counters.
+
+    With ``now`` (the trio clock), each cluster that has served a request also
+    shows its traffic state (``runtime.traffic``): breaker, overload counters,
+    canary subset counters, and per endpoint the EWMA latency, active
+    requests, balancer cost and outlier (ejection) state.
+    """
     stats: Stats = runtime.stats
     snapshot = runtime.endpoints.current()
     ce = ("cluster", "endpoint")
@@ -84,6 +90,7 @@ def clusters_view(runtime: Runtime) -> dict[str, Any]:
                 "max_connections_per_endpoint": cfg.max_connections_per_endpoint,
             }
         endpoints: list[dict[str, Any]] = []
+        traffic = runtime.traffic.get(name)
         for ep in snapshot.endpoints(name):
             key = (name, ep.address)
             pool_counts = pool.get(key, {})
@@ -92,6 +99,7 @@ def clusters_view(runtime: Runtime) -> dict[str, Any]:
             counters["cx_total"] = sum(opened.get(key, {}).values())
             counters["cx_active"] = pool_counts.get("state=active", 0)
             counters["cx_idle"] = pool_counts.get("state=idle", 0)
+            state = traffic.describe_endpoint(ep, now) if traffic is not None else None
             endpoints.append(
                 {
                     "address": ep.address,
@@ -99,8 +107,9 @@ def clusters_view(runtime: Runtime) -> dict[str, Any]:
                     "port": ep.port,
                     "labels": dict(ep.labels),
                     "node": ep.node,
-                    "state": ENDPOINT_STATE_ACTIVE,
+                    "state": _outlier_state(state),
                     "stats": counters,
+                    "traffic": state,
                 }
             )
         clusters.append(
@@ -108,10 +117,18 @@ def clusters_view(runtime: Runtime) -> dict[str, Any]:
                 "name": name,
                 "settings": settings,
                 "stats": _by_class(downstream_rq.get((name,), {})),
+                "traffic": traffic.describe(now) if traffic is not None else None,
                 "endpoints": endpoints,
             }
         )
     return {"snapshot_version": snapshot.version, "clusters": clusters}
+
+
+def _outlier_state(state: dict[str, Any] | None) -> str:
+    if state is None:
+        return ENDPOINT_STATE_ACTIVE
+    outlier: dict[str, Any] = state["outlier"]
+    return str(outlier["state"])
 
 
 def _num(value: Any) -> str:
@@ -134,7 +151,13 @@ def clusters_text(view: dict[str, Any]) -> str:
             for key, value in ep["stats"].items():
                 lines.append(f"{prefix}::{key}::{_num(value)}")
             lines.append(f"{prefix}::state::{ep['state']}")
-            lines.append(f"{prefix}::health_flags::healthy")
+            ejected = ep["state"] != ENDPOINT_STATE_ACTIVE
+            lines.append(
+                f"{prefix}::health_flags::{'/failed_outlier_check' if ejected else 'healthy'}"
+            )
+            for key in ("ewma_ms", "active_requests", "cost"):
+                if ep.get("traffic") is not None:
+                    lines.append(f"{prefix}::{key}::{_num(ep['traffic'][key])}")
             if ep["node"]:
                 lines.append(f"{prefix}::node::{ep['node']}")
             for k, v in sorted(ep["labels"].items()):

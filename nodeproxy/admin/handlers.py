@@ -25,6 +25,7 @@ from nodeproxy.admin.process import process_families, runtime_families
 from nodeproxy.admin.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
 from nodeproxy.admin.prometheus import Family, families_json, render, stats_families
 from nodeproxy.runtime import Runtime
+from nodeproxy.traffic.explain import explain
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -118,13 +119,38 @@ def get_stats(ctx: AdminContext, req: Request) -> AdminResponse:
 
 
 def get_clusters(ctx: AdminContext, req: Request) -> AdminResponse:
-    view = clusters_view(ctx.runtime)
+    view = clusters_view(ctx.runtime, req.now)
     fmt = req.query.get("format", "json")
     if fmt == "text":
         return respond(200, clusters_text(view))
     if fmt != "json":
         return respond(400, f"unknown format {fmt!r}: use json or text\n")
     return respond_json(200, view)
+
+
+def get_explain(ctx: AdminContext, req: Request) -> AdminResponse:
+    """``?authority=&path=&header=k:v&source=ip[:port]&method=&listener=``: no request sent."""
+    authority = req.query.get("authority")
+    if not authority:
+        return respond(400, "authority is required: /explain?authority=svc.ns&path=/\n")
+    headers: list[tuple[str, str]] = []
+    raw = req.query.get("header")
+    if raw:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            return respond(400, "header must be name:value\n")
+        headers.append((name, value))
+    report = explain(
+        ctx.runtime,
+        authority=authority,
+        path=req.query.get("path", "/"),
+        headers=headers,
+        source=req.query.get("source", ""),
+        method=req.query.get("method", "GET"),
+        listener=req.query.get("listener"),
+        now=req.now,
+    )
+    return respond_json(200, report)
 
 
 def get_config_dump(ctx: AdminContext, req: Request) -> AdminResponse:
@@ -179,6 +205,11 @@ ROUTES: dict[str, Route] = {
     "/stats": Route(GET, get_stats, "All counters, gauges and histograms as JSON."),
     "/clusters": Route(
         GET, get_clusters, "Clusters, endpoints, state and counters (JSON; ?format=text)."
+    ),
+    "/explain": Route(
+        GET,
+        get_explain,
+        "Where a request would go and why (?authority=&path=&header=k:v&source=); sends nothing.",
     ),
     "/config_dump": Route(GET, get_config_dump, "The effective config as JSON, secrets redacted."),
     "/drain": Route(
