@@ -130,6 +130,12 @@ class CircuitOpen(ProxyError):
     body = "upstream circuit open"
 
 
+class SourceOverloaded(Overloaded):
+    """Per-source fairness: the calling source's queue is full, or it waited too long."""
+
+    cause = "source_overloaded"
+
+
 class RateLimited(ProxyError):
     """A local token bucket is empty; ``retry_after`` (seconds) feeds ``Retry-After``."""
 

@@ -28,6 +28,11 @@ POOL_CONNECTIONS = "nodeproxy_upstream_pool_connections"  # {cluster, endpoint, 
 REQUEST_DURATION = "nodeproxy_request_duration_seconds"  # histogram {cluster}
 BYTES_RECEIVED = "nodeproxy_downstream_bytes_received_total"  # {listener}
 BYTES_SENT = "nodeproxy_downstream_bytes_sent_total"  # {listener}
+RETRIES = "nodeproxy_retries_total"  # {cluster, reason}: tries made again (issue 5)
+RETRIES_DENIED = "nodeproxy_retries_denied_total"  # {cluster}: refused by the retry budget
+RATE_LIMITED = "nodeproxy_rate_limited_total"  # {listener, scope=listener|route, key=total|source}
+FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a per-source slot
+FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
 
 HELP: dict[str, str] = {
     REQUESTS: "Downstream requests answered, by cluster and status class.",
@@ -42,6 +47,11 @@ HELP: dict[str, str] = {
     REQUEST_DURATION: "Time from request headers received to response completed.",
     BYTES_RECEIVED: "Bytes read from downstream clients.",
     BYTES_SENT: "Bytes written to downstream clients.",
+    RETRIES: "Upstream tries repeated by a route's retry policy, by reason.",
+    RETRIES_DENIED: "Retries not made because the retry budget was spent.",
+    RATE_LIMITED: "Requests answered 429 by a local rate limit.",
+    FAIRNESS_QUEUED: "Requests that waited for their source's concurrency slot.",
+    FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
 }
 
 # Latency buckets in seconds: 0.5 ms .. 30 s.

@@ -16,6 +16,8 @@ curl would stop waiting), so neither side can deadlock on the other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import h11
 import trio
 
@@ -38,6 +40,31 @@ class _DeadBeforeResponse(Exception):
     """The upstream connection closed or reset before any response byte."""
 
 
+@dataclass(slots=True)
+class Outgoing:
+    """The request as it goes upstream: what is in hand, and whether that is all of it.
+
+    ``in_hand[0]`` is the upstream request head; a retry may swap it (a mesh
+    hop adds headers). While ``complete`` the whole request can be sent again.
+    """
+
+    in_hand: list[h11.Event]
+    complete: bool
+    upgrade: bool
+
+
+def prepare(
+    down: Downstream, request: h11.Request, ex: Exchange, *, host: bytes, path: bytes
+) -> Outgoing:
+    """Rewrite the head for upstream and take any body already buffered from the client."""
+    upgrade = is_upgrade(request.headers)
+    headers, ex.request_id = upstream_request_headers(
+        request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
+    )
+    in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
+    return Outgoing(in_hand, _take_buffered_body(down, in_hand), upgrade)
+
+
 async def forward(
     down: Downstream,
     request: h11.Request,
@@ -51,14 +78,28 @@ async def forward(
     drain: DrainState,
 ) -> bool:
     """Proxy one request to ``target``; True when the client connection may be reused."""
-    upgrade = is_upgrade(request.headers)
-    headers, ex.request_id = upstream_request_headers(
-        request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
-    )
-    in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
-    complete = _take_buffered_body(down, in_hand)
+    out = prepare(down, request, ex, host=host, path=path)
+    conn, first = await send(upstreams, target, down, out, body_timeout)
+    return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
 
-    conn, first = await _connect_and_send(upstreams, target, down, in_hand, complete, body_timeout)
+
+async def send(
+    upstreams: Upstreams, target: Target, down: Downstream, out: Outgoing, body_timeout: float
+) -> tuple[UpstreamConnection, h11.Response | h11.InformationalResponse]:
+    """One try: a lent connection that took the request, and the response head it gave."""
+    return await _connect_and_send(upstreams, target, down, out.in_hand, out.complete, body_timeout)
+
+
+async def relay(
+    down: Downstream,
+    conn: UpstreamConnection,
+    first: h11.Response | h11.InformationalResponse,
+    ex: Exchange,
+    upstreams: Upstreams,
+    upgrade: bool,
+    drain: DrainState,
+) -> bool:
+    """Relay the response whose head is ``first``, then give ``conn`` back."""
     reusable = False
     try:
         upstreams.record_response(conn, first.status_code)

@@ -1,0 +1,183 @@
+"""Admission of one listener's requests: local rate limits and per-source fairness.
+
+Why a shell of its own: the decisions are pure (``resilience/ratelimit.py``
+token buckets, ``resilience/fairness.py``'s ``FairScheduler``); what is left
+is the trio part: parking a queued request on a ``trio.Event`` per ticket,
+waking the ticket ``release`` hands the freed slot to, a bounded wait, and
+keeping the scheduler's books right when a waiter leaves for any reason
+(timeout, client gone, drain: a slot granted to a waiter that is no longer
+there is passed on at once). One ``Admission`` per listener, owned by its
+pipeline; every mutation is synchronous, so no lock is needed.
+
+Order per request: the listener's rate limits (before routing; a refused
+request costs no backend anything), then fairness (a slot for the source,
+held until the response is relayed), then after routing the route's limits
+(``check_route``). The source is the client's IP: on a node proxy that is
+the calling pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import h11
+import trio
+
+from nodeproxy.admin.stats import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED, Stats, labels
+from nodeproxy.config.model import FairnessConfig, ListenerConfig, RateLimitConfig, RouteRule
+from nodeproxy.errors import RateLimited, SourceOverloaded
+from nodeproxy.resilience.fairness import Admitted, FairScheduler, Rejected, Ticket
+from nodeproxy.resilience.ratelimit import KeyedBuckets, TokenBucket
+from nodeproxy.server.downstream import Downstream, Exchange
+
+Handler = Callable[[Downstream, h11.Request, Exchange], Awaitable[bool]]
+
+
+class Limiter:
+    """The buckets of one ``rate_limit`` section: one shared, and/or one per source."""
+
+    def __init__(self, config: RateLimitConfig, now: float) -> None:
+        total = config.total
+        self.total = None
+        if total is not None:
+            self.total = TokenBucket(total.burst, total.requests_per_second, now)
+        per = config.per_source
+        self.per_source = None if per is None else KeyedBuckets(per.burst, per.requests_per_second)
+
+    def __repr__(self) -> str:
+        return f"<Limiter total={self.total!r} per_source={self.per_source!r}>"
+
+    def check(self, source: str, now: float) -> None:
+        """Take a token from each bucket; raises ``RateLimited`` when one is empty."""
+        if self.per_source is not None:
+            ok, wait = self.per_source.try_acquire(source, now)
+            if not ok:
+                raise RateLimited(f"source {source}: retry in {wait:.3f}s", retry_after=wait)
+        if self.total is not None:
+            ok, wait = self.total.try_acquire(now)
+            if not ok:
+                raise RateLimited(f"retry in {wait:.3f}s", retry_after=wait)
+
+
+class FairGate:
+    """The trio side of a ``FairScheduler``: queued requests wait on an event each."""
+
+    def __init__(self, config: FairnessConfig) -> None:
+        self.scheduler = FairScheduler(
+            max_active=config.max_concurrent,
+            max_active_per_source=config.max_concurrent_per_source,
+            max_queued_per_source=config.max_queue_per_source,
+            max_queued_total=config.max_queue,
+        )
+        self.max_wait = config.max_wait
+        self._waiters: dict[int, trio.Event] = {}
+        self._evicted: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"<FairGate {self.scheduler!r} [{len(self._waiters)} waiting]>"
+
+    async def enter(self, source: str) -> bool:
+        """Wait for a slot for ``source``; True if it had to queue. Raises ``SourceOverloaded``."""
+        decision = self.scheduler.admit(source, trio.current_time())
+        if isinstance(decision, Admitted):
+            return False
+        if isinstance(decision, Rejected):
+            raise SourceOverloaded(f"{source}: {decision.reason}")
+        if decision.evicted is not None:
+            self._evict(decision.evicted)
+        ticket = decision.ticket
+        event = self._waiters[ticket.id] = trio.Event()
+        try:
+            with trio.move_on_after(self.max_wait):
+                await event.wait()
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        if ticket.id in self._evicted or not event.is_set():
+            self._abandon(ticket)
+            raise SourceOverloaded(f"{source}: no slot within {self.max_wait}s")
+        del self._waiters[ticket.id]
+        return True
+
+    def leave(self, source: str) -> None:
+        """A request of ``source`` ended: hand its slot to the next waiter still there."""
+        ticket = self.scheduler.release(source, trio.current_time())
+        while ticket is not None:
+            event = self._waiters.get(ticket.id)
+            if event is not None and not event.is_set():
+                event.set()
+                return
+            ticket = self.scheduler.release(ticket.source, trio.current_time())
+
+    def _evict(self, ticket: Ticket) -> None:
+        self._evicted.add(ticket.id)
+        event = self._waiters.get(ticket.id)
+        if event is not None:
+            event.set()
+
+    def _abandon(self, ticket: Ticket) -> None:
+        """The waiter of ``ticket`` is leaving without using a slot."""
+        self._waiters.pop(ticket.id, None)
+        if ticket.id in self._evicted:
+            self._evicted.discard(ticket.id)
+        elif not self.scheduler.cancel(ticket):  # already granted the slot: pass it on
+            self.leave(ticket.source)
+
+
+class Admission:
+    """Rate limits and fairness of one listener (see the module docstring)."""
+
+    def __init__(
+        self, listener: ListenerConfig, fairness: FairnessConfig | None, stats: Stats
+    ) -> None:
+        now = trio.current_time()
+        self.stats = stats
+        self.listener = listener.name
+        self.limiter = None if listener.rate_limit is None else Limiter(listener.rate_limit, now)
+        self.gate = None if fairness is None else FairGate(fairness)
+        self._routes: dict[int, tuple[RouteRule, Limiter]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Admission {self.listener} {self.limiter!r} {self.gate!r}>"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests need ``serve`` (a listener limit or fairness is configured)."""
+        return self.limiter is not None or self.gate is not None
+
+    async def serve(
+        self, handle: Handler, down: Downstream, request: h11.Request, ex: Exchange
+    ) -> bool:
+        """Admit the request, run ``handle``, free the source's slot."""
+        source = down.client_ip
+        if self.limiter is not None:
+            self._limit(self.limiter, source, "listener")
+        if self.gate is None:
+            return await handle(down, request, ex)
+        try:
+            if await self.gate.enter(source):
+                self.stats.inc(FAIRNESS_QUEUED, labels(listener=self.listener))
+        except SourceOverloaded:
+            self.stats.inc(FAIRNESS_REJECTED, labels(listener=self.listener))
+            raise
+        try:
+            return await handle(down, request, ex)
+        finally:
+            self.gate.leave(source)
+
+    def check_route(self, rule: RouteRule, source: str) -> None:
+        """The route's ``rate_limit``, if any; raises ``RateLimited``."""
+        if rule.rate_limit is None:
+            return
+        entry = self._routes.get(id(rule))
+        if entry is None or entry[0] is not rule:
+            limiter = Limiter(rule.rate_limit, trio.current_time())
+            entry = self._routes[id(rule)] = (rule, limiter)
+        self._limit(entry[1], source, "route")
+
+    def _limit(self, limiter: Limiter, source: str, scope: str) -> None:
+        try:
+            limiter.check(source, trio.current_time())
+        except RateLimited:
+            self.stats.inc(RATE_LIMITED, labels(listener=self.listener, scope=scope))
+            raise
