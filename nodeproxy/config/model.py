@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
@@ -36,7 +37,7 @@ class EndpointConfig:
     node: str | None = None  # which node the endpoint lives on (issue 3)
     weight: float | None = None  # relative share for the balancer (None: 1, or the label)
 
-    @property
+    @cached_property  # read on every request (pool key, stats labels); computed once
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 

@@ -95,6 +95,7 @@ class _Entry:
     ep_labels: Labels = ()
     idle_labels: Labels = ()
     active_labels: Labels = ()
+    code_labels: dict[int, Labels] = field(default_factory=dict)  # status class -> labels
 
 
 class Upstreams:
@@ -218,15 +219,19 @@ class Upstreams:
             conn.close()
             entry.pool.discard()
         self._publish(entry)
-        entry.lot.unpark()
+        if entry.lot:  # ParkingLot is falsy when nobody waits; skip the call on the hot path
+            entry.lot.unpark()
 
     def record_response(self, conn: UpstreamConnection, status: int) -> None:
         """Count one upstream answer by endpoint and status class."""
-        cluster, endpoint = conn.pool_key
-        code_class = f"{status // 100}xx"
-        self._stats.inc(
-            UPSTREAM_REQUESTS, labels(cluster=cluster, endpoint=endpoint, code_class=code_class)
-        )
+        entry = self._entries[conn.pool_key]
+        lbls = entry.code_labels.get(status // 100)
+        if lbls is None:
+            cluster, endpoint = conn.pool_key
+            lbls = entry.code_labels[status // 100] = labels(
+                cluster=cluster, endpoint=endpoint, code_class=f"{status // 100}xx"
+            )
+        self._stats.inc(UPSTREAM_REQUESTS, lbls)
 
     def reap(self, now: float) -> int:
         """Close idle connections past their cluster's idle timeout; returns how many."""
