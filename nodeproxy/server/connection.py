@@ -16,6 +16,7 @@ close it at once instead of waiting out the idle timeout.
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 
 import h11
@@ -35,6 +36,7 @@ from nodeproxy.errors import (
     ERROR_HEADER,
     BadRequest,
     ProxyError,
+    RateLimited,
     RequestHeaderTimeout,
     UpstreamResponseTimeout,
 )
@@ -61,6 +63,8 @@ class ConnectionLoop:
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
         self._labels: dict[tuple[str | None, int], tuple[Labels, Labels]] = {}
         self._listener_labels = labels(listener=listener)
+        admission = getattr(pipeline, "admission", None)  # the inbound pipeline may have none
+        self.admission = admission if admission is not None and admission.enabled else None
 
     def __repr__(self) -> str:
         return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"
@@ -113,7 +117,10 @@ class ConnectionLoop:
                 if request is None:
                     return
                 ex = down.exchange = self._exchange(down, request, baseline)
-                keep = await self.pipeline.handle(down, request, ex)
+                if self.admission is None:
+                    keep = await self.pipeline.handle(down, request, ex)
+                else:  # rate limits and per-source fairness (server/admission.py)
+                    keep = await self.admission.serve(self.pipeline.handle, down, request, ex)
             except ProxyError as err:
                 ex = ex or self._exchange(down, None, baseline)
                 keep = await self._answer_error(down, ex, err)
@@ -203,6 +210,8 @@ class ConnectionLoop:
             (b"content-length", str(len(body)).encode()),
             (ERROR_HEADER.encode(), err.cause.encode()),
         ]
+        if isinstance(err, RateLimited) and err.retry_after is not None:
+            headers.append((b"retry-after", _retry_after(err.retry_after)))
         if close:
             headers.append((b"connection", b"close"))
         reason = HTTPStatus(err.status).phrase.encode()
@@ -251,6 +260,12 @@ class ConnectionLoop:
                 cause=ex.cause,
                 source=ex.source,
             )
+
+
+def _retry_after(seconds: float) -> bytes:
+    """``Retry-After`` in whole seconds, rounded up (RFC 9110 10.2.3), 1 s to 1 h."""
+    whole = min(math.ceil(seconds), 3600) if math.isfinite(seconds) else 3600
+    return str(max(1, whole)).encode()
 
 
 def _skip_buffered_body(down: Downstream) -> bool:
