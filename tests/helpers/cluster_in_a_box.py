@@ -51,6 +51,9 @@ log: {{format: json, access_log: false}}
 discovery:
   kubernetes: {{kubeconfig: {kubeconfig}}}
 mesh: {{ca_dir: {ca}, inbound: "0.0.0.0:4143"}}
+services:  # settings only; the endpoints come from the API. Round robin so that both
+  - name: bdgreeter  # replicas answer a sequential client (p2c_ewma would keep to one)
+    lb_policy: round_robin
 """
 
 
