@@ -5,6 +5,8 @@ One function, ``run_app``, owns the process's lifetime:
     root nursery
     ├── admin server            (started first, so /ready can say "starting")
     ├── upstream pool reaper
+    ├── active health checks    (probes the clusters with ``health_check``,
+    │                            upstream/health_check.py)
     ├── Kubernetes discovery    (discovery: kubernetes only; else the static
     │                            endpoints are published before the tree starts;
     │                            discovery/setup.py)
@@ -37,6 +39,7 @@ from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
+from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams
 
 log = structlog.get_logger("nodeproxy")
@@ -82,6 +85,7 @@ async def run_app(
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)
         root.start_soon(upstreams.run)
+        root.start_soon(HealthChecker(runtime).run)
         if kubernetes is not None:
             await root.start(kubernetes.run)  # /ready stays 503 until its first sync
         if mesh is not None:

@@ -183,3 +183,73 @@ async def test_a_header_sends_traffic_only_to_v2_and_a_split_lands_90_10() -> No
 def admin(runtime: Runtime, target: str) -> AdminResponse:
     """One admin answer, straight from the handler table (the admin server only frames it)."""
     return handle(AdminContext(runtime, 0.0), "GET", target, {}, trio.current_time())
+
+
+async def wait_for_health(runtime: Runtime, replica: Replica, state: str) -> None:
+    """Poll ``/clusters`` (bounded by the caller's deadline) until ``replica`` is in ``state``."""
+    while True:
+        view = json.loads(admin(runtime, "/clusters").body)
+        (svc,) = view["clusters"]
+        eps = {e["address"]: e for e in svc["endpoints"]}
+        traffic = eps[replica.address]["traffic"]
+        if traffic is not None and traffic["health"] == state:
+            return
+        await trio.sleep(0.01)
+
+
+async def test_a_replica_failing_its_health_check_gets_no_traffic_until_it_passes() -> None:
+    good, bad = Replica("good"), Replica("bad")
+    bad.health_status = 503
+    extra = """    lb_policy: round_robin
+    health_check: {path: /healthz, interval: 0.05s, timeout: 1s,
+                   unhealthy_threshold: 3, healthy_threshold: 2}"""
+    async with (
+        replicas(good, bad),
+        run_proxy(load_config_text(service(good, bad, extra=extra))) as p,
+        keep_alive(p.port) as c,
+    ):
+        with trio.fail_after(10):
+            await wait_for_health(p.runtime, bad, "unhealthy")
+        assert bad.probes >= 3  # unhealthy_threshold failures in a row
+        assert good.probes >= 3
+        seen = bad.requests
+        for _ in range(10):
+            status, _, body = await c.get(HOST)
+            assert (status, body) == (200, b"good")
+        assert bad.requests == seen  # excluded while unhealthy
+        view = json.loads(admin(p.runtime, "/clusters").body)
+        eps = {e["address"]: e for e in view["clusters"][0]["endpoints"]}
+        assert (eps[bad.address]["state"], eps[good.address]["state"]) == ("unhealthy", "active")
+        assert view["clusters"][0]["traffic"]["health_check"]["path"] == "/healthz"
+        text = admin(p.runtime, "/clusters?format=text").body.decode()
+        assert f"svc::{bad.address}::health_flags::/failed_active_hc" in text
+        assert f"svc::{good.address}::health_flags::healthy" in text
+
+        bad.health_status = 200
+        probes = bad.probes
+        with trio.fail_after(10):
+            await wait_for_health(p.runtime, bad, "healthy")
+        assert bad.probes >= probes + 2  # healthy_threshold passes in a row
+        answers = [(await c.get(HOST))[2] for _ in range(10)]
+        assert answers.count(b"bad") == 5  # round robin over both again
+        assert good.connections <= 2  # probes are not counted as (pooled) connections
+        assert bad.connections <= 2
+
+
+async def test_when_every_replica_fails_its_health_check_traffic_still_flows() -> None:
+    a, b = Replica("a"), Replica("b")
+    a.health_status = b.health_status = 500
+    extra = """    health_check: {interval: 0.05s, unhealthy_threshold: 1}"""
+    async with (
+        replicas(a, b),
+        run_proxy(load_config_text(service(a, b, extra=extra))) as p,
+        keep_alive(p.port) as c,
+    ):
+        with trio.fail_after(10):
+            await wait_for_health(p.runtime, a, "unhealthy")
+            await wait_for_health(p.runtime, b, "unhealthy")
+        for _ in range(4):
+            assert (await c.get(HOST))[0] == 200  # panic mode: all of them rather than none
+        state = p.runtime.traffic.get("svc")
+        assert state is not None
+        assert state.health_panics == 4

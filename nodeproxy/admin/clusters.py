@@ -63,7 +63,8 @@ def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
     With ``now`` (the trio clock), each cluster that has served a request also
     shows its traffic state (``runtime.traffic``): breaker, overload counters,
     canary subset counters, and per endpoint the EWMA latency, active
-    requests, balancer cost and outlier (ejection) state.
+    requests, balancer cost, outlier (ejection) state and active health-check
+    state (``health``: healthy / unhealthy, None without ``health_check``).
     """
     stats: Stats = runtime.stats
     snapshot = runtime.endpoints.current()
@@ -125,10 +126,24 @@ def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
 
 
 def _outlier_state(state: dict[str, Any] | None) -> str:
+    """``ejected`` (outlier detection) first, then ``unhealthy`` (active checks), else active."""
     if state is None:
         return ENDPOINT_STATE_ACTIVE
     outlier: dict[str, Any] = state["outlier"]
+    if outlier["state"] == ENDPOINT_STATE_ACTIVE and state.get("health") == "unhealthy":
+        return "unhealthy"
     return str(outlier["state"])
+
+
+def _health_flags(ep: dict[str, Any]) -> str:
+    """Envoy's ``health_flags``: ``healthy`` or the failed checks, ``/``-separated."""
+    traffic = ep.get("traffic") or {}
+    flags = ""
+    if traffic.get("health") == "unhealthy":
+        flags += "/failed_active_hc"
+    if (traffic.get("outlier") or {}).get("state", ENDPOINT_STATE_ACTIVE) != ENDPOINT_STATE_ACTIVE:
+        flags += "/failed_outlier_check"
+    return flags or "healthy"
 
 
 def _num(value: Any) -> str:
@@ -151,13 +166,11 @@ def clusters_text(view: dict[str, Any]) -> str:
             for key, value in ep["stats"].items():
                 lines.append(f"{prefix}::{key}::{_num(value)}")
             lines.append(f"{prefix}::state::{ep['state']}")
-            ejected = ep["state"] != ENDPOINT_STATE_ACTIVE
-            lines.append(
-                f"{prefix}::health_flags::{'/failed_outlier_check' if ejected else 'healthy'}"
-            )
-            for key in ("ewma_ms", "active_requests", "cost"):
-                if ep.get("traffic") is not None:
-                    lines.append(f"{prefix}::{key}::{_num(ep['traffic'][key])}")
+            lines.append(f"{prefix}::health_flags::{_health_flags(ep)}")
+            for key in ("ewma_ms", "active_requests", "cost", "health"):
+                traffic = ep.get("traffic")
+                if traffic is not None and (key != "health" or traffic[key] is not None):
+                    lines.append(f"{prefix}::{key}::{_num(traffic[key])}")
             if ep["node"]:
                 lines.append(f"{prefix}::node::{ep['node']}")
             for k, v in sorted(ep["labels"].items()):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from nodeproxy.policy.model import Policy
 
 if TYPE_CHECKING:  # the resilience cores import this module: annotations only
+    from nodeproxy.resilience.health import HealthCheckConfig
     from nodeproxy.resilience.outlier import OutlierConfig
     from nodeproxy.resilience.overload import OverloadLimits
 
@@ -162,6 +163,7 @@ class ClusterConfig:
     outlier: OutlierConfig | None = None  # None: Envoy's defaults (docs/traffic.md)
     circuit_breaker: BreakerConfig | None = None  # None: no consecutive-failure breaker
     overload: OverloadLimits | None = None  # None: Envoy's thresholds (1024 / 1024 / 1024 / 3)
+    health_check: HealthCheckConfig | None = None  # None: no active HTTP health checks
 
 
 @dataclass(frozen=True)

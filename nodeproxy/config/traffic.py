@@ -1,5 +1,5 @@
 """The native per-service traffic sections -> config objects: lb_policy, outlier
-detection, circuit breaker, overload thresholds; and the canary ``subset`` and
+detection, circuit breaker, overload thresholds, active health checks; and the canary ``subset`` and
 endpoint ``weight`` that route rules and endpoints may carry.
 
 Why a module of its own: these settings feed the decision cores in
@@ -19,10 +19,11 @@ from typing import Any
 from nodeproxy.balancing.policies import DEFAULT_POLICY, POLICIES
 from nodeproxy.config.model import EMPTY_LABELS, BreakerConfig
 from nodeproxy.config.yamlsrc import Fields, Node
+from nodeproxy.resilience.health import HealthCheckConfig
 from nodeproxy.resilience.outlier import OutlierConfig
 from nodeproxy.resilience.overload import OverloadLimits
 
-TRAFFIC_KEYS = ("lb_policy", "outlier_detection", "circuit_breaker", "overload")
+TRAFFIC_KEYS = ("lb_policy", "outlier_detection", "circuit_breaker", "overload", "health_check")
 _LABEL_KEY = re.compile(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -34,6 +35,7 @@ def cluster_traffic(f: Fields) -> dict[str, Any]:
         "outlier": f.opt("outlier_detection", read_outlier, None),
         "circuit_breaker": f.opt("circuit_breaker", read_breaker, None),
         "overload": f.opt("overload", read_overload, None),
+        "health_check": f.opt("health_check", read_health_check, None),
     }
 
 
@@ -78,6 +80,23 @@ def read_overload(node: Node) -> OverloadLimits:
         max_pending_requests=f.opt("max_pending_requests", Node.integer, d.max_pending_requests),
         max_requests=f.opt("max_requests", Node.integer, d.max_requests),
         max_retries=f.opt("max_retries", lambda n: n.integer(0), d.max_retries),
+    )
+
+
+def read_health_check(node: Node) -> HealthCheckConfig:
+    """``{path, interval, timeout, healthy_threshold, unhealthy_threshold}``; Kubernetes'
+    probe defaults (``/healthz``, 10 s, 1 s, 1, 3)."""
+    d = HealthCheckConfig()
+    f = node.fields(*d.__dataclass_fields__)
+    path = f.opt("path", Node.text, d.path)
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise f.need("path").error(f"expected an origin-form path like /healthz, got {path!r}")
+    return HealthCheckConfig(
+        path=path,
+        interval=f.opt("interval", Node.duration, d.interval),
+        timeout=f.opt("timeout", Node.duration, d.timeout),
+        unhealthy_threshold=f.opt("unhealthy_threshold", Node.integer, d.unhealthy_threshold),
+        healthy_threshold=f.opt("healthy_threshold", Node.integer, d.healthy_threshold),
     )
 
 

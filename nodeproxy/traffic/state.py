@@ -27,6 +27,7 @@ from nodeproxy.config.model import ClusterConfig
 from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
 from nodeproxy.errors import NoHealthyUpstream
 from nodeproxy.resilience.breaker import CircuitBreaker
+from nodeproxy.resilience.health import HealthTracker
 from nodeproxy.resilience.outlier import Ejection, OutlierDetector
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.traffic.attempt import Attempt, Ticket
@@ -60,13 +61,16 @@ class ClusterTraffic:
             else None
         )
         self.overload = OverloadGuard(cluster.overload)
+        hc = cluster.health_check
+        self.health = HealthTracker(hc) if hc is not None else None  # probed by health_check.py
+        self.health_panics = 0  # picks made over all-unhealthy endpoints
         self.subset_requests: dict[str, int] = {}  # canary counters; keys come from the config
         self.last_ejection: Ejection | None = None
 
     def __repr__(self) -> str:
         return (
             f"<ClusterTraffic {self.name} [{self.balancer!r} | {self.outlier!r} | "
-            f"{self.breaker!r} | {self.overload!r}]>"
+            f"{self.breaker!r} | {self.overload!r} | {self.health!r}]>"
         )
 
     def note(self, ejection: Ejection | None) -> Ejection | None:
@@ -88,8 +92,16 @@ class ClusterTraffic:
     def candidates(
         self, endpoints: Sequence[Endpoint], labels: Mapping[str, str], now: float
     ) -> Sequence[Endpoint]:
-        """The label subset, minus ejected endpoints (all of it if all are: panic)."""
-        return self.outlier.healthy(subset(endpoints, labels), now)
+        """The label subset, minus endpoints failing active health checks, minus ejected
+        ones; either filter leaving nothing keeps what it was given (Envoy's panic mode)."""
+        members: Sequence[Endpoint] = subset(endpoints, labels)
+        if self.health is not None:
+            passing = self.health.healthy(members)
+            if passing:
+                members = passing
+            elif members:
+                self.health_panics += 1
+        return self.outlier.healthy(members, now)
 
     def start(
         self, ticket: Ticket, endpoints: Sequence[Endpoint], labels: Mapping[str, str], now: float
@@ -121,6 +133,7 @@ class ClusterTraffic:
             "active_requests": loads.active(ep),
             "cost": None if cost is None else round(cost, 6),
             "outlier": self.outlier.describe(ep, now),
+            "health": self.health.state(ep).value if self.health is not None else None,
         }
 
     def describe(self, now: float) -> dict[str, object]:
@@ -134,7 +147,21 @@ class ClusterTraffic:
             },
             "ejections": self.outlier.ejections,
             "panics": self.outlier.panics,
+            "health_check": self._health_view(),
             "subset_requests": dict(self.subset_requests),
+        }
+
+    def _health_view(self) -> dict[str, object] | None:
+        if self.health is None:
+            return None
+        hc = self.health.config
+        return {
+            "path": hc.path,
+            "interval": hc.interval,
+            "timeout": hc.timeout,
+            "healthy_threshold": hc.healthy_threshold,
+            "unhealthy_threshold": hc.unhealthy_threshold,
+            "panics": self.health_panics,
         }
 
 

@@ -51,6 +51,7 @@ from nodeproxy.config.model import (
 from nodeproxy.discovery.snapshot import static_snapshot
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.listener import serve_listener
+from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams
 
 CHUNK = 64 * 1024
@@ -318,6 +319,7 @@ async def run_proxy(config: Config, **limits_kw: Any) -> AsyncIterator[ProxyHand
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(upstreams.run)
+        nursery.start_soon(HealthChecker(runtime).run)  # as app.py: probes health_check clusters
         port = await nursery.start(listener_task)
         yield ProxyHandle(runtime, upstreams, port, done)
         nursery.cancel_scope.cancel()

@@ -5,8 +5,10 @@ same for every replica behind one service; the traffic tests need replicas
 of one service that differ (one slow, one failing, one labelled v2), so
 each ``Replica`` answers every path with its own ``status`` after its own
 ``delay`` (both may change while it runs), and counts connections and
-requests. ``KeepAliveClient`` speaks HTTP/1.1 over one raw socket with h11,
-so thousands of small requests stay quick.
+requests; ``GET /healthz`` (an active health check) gets ``health_status``
+instead and is counted in ``probes`` only. ``KeepAliveClient`` speaks
+HTTP/1.1 over one raw socket with h11, so thousands of small requests stay
+quick.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Replica:
     port: int = 0
     connections: int = 0
     requests: int = 0
+    health_status: int = 200  # the answer to GET /healthz (not counted in ``requests``)
+    probes: int = 0
 
     @property
     def address(self) -> str:
@@ -38,6 +42,7 @@ class Replica:
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         conn = h11.Connection(h11.SERVER)
+        status = self.status
         try:
             while True:
                 event = conn.next_event()
@@ -45,7 +50,13 @@ class Replica:
                     conn.receive_data(await stream.receive_some(CHUNK))
                     continue
                 if type(event) is h11.Request:
-                    self.requests += 1
+                    if event.target == b"/healthz":
+                        self.probes += 1
+                        self.connections -= 1  # probes come on connections of their own
+                        status = self.health_status
+                    else:
+                        self.requests += 1
+                        status = self.status
                     continue
                 if type(event) is not h11.EndOfMessage:
                     return
@@ -53,9 +64,11 @@ class Replica:
                     await trio.sleep(self.delay)
                 body = self.name.encode()
                 headers = [("content-length", str(len(body))), ("x-replica", self.name)]
-                out = conn.send(h11.Response(status_code=self.status, headers=headers))
+                out = conn.send(h11.Response(status_code=status, headers=headers))
                 out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
                 await stream.send_all(out)
+                if conn.our_state is h11.MUST_CLOSE:  # the client sent connection: close
+                    return
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             return

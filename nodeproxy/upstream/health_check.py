@@ -1,0 +1,118 @@
+"""Active HTTP health checks, the trio shell: probe, then tell ``HealthTracker``.
+
+Why one task for every cluster instead of one per cluster: clusters come and
+go with discovery (``config.clusters`` may be a live catalog), and a single
+loop that re-reads the catalog on each wake-up needs no start/stop
+bookkeeping. It asks each configured cluster's tracker (``resilience/health.py``,
+owned by ``runtime.traffic``) which endpoints are ``due``, probes those in a
+nursery of its own, and sleeps until the next one is due (at most
+``_MAX_SLEEP``, so a new cluster or endpoint is noticed).
+
+A probe is one plain ``GET <path>`` over a fresh connection (``connection:
+close``), bounded by the check's ``timeout`` for connect + response head;
+2xx and 3xx pass (Kubernetes' httpGet probe rule), anything else, a refused
+connection or a timeout fails. At most one probe per endpoint is in flight,
+so the number of probe tasks is bounded by the number of endpoints.
+"""
+
+from __future__ import annotations
+
+import h11
+import structlog
+import trio
+
+from nodeproxy.discovery.snapshot import Endpoint
+from nodeproxy.runtime import Runtime
+from nodeproxy.traffic.state import ClusterTraffic
+
+log = structlog.get_logger("nodeproxy.health")
+
+_MAX_SLEEP = 1.0  # wake at least this often to notice new clusters and endpoints
+_MAX_HEAD = 16384  # bytes of response head read from a probe before giving up
+_CHUNK = 4096
+
+
+async def probe(endpoint: Endpoint, path: str, timeout: float) -> bool:
+    """One ``GET path`` against ``endpoint``: True for a 2xx/3xx head within ``timeout``."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        except OSError:
+            return False
+        async with stream:
+            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+            request = h11.Request(
+                method="GET",
+                target=path,
+                headers=[
+                    ("host", endpoint.address),
+                    ("user-agent", "nodeproxy-health-check"),
+                    ("connection", "close"),
+                ],
+            )
+            try:
+                await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(_CHUNK))
+                    elif type(event) is h11.Response:
+                        return 200 <= event.status_code < 400
+                    elif type(event) is h11.ConnectionClosed:
+                        return False
+            except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+                return False
+    return False
+
+
+class HealthChecker:
+    """The probing loop of the process; owns only the set of probes in flight."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._in_flight: set[tuple[str, str]] = set()  # (cluster, endpoint address)
+        self.probes = 0
+
+    def __repr__(self) -> str:
+        return f"<HealthChecker [{len(self._in_flight)} in flight | {self.probes} probes]>"
+
+    async def run(self) -> None:
+        """Probe due endpoints until cancelled (started in the app's root nursery)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                wake = now + _MAX_SLEEP
+                for cluster in list(self.runtime.config.clusters.values()):
+                    if cluster.health_check is None:
+                        continue
+                    state = self.runtime.traffic.cluster(cluster, now)
+                    tracker = state.health
+                    if tracker is None:
+                        continue
+                    endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
+                    for ep in tracker.due(endpoints, now):
+                        key = (cluster.name, ep.address)
+                        if key not in self._in_flight:
+                            self._in_flight.add(key)
+                            nursery.start_soon(self._probe_one, state, ep, key)
+                    due = tracker.next_due()
+                    if due is not None:
+                        wake = min(wake, due)
+                await trio.sleep_until(max(wake, now))
+
+    async def _probe_one(self, state: ClusterTraffic, ep: Endpoint, key: tuple[str, str]) -> None:
+        tracker = state.health
+        assert tracker is not None
+        try:
+            ok = await probe(ep, tracker.config.path, tracker.config.timeout)
+        finally:
+            self._in_flight.discard(key)
+        self.probes += 1
+        changed = tracker.record(ep, ok, trio.current_time())
+        if changed is not None:
+            log.info(
+                "health_check_state",
+                cluster=state.name,
+                endpoint=ep.address,
+                state=changed.value,
+            )
