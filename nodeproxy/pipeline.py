@@ -123,6 +123,7 @@ class Pipeline:
                     self.upstreams,
                     body_timeout=self._body_timeout,
                     drain=self.runtime.drain,
+                    overload=state.overload,
                 )
             target, out.in_hand[0] = pick(head)
             try:

@@ -11,11 +11,13 @@ the clock, since the sockets are real.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle
 from nodeproxy.config import load_config_text
+from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
 from tests.helpers.backends import run_proxy
 from tests.helpers.replicas import Replica, keep_alive, replicas
@@ -253,3 +255,114 @@ async def test_when_every_replica_fails_its_health_check_traffic_still_flows() -
         state = p.runtime.traffic.get("svc")
         assert state is not None
         assert state.health_panics == 4
+
+
+RETRY_ROUTES = """    routes:
+      - service: svc
+        retries: {retry_on: 5xx, num_retries: 2, backoff: {base: 1ms, max: 1ms}}"""
+
+
+async def test_max_retries_reached_answers_503_overloaded_without_retrying() -> None:
+    backend = Replica("only", status=500)
+    extra = "    overload: {max_retries: 0}"
+    async with (
+        replicas(backend),
+        run_proxy(load_config_text(service(backend, extra=extra, routes=RETRY_ROUTES))) as p,
+        keep_alive(p.port) as c,
+    ):
+        status, headers, _ = await c.get(HOST)
+        assert (status, headers["x-nodeproxy-error"]) == (503, "overloaded")
+        assert backend.requests == 1  # the retry was refused, not sent
+        backend.status = 200
+        assert (await c.get(HOST))[0] == 200
+        state = p.runtime.traffic.get("svc")
+        assert state is not None
+        assert state.overload.count(Resource.RETRIES) == 0
+        assert state.overload.overflows[Resource.RETRIES] == 1
+
+
+async def test_max_retries_1_lets_a_retry_through() -> None:
+    backend = Replica("only", status=500)
+    extra = "    overload: {max_retries: 1}"
+    async with (
+        replicas(backend),
+        run_proxy(load_config_text(service(backend, extra=extra, routes=RETRY_ROUTES))) as p,
+        keep_alive(p.port) as c,
+    ):
+        assert (await c.get(HOST))[0] == 500  # 1 try + 2 retries, all 500
+        assert backend.requests == 3
+        state = p.runtime.traffic.get("svc")
+        assert state is not None
+        with trio.fail_after(5):  # the slot is freed as the request ends, after the answer
+            await _wait_until(lambda: state.overload.count(Resource.RETRIES) == 0)
+        assert state.overload.overflows[Resource.RETRIES] == 0
+
+
+async def _wait_until(check: Callable[[], bool]) -> None:
+    """Poll ``check`` (bounded by the caller's deadline): the sockets are real."""
+    while True:
+        if check():
+            return
+        await trio.sleep(0.005)
+
+
+async def test_max_pending_requests_and_max_connections_answer_503_overloaded() -> None:
+    slow = Replica("slow", delay=0.5)
+    extra = """    max_connections_per_endpoint: 1
+    connect_timeout: 5s
+    overload: {max_pending_requests: 1}"""
+    async with (
+        replicas(slow),
+        run_proxy(load_config_text(service(slow, extra=extra))) as p,
+        trio.open_nursery() as nursery,
+    ):
+        answers: list[int] = []
+
+        async def one() -> None:
+            async with keep_alive(p.port) as c:
+                answers.append((await c.get(HOST))[0])
+
+        with trio.fail_after(10):
+            nursery.start_soon(one)  # takes the only pool slot
+            await _wait_until(lambda: slow.requests == 1)
+            state = p.runtime.traffic.get("svc")
+            assert state is not None
+            assert state.overload.count(Resource.CONNECTIONS) == 1
+            nursery.start_soon(one)  # waits for the slot: the one pending request
+            await _wait_until(lambda: state.overload.count(Resource.PENDING) == 1)
+            async with keep_alive(p.port) as c:
+                status, headers, _ = await c.get(HOST)
+            assert (status, headers["x-nodeproxy-error"]) == (503, "overloaded")
+            await _wait_until(lambda: len(answers) == 2)
+        assert answers == [200, 200]
+        assert state.overload.count(Resource.PENDING) == 0
+        assert state.overload.overflows[Resource.PENDING] == 1
+        assert state.overload.count(Resource.CONNECTIONS) == 1  # idle in the pool, still open
+        p.upstreams.close_idle()
+        assert state.overload.count(Resource.CONNECTIONS) == 0
+
+
+async def test_max_connections_bounds_the_sockets_open_to_a_service() -> None:
+    a, b = Replica("a", delay=0.5), Replica("b")
+    extra = """    lb_policy: round_robin
+    overload: {max_connections: 1}"""
+    async with (
+        replicas(a, b),
+        run_proxy(load_config_text(service(a, b, extra=extra))) as p,
+        trio.open_nursery() as nursery,
+    ):
+        answers: list[int] = []
+
+        async def one() -> None:
+            async with keep_alive(p.port) as c:
+                answers.append((await c.get(HOST))[0])
+
+        with trio.fail_after(10):
+            nursery.start_soon(one)  # round robin: a (slow) holds the one connection
+            await _wait_until(lambda: a.requests == 1)
+            async with keep_alive(p.port) as c:
+                status, headers, _ = await c.get(HOST)  # b would need a second socket
+            assert (status, headers["x-nodeproxy-error"]) == (503, "overloaded")
+            assert b.connections == 0
+            await _wait_until(lambda: len(answers) == 1)
+        assert answers == [200]

@@ -19,7 +19,10 @@ choose anew and a refusing replica is skipped. The route timeout covers all
 tries: the response-head deadline of each try is what is left of it.
 
 A retry takes a slot in the route's ``RetryBudget`` and holds it until the
-request ends; a denied retry answers with the failure in hand.
+request ends; a denied retry answers with the failure in hand. Before that it
+takes one of the service's ``max_retries`` slots (Envoy's active-retries
+threshold, held until the request ends); none left answers 503 ``overloaded``
+as the issue asks (Envoy would return the failure in hand instead).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import trio
 from nodeproxy.admin.stats import RETRIES, RETRIES_DENIED, Stats, labels
 from nodeproxy.config.model import RetryConfig, RouteRule
 from nodeproxy.errors import (
+    Overloaded,
     PeerTLSFailure,
     ProxyError,
     UpstreamConnectFailure,
@@ -42,6 +46,7 @@ from nodeproxy.errors import (
     UpstreamResponseTimeout,
 )
 from nodeproxy.resilience.budget import RetryBudget
+from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.resilience.retry import RetryPolicy, TryFailure
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
@@ -102,16 +107,20 @@ class Retrier:
         *,
         body_timeout: float,
         drain: DrainState,
+        overload: OverloadGuard | None = None,
     ) -> bool:
         """Proxy one request with retries; True when the client connection may be reused.
 
         ``out`` is ``exchange.prepare``'s result; ``pick`` is called once per try.
+        ``overload`` is the service's guard: a request that retries holds one
+        ``max_retries`` slot until it ends; none left -> 503 ``overloaded``.
         """
         policy, budget = self._route(rule, config)
         head = out.in_hand[0]
         assert type(head) is h11.Request
         budget.request_started()
         holding = False
+        retrying = False  # holds a max_retries slot of ``overload``
         try:
             deadline: float | None = None
             while True:
@@ -145,6 +154,15 @@ class Retrier:
                         raise err
                     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
                 cluster = target.cluster.name
+                if overload is not None and not retrying:
+                    if not overload.try_admit(Resource.RETRIES):
+                        self.stats.inc(RETRIES_DENIED, labels(cluster=cluster))
+                        if err is None:  # the retryable answer is dropped for the 503
+                            upstreams.record_response(conn, first.status_code)
+                            upstreams.release(conn, reusable=False)
+                        limit = overload.limits.max_retries
+                        raise Overloaded(f"max_retries ({limit}) reached") from err
+                    retrying = True
                 if not holding and not budget.try_acquire_retry():
                     self.stats.inc(RETRIES_DENIED, labels(cluster=cluster))
                     if err is not None:
@@ -159,6 +177,8 @@ class Retrier:
                 policy = policy.increment()
                 await trio.sleep(policy.backoff(self.rng))
         finally:
+            if retrying and overload is not None:
+                overload.release(Resource.RETRIES)
             if holding:
                 budget.release_retry()
             budget.request_finished()

@@ -10,7 +10,10 @@ When an endpoint's pool is at capacity a request waits for a free slot, at
 most the cluster's ``connect_timeout`` (the time it would have been willing to
 spend connecting), then fails ``Overloaded`` (503). Waiting that long is
 bounded and absorbs short bursts; failing at once would turn every burst over
-``max_connections_per_endpoint`` into errors.
+``max_connections_per_endpoint`` into errors. The cluster's overload guard
+(``traffic/state.py``) bounds the waiters (``max_pending_requests``) and the
+sockets open to the whole cluster (``max_connections``): past either, 503
+``overloaded`` at once.
 
 A ``PeerEndpoint`` (a pod on another node, reached through that node's
 inbound mTLS listener, ``peer.py``) is pooled by (peer node, identity) and
@@ -43,6 +46,7 @@ from nodeproxy.errors import (
     UpstreamConnectTimeout,
 )
 from nodeproxy.http1.codec import H11ClientCodec
+from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.runtime import Runtime
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
 from nodeproxy.upstream.peer import PeerEndpoint, open_peer_stream
@@ -68,7 +72,7 @@ class Target:
 class UpstreamConnection:
     """One socket to an endpoint plus its client codec; lent to one request at a time."""
 
-    __slots__ = ("bytes_in", "codec", "pool_key", "reused", "stream")
+    __slots__ = ("bytes_in", "codec", "guard", "pool_key", "reused", "stream")
 
     def __init__(self, stream: trio.SocketStream, codec: H11ClientCodec, key: _Key) -> None:
         self.stream = stream
@@ -76,6 +80,7 @@ class UpstreamConnection:
         self.pool_key = key
         self.reused = False  # True once it has served a request and come back from idle
         self.bytes_in = 0
+        self.guard: OverloadGuard | None = None  # holds a max_connections slot until closed
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.pool_key[1]} [{'reused' if self.reused else 'new'}]>"
@@ -85,7 +90,11 @@ class UpstreamConnection:
         return self.pool_key[1]
 
     def close(self) -> None:
+        """Close the socket and give back its ``max_connections`` slot (once)."""
         self.stream.socket.close()
+        guard, self.guard = self.guard, None
+        if guard is not None:
+            guard.release(Resource.CONNECTIONS)
 
 
 @dataclass
@@ -103,6 +112,7 @@ class Upstreams:
 
     def __init__(self, runtime: Runtime, certs: MeshCertificates | None = None) -> None:
         self._certs = certs  # this node's workload certificates (mesh only)
+        self._runtime = runtime
         self._stats: Stats = runtime.stats
         self._clusters = runtime.config.clusters
         self._max_header_bytes = runtime.config.limits.max_request_header_bytes
@@ -133,16 +143,27 @@ class Upstreams:
         self._stats.gauge_set(POOL_CONNECTIONS, entry.idle_labels, entry.pool.idle)
         self._stats.gauge_set(POOL_CONNECTIONS, entry.active_labels, entry.pool.active)
 
+    def _guard(self, cluster: ClusterConfig) -> OverloadGuard | None:
+        """The cluster's overload guard, if the data path admitted a request to it."""
+        state = self._runtime.traffic.get(cluster.name)
+        return state.overload if state is not None and state.config is cluster else None
+
     async def acquire(
         self, cluster: ClusterConfig, endpoint: Endpoint, *, fresh: bool = False
     ) -> UpstreamConnection:
-        """A connection to ``endpoint``: an idle one if any (unless ``fresh``), else a new one."""
+        """A connection to ``endpoint``: an idle one if any (unless ``fresh``), else a new one.
+
+        Overload thresholds of the cluster: waiting for a slot counts as
+        ``max_pending_requests``, each open socket as ``max_connections``
+        (until ``UpstreamConnection.close``); over either -> ``Overloaded``.
+        """
         entry = self._entry(cluster, endpoint)
         pool = entry.pool
+        guard = self._guard(cluster)
         try:
             conn, expired = pool.checkout(trio.current_time())
         except PoolFull:
-            conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout)
+            conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout, guard)
         for old in expired:
             old.close()
         if conn is not None and fresh:
@@ -154,7 +175,16 @@ class Upstreams:
             return conn
         self._publish(entry)
         try:
-            return await self._connect(cluster, endpoint, entry)
+            if guard is not None:
+                guard.admit(Resource.CONNECTIONS)
+            try:
+                new = await self._connect(cluster, endpoint, entry)
+            except BaseException:
+                if guard is not None:
+                    guard.release(Resource.CONNECTIONS)
+                raise
+            new.guard = guard
+            return new
         except BaseException:
             pool.discard()
             self._publish(entry)
@@ -162,16 +192,22 @@ class Upstreams:
             raise
 
     async def _wait_for_slot(
-        self, entry: _Entry, timeout: float
+        self, entry: _Entry, timeout: float, guard: OverloadGuard | None
     ) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:
-        with trio.move_on_after(timeout):
-            while True:
-                await entry.lot.park()
-                try:
-                    return entry.pool.checkout(trio.current_time())
-                except PoolFull:
-                    continue
-        raise Overloaded(f"connection pool full: {entry.pool!r}")
+        if guard is not None:
+            guard.admit(Resource.PENDING)  # Overloaded at once past max_pending_requests
+        try:
+            with trio.move_on_after(timeout):
+                while True:
+                    await entry.lot.park()
+                    try:
+                        return entry.pool.checkout(trio.current_time())
+                    except PoolFull:
+                        continue
+            raise Overloaded(f"connection pool full: {entry.pool!r}")
+        finally:
+            if guard is not None:
+                guard.release(Resource.PENDING)
 
     async def _connect(
         self, cluster: ClusterConfig, endpoint: Endpoint, entry: _Entry
