@@ -146,6 +146,16 @@ def test_p2c_ewma_slow_replica_gets_a_small_share() -> None:
     assert "decay 10 s" in repr(b)
 
 
+def test_p2c_ewma_sequential_client_reaches_every_equal_replica() -> None:
+    # One request at a time (nothing ever in flight at a pick) to two equal replicas: an
+    # endpoint that never answered decays from default_rtt like a used one, so it becomes
+    # the cheaper choice and gets tried instead of the first replica keeping everything.
+    a, b = ep(1), ep(2)
+    balancer = P2CEwma(random.Random(11))
+    served = simulate(balancer, (a, b), lambda e, _: (0.002, Outcome.SUCCESS), n=400, gap=0.01)
+    assert min(served.values()) >= 100, served
+
+
 @pytest.mark.parametrize("bad_outcome", [Outcome.FAILURE, Outcome.THROTTLED])
 def test_p2c_ewma_fast_failing_replica_does_not_attract_traffic(bad_outcome: Outcome) -> None:
     good, bad = ep(1), ep(2)

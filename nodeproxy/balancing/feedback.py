@@ -132,8 +132,10 @@ class LoadTable:
         return load.active if load is not None else 0
 
     def ewma(self, ep: Endpoint, now: float) -> float:
-        load = self._loads.get(ep.address)
-        return self.default_rtt if load is None else load.decayed(now, self.decay)
+        # An endpoint starts at default_rtt when first seen and decays from then, as in
+        # tower's PeakEwma: one that never got a request becomes cheap and is tried, so a
+        # sequential client is not pinned to whichever equal replica answered first.
+        return self.get(ep, now).decayed(now, self.decay)
 
     def start(self, ep: Endpoint, now: float) -> InFlight:
         self.get(ep, now).active += 1

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 
 import yaml
 
-from nodeproxy.config.envoy import load_envoy
-from nodeproxy.config.loader import load_native
 from nodeproxy.config.model import Config
 from nodeproxy.config.yamlsrc import Node, Source, compose
 from nodeproxy.errors import ConfigError
@@ -46,6 +44,12 @@ def load_config_text(
     """Parse and validate config text; ``source`` names it in error messages."""
     root = compose(text, Source(file=source, env=os.environ if env is None else env))
     fmt = detect_format(root)
+    # Imported here, not at the top: the front ends import the traffic and resilience
+    # modules, which import the model through this package; importing
+    # ``nodeproxy.config.model`` must not pull the whole loader in (an import cycle).
+    from nodeproxy.config.envoy import load_envoy
+    from nodeproxy.config.loader import load_native
+
     return load_native(root) if fmt == "native" else load_envoy(root)
 
 

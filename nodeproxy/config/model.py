@@ -29,6 +29,12 @@ if TYPE_CHECKING:  # the resilience cores import this module: annotations only
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
+# The balancer names a config may use (balancing/policies.py builds them). Kept here, not
+# there, so that loading a config never imports the balancers (an import cycle otherwise).
+LB_POLICIES = ("p2c_ewma", "least_request", "round_robin", "weighted_round_robin", "random")
+DEFAULT_LB_POLICY = "p2c_ewma"
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     host: str
@@ -157,7 +163,7 @@ class ClusterConfig:
     namespace: str = "default"
     connect_timeout: float = 1.0
     response_timeout: float = 15.0  # whole response headers deadline (Envoy route default)
-    lb_policy: str = "p2c_ewma"  # one of balancing.policies.POLICIES
+    lb_policy: str = DEFAULT_LB_POLICY  # one of LB_POLICIES
     max_connections_per_endpoint: int = 64
     idle_timeout: float = 60.0  # upstream keep-alive connections closed after this
     outlier: OutlierConfig | None = None  # None: Envoy's defaults (docs/traffic.md)

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from nodeproxy.balancing.policies import DEFAULT_POLICY, POLICIES
-from nodeproxy.config.model import EMPTY_LABELS, BreakerConfig
+from nodeproxy.config.model import DEFAULT_LB_POLICY, EMPTY_LABELS, LB_POLICIES, BreakerConfig
 from nodeproxy.config.yamlsrc import Fields, Node
 from nodeproxy.resilience.health import HealthCheckConfig
 from nodeproxy.resilience.outlier import OutlierConfig
@@ -31,7 +30,7 @@ _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
 def cluster_traffic(f: Fields) -> dict[str, Any]:
     """``ClusterConfig`` keyword arguments from a service's traffic keys."""
     return {
-        "lb_policy": f.opt("lb_policy", lambda n: n.choice(*POLICIES), DEFAULT_POLICY),
+        "lb_policy": f.opt("lb_policy", lambda n: n.choice(*LB_POLICIES), DEFAULT_LB_POLICY),
         "outlier": f.opt("outlier_detection", read_outlier, None),
         "circuit_breaker": f.opt("circuit_breaker", read_breaker, None),
         "overload": f.opt("overload", read_overload, None),
