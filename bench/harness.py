@@ -97,15 +97,26 @@ def free_port() -> int:
 
 
 def wait_http_ok(
-    port: int, proc: subprocess.Popen[bytes], path: str, host: str, timeout: float = 15.0
+    port: int,
+    proc: subprocess.Popen[bytes],
+    path: str,
+    host: str,
+    timeout: float = 15.0,
+    *,
+    address: str = "127.0.0.1",
+    source: str | None = None,
 ) -> None:
-    """Poll `GET path` with `Host: host` until it answers 200, the process dies or time is up."""
+    """Poll `GET path` with `Host: host` until it answers 200, the process dies or time is up.
+
+    `address` is where to connect, `source` the local address to connect from (a "pod").
+    """
     deadline = time.monotonic() + timeout
     last = "no answer"
+    src = None if source is None else (source, 0)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+            raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode}")
+        conn = http.client.HTTPConnection(address, port, timeout=2.0, source_address=src)
         try:
             conn.request("GET", path, headers={"Host": host})
             resp = conn.getresponse()
@@ -118,7 +129,7 @@ def wait_http_ok(
         finally:
             conn.close()
         time.sleep(0.05)
-    raise RuntimeError(f"not answering 200 on :{port} after {timeout}s ({last})")
+    raise RuntimeError(f"{address}:{port}{path} not answering 200 after {timeout}s ({last})")
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}

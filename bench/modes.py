@@ -16,7 +16,6 @@ mode in one table-like place shows that they differ only in that, under the same
 from __future__ import annotations
 
 import argparse
-import http.client
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import procstats
 import topology as topo
-from harness import Processes
+from harness import Processes, wait_http_ok
 
 MODES = ["none", "per-node", "per-pod", "nodeproxy-plain", "nginx", "haproxy", "proxy.py"]
 BENCH_PACKAGES = ["proxy.py", "matplotlib"]
@@ -109,27 +108,8 @@ def wait_ok(
     timeout: float = 60.0,
     source: str | None = None,
 ) -> None:
-    """Poll `GET path` until it answers 200, the process dies or time is up."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode}")
-        src = None if source is None else (source, 0)
-        conn = http.client.HTTPConnection(host, port, timeout=2.0, source_address=src)
-        try:
-            conn.request("GET", path, headers={"Host": vhost})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                return
-            last = f"status {resp.status} {resp.getheader('x-nodeproxy-error', '')}"
-        except OSError as exc:
-            last = str(exc)
-        finally:
-            conn.close()
-        time.sleep(0.05)
-    raise RuntimeError(f"{host}:{port}{path} not answering 200 after {timeout}s ({last})")
+    """Poll `GET path` on `host:port` until it answers 200 (harness.wait_http_ok)."""
+    wait_http_ok(port, proc, path, vhost, timeout, address=host, source=source)
 
 
 def ensure_bench_venv(args: argparse.Namespace) -> tuple[Path | None, str]:
