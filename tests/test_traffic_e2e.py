@@ -112,6 +112,8 @@ async def test_the_breaker_opens_after_3_failures_and_probes_once() -> None:
             status, headers, _ = await c.get(HOST)
             assert (status, headers["x-nodeproxy-error"]) == (503, "circuit_open")
         assert (backend.connections, backend.requests) == seen  # not touched while open
+        open_metrics = admin(p.runtime, "/stats/prometheus").body.decode()
+        assert 'nodeproxy_circuit_breaker_open{cluster="svc"} 1' in open_metrics
         backend.status = 200
         with trio.fail_after(5):
             while (status := (await c.get(HOST))[0]) == 503:
@@ -125,6 +127,8 @@ async def test_the_breaker_opens_after_3_failures_and_probes_once() -> None:
         (svc,) = [c for c in clusters["clusters"] if c["name"] == "svc"]
         assert svc["traffic"]["breaker"]["state"] == "closed"
         assert svc["traffic"]["breaker"]["trips"] == 1
+        metrics = admin(p.runtime, "/stats/prometheus").body.decode()
+        assert 'nodeproxy_circuit_breaker_open{cluster="svc"} 0' in metrics
 
 
 CANARY_ROUTES = """    routes:
@@ -163,6 +167,10 @@ async def test_a_header_sends_traffic_only_to_v2_and_a_split_lands_90_10() -> No
         state = p.runtime.traffic.get("svc")
         assert state is not None
         assert state.subset_requests == {"version=v1": v1.requests, "version=v2": v2.requests}
+        metrics = admin(p.runtime, "/stats/prometheus").body.decode()
+        for version, replica in (("v1", v1), ("v2", v2)):
+            sample = f'nodeproxy_subset_requests_total{{cluster="svc",subset="version={version}"}}'
+            assert f"{sample} {replica.requests}" in metrics
 
         before = (v1.requests, v2.requests)
         report = json.loads(

@@ -15,6 +15,7 @@ import resource
 
 from nodeproxy.admin.prometheus import Family
 from nodeproxy.admin.stats import labels
+from nodeproxy.resilience.breaker import BreakerState
 from nodeproxy.runtime import Runtime
 
 RESIDENT_MEMORY = "nodeproxy_process_resident_memory_bytes"
@@ -26,6 +27,8 @@ READY = "nodeproxy_ready"
 DRAINING = "nodeproxy_draining"
 CLUSTER_ENDPOINTS = "nodeproxy_cluster_endpoints"
 SNAPSHOT_VERSION = "nodeproxy_endpoint_snapshot_version"
+SUBSET_REQUESTS = "nodeproxy_subset_requests_total"
+BREAKER_OPEN = "nodeproxy_circuit_breaker_open"
 
 
 def resident_memory_bytes() -> int:
@@ -109,4 +112,31 @@ def runtime_families(runtime: Runtime, now: float, started_at: float) -> list[Fa
             "Version of the endpoint snapshot in use (bumps on every publish).",
             (((), float(snapshot.version)),),
         ),
+        *traffic_families(runtime, now),
     ]
+
+
+def traffic_families(runtime: Runtime, now: float) -> list[Family]:
+    """Canary subset counters and breaker states, read from the per-process traffic state."""
+    states = runtime.traffic.items()
+    subsets = tuple(
+        (labels(cluster=name, subset=key), float(count))
+        for name, state in states
+        for key, count in sorted(state.subset_requests.items())
+    )
+    breakers = tuple(
+        (
+            labels(cluster=name),
+            0.0 if state.breaker.state(now) is BreakerState.CLOSED else 1.0,
+        )
+        for name, state in states
+        if state.breaker is not None
+    )
+    families = []
+    if subsets:
+        help_text = "Requests sent to each canary label subset (route subsets and splits)."
+        families.append(Family(SUBSET_REQUESTS, "counter", help_text, subsets))
+    if breakers:
+        help_text = "1 while a service's circuit breaker is open or half-open, else 0."
+        families.append(Family(BREAKER_OPEN, "gauge", help_text, breakers))
+    return families

@@ -204,6 +204,10 @@ class Traffic:
         """The state of ``name`` if any request created it (for admin pages)."""
         return self._states.get(name)
 
+    def items(self) -> list[tuple[str, ClusterTraffic]]:
+        """Every cluster's state, by name (a copy: safe to read across awaits)."""
+        return sorted(self._states.items())
+
     def cluster(self, cluster: ClusterConfig, now: float) -> ClusterTraffic:
         """The state of ``cluster``, created on first use."""
         self.sync(now)
