@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import procstats
+
 
 @dataclass
 class Result:
@@ -76,17 +78,30 @@ class Processes:
 
 def cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in the process group, in seconds."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    return procstats.cpu_seconds({pgid})
+
+
+def pinned(cpu: int, *argv: str) -> list[str]:
+    """argv run on one core (children, such as nginx's worker, inherit the affinity)."""
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def run_wrk(
+    cpu: int, threads: int, connections: int, url: str, host: str, seconds: float
+) -> tuple[list[str], str]:
+    """Run wrk pinned to ``cpu`` with --latency; (its argv, its output). Never left running."""
+    argv = pinned(cpu, "wrk", f"-t{threads}", f"-c{connections}")
+    argv += [f"-d{seconds:g}s", "--latency", "-H", f"Host: {host}", url]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited while we looked
-        if int(fields[2]) == pgid:  # fields[0] is field 3 (state); pgrp is 5, utime 14, stime 15
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            out, err = wrk.communicate(timeout=seconds + 30)
+        finally:
+            if wrk.poll() is None:  # interrupted or timed out: no stray load generator
+                wrk.kill()
+                wrk.wait()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk exited with status {wrk.returncode}: {err.strip()}")
+    return argv, out
 
 
 def free_port() -> int:

@@ -51,7 +51,16 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from harness import Processes, Result, cpu_seconds, free_port, parse_wrk, wait_http_ok
+from harness import (
+    Processes,
+    Result,
+    cpu_seconds,
+    free_port,
+    parse_wrk,
+    pinned,
+    run_wrk,
+    wait_http_ok,
+)
 from mtls_conns import NewConns, measure_loop, memory_handshake_us, mtls_contexts
 
 BENCH = Path(__file__).resolve().parent
@@ -108,10 +117,6 @@ class Setup:
     b_admin: int
     commands: list[str] = field(default_factory=list)
     memory_handshake_us: float = 0.0  # calibration: ssl alone, both sides, in memory
-
-
-def pinned(cpu: int, *argv: str) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv]
 
 
 def counter(admin: int, name: str, **match: str) -> float:
@@ -198,38 +203,23 @@ def start_all(args: argparse.Namespace, procs: Processes) -> Setup:
     return setup
 
 
-def run_wrk(args: argparse.Namespace, port: int, host: str, seconds: float) -> tuple[str, str]:
-    argv = pinned(args.load_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}")
-    argv += [
-        f"-d{seconds:g}s",
-        "--latency",
-        "-H",
-        f"Host: {host}",
-        f"http://127.0.0.1:{port}{PATH}",
-    ]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
-        try:
-            out, err = wrk.communicate(timeout=seconds + 30)
-        finally:
-            if wrk.poll() is None:  # interrupted or timed out: no stray load generator
-                wrk.kill()
-                wrk.wait()
-    if wrk.returncode != 0:
-        raise RuntimeError(f"wrk exited with status {wrk.returncode}: {err.strip()}")
+def wrk_at(args: argparse.Namespace, port: int, host: str, seconds: float) -> tuple[str, str]:
+    url = f"http://127.0.0.1:{port}{PATH}"
+    argv, out = run_wrk(args.load_cpu, args.threads, args.connections, url, host, seconds)
     return shlex.join(argv), out
 
 
 def keep_alive(args: argparse.Namespace, procs: Processes, setup: Setup, mode: str) -> KeepAlive:
     host = LOCAL if mode == "plaintext" else REMOTE
     if args.warmup > 0:
-        run_wrk(args, setup.a_out, host, args.warmup)
+        wrk_at(args, setup.a_out, host, args.warmup)
     groups = {n: procs.running[n].pid for n in ("node-a", "node-b")}
     opened = partial(
         counter, setup.a_admin, "nodeproxy_upstream_connections_opened_total", cluster="mesh:node-b"
     )
     opened_before = opened()
     before = {n: cpu_seconds(g) for n, g in groups.items()}
-    command, text = run_wrk(args, setup.a_out, host, args.duration)
+    command, text = wrk_at(args, setup.a_out, host, args.duration)
     used = {n: cpu_seconds(g) - before[n] for n, g in groups.items()}
     row = KeepAlive(mode, Result(target=mode, wrk_command=command))
     parse_wrk(text, row.wrk)

@@ -30,7 +30,16 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-from harness import Processes, Result, cpu_seconds, free_port, parse_wrk, wait_http_ok
+from harness import (
+    Processes,
+    Result,
+    cpu_seconds,
+    free_port,
+    parse_wrk,
+    pinned,
+    run_wrk,
+    wait_http_ok,
+)
 
 from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
 
@@ -40,33 +49,17 @@ INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
 TARGETS = ("direct", "bare", "nodeproxy", "nginx")
 
 
-def pinned(cpu: int, *argv: str) -> list[str]:
-    """argv run on one core (children, such as nginx's worker, inherit the affinity)."""
-    return ["taskset", "-c", str(cpu), *argv]
-
-
-def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> tuple[list[str], str]:
-    argv = pinned(args.load_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}")
-    argv += [f"-d{seconds:g}s", "--latency", "-H", f"Host: {DEMO_SERVICE}"]
-    argv.append(f"http://127.0.0.1:{port}{TARGET_PATH}")
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
-        try:
-            out, err = wrk.communicate(timeout=seconds + 30)
-        finally:
-            if wrk.poll() is None:  # interrupted or timed out: no stray load generator
-                wrk.kill()
-                wrk.wait()
-    if wrk.returncode != 0:
-        raise RuntimeError(f"wrk exited with status {wrk.returncode}: {err.strip()}")
-    return argv, out
+def run_wrk_at(args: argparse.Namespace, port: int, seconds: float) -> tuple[list[str], str]:
+    url = f"http://127.0.0.1:{port}{TARGET_PATH}"
+    return run_wrk(args.load_cpu, args.threads, args.connections, url, DEMO_SERVICE, seconds)
 
 
 def measure(args: argparse.Namespace, name: str, port: int, pgid: int, cpu_of: str) -> Result:
     result = Result(target=name, cpu_of=cpu_of)
     if args.warmup > 0:
-        run_wrk(args, port, args.warmup)
+        run_wrk_at(args, port, args.warmup)
     before = cpu_seconds(pgid)
-    argv, out = run_wrk(args, port, args.duration)
+    argv, out = run_wrk_at(args, port, args.duration)
     used = cpu_seconds(pgid) - before
     result.wrk_command = shlex.join(argv)
     parse_wrk(out, result)
