@@ -13,14 +13,13 @@ so the pipeline must report every try (see ``balancing/feedback.py``).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
-from nodeproxy.balancing.feedback import LoadTable, Tracking
-from nodeproxy.balancing.weighted import two_choices, weight_of
+from nodeproxy.balancing.feedback import LoadTable
+from nodeproxy.balancing.weighted import TwoChoices, weight_of
 from nodeproxy.discovery.snapshot import Endpoint
 
 
-class LeastRequest(Tracking):
+class LeastRequest(TwoChoices):
     """P2C over ``(active + 1) / weight``; ties keep the first draw."""
 
     def __init__(self, rng: random.Random, loads: LoadTable | None = None) -> None:
@@ -33,13 +32,3 @@ class LeastRequest(Tracking):
     def cost(self, ep: Endpoint, now: float) -> float:
         """What P2C compares; exposed for ``/explain`` and ``/clusters``."""
         return (self.loads.active(ep) + 1) / weight_of(ep)
-
-    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
-        if not endpoints:
-            return None
-        self.loads.prune(endpoints, now)
-        if len(endpoints) == 1:
-            return endpoints[0]
-        i, j = two_choices(len(endpoints), self._rng)
-        a, b = endpoints[i], endpoints[j]
-        return b if self.cost(b, now) < self.cost(a, now) else a

@@ -17,20 +17,18 @@ when it answers well again. Ejection proper is the outlier detector's job.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 from nodeproxy.balancing.feedback import (
     DEFAULT_DECAY,
     DEFAULT_FAILURE_PENALTY,
     DEFAULT_RTT,
     LoadTable,
-    Tracking,
 )
-from nodeproxy.balancing.weighted import two_choices, weight_of
+from nodeproxy.balancing.weighted import TwoChoices, weight_of
 from nodeproxy.discovery.snapshot import Endpoint
 
 
-class P2CEwma(Tracking):
+class P2CEwma(TwoChoices):
     """Power of two choices over peak-EWMA cost."""
 
     def __init__(
@@ -54,13 +52,3 @@ class P2CEwma(Tracking):
     def cost(self, ep: Endpoint, now: float) -> float:
         """Seconds of expected wait; exposed for ``/explain`` and ``/clusters``."""
         return self.loads.ewma(ep, now) * (self.loads.active(ep) + 1) / weight_of(ep)
-
-    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
-        if not endpoints:
-            return None
-        self.loads.prune(endpoints, now)
-        if len(endpoints) == 1:
-            return endpoints[0]
-        i, j = two_choices(len(endpoints), self._rng)
-        a, b = endpoints[i], endpoints[j]
-        return b if self.cost(b, now) < self.cost(a, now) else a

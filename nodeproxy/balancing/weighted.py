@@ -48,6 +48,28 @@ def two_choices(n: int, rng: random.Random) -> tuple[int, int]:
     return i, (j + 1 if j >= i else j)
 
 
+class TwoChoices(Tracking):
+    """Power of two choices: draw two endpoints, keep the one whose ``cost`` is lower.
+
+    Subclasses say what an endpoint costs (active requests, or latency x load).
+    """
+
+    _rng: random.Random
+
+    def cost(self, ep: Endpoint, now: float) -> float:
+        raise NotImplementedError
+
+    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
+        if not endpoints:
+            return None
+        self.loads.prune(endpoints, now)
+        if len(endpoints) == 1:
+            return endpoints[0]
+        i, j = two_choices(len(endpoints), self._rng)
+        a, b = endpoints[i], endpoints[j]
+        return b if self.cost(b, now) < self.cost(a, now) else a
+
+
 class WeightedRoundRobin(Tracking):
     """Smooth weighted round robin (nginx), deterministic."""
 
