@@ -185,6 +185,10 @@ async def test_a_header_sends_traffic_only_to_v2_and_a_split_lands_90_10() -> No
         assert report["breaker"] is None  # no circuit_breaker configured
         assert report["decision"] == "p2c_ewma over 1 eligible endpoint(s) of svc subset version=v2"
         assert report["policy"] is None  # no mesh
+        two = f"/explain?authority={HOST}&path=/x&header=x-canary:yes&header=x-other:1"
+        both = json.loads(admin(p.runtime, two).body)  # every header= counts, not the last
+        assert both["route"]["subset"] == {"version": "v2"}
+        assert both["request"]["headers"] == [["x-canary", "yes"], ["x-other", "1"]]
         unknown = json.loads(admin(p.runtime, "/explain?authority=nosuch.default").body)
         assert unknown["error"]["cause"] == "unknown_service"
         assert (v1.requests, v2.requests) == before  # nothing was sent

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,9 +56,10 @@ class AdminContext:
 class Request:
     method: str
     path: str
-    query: Mapping[str, str]
+    query: Mapping[str, str]  # the last value of each parameter
     headers: Mapping[str, str]  # lowercased names
     now: float
+    query_all: Mapping[str, list[str]] = field(default_factory=dict)  # repeated parameters
 
 
 Handler = Callable[[AdminContext, Request], AdminResponse]
@@ -134,8 +135,7 @@ def get_explain(ctx: AdminContext, req: Request) -> AdminResponse:
     if not authority:
         return respond(400, "authority is required: /explain?authority=svc.ns&path=/\n")
     headers: list[tuple[str, str]] = []
-    raw = req.query.get("header")
-    if raw:
+    for raw in req.query_all.get("header", []):  # repeatable: &header=a:1&header=b:2
         name, sep, value = raw.partition(":")
         if not sep or not name.strip():
             return respond(400, "header must be name:value\n")
@@ -233,8 +233,9 @@ def handle(
         resp = respond(405, f"method {method} not allowed on {path}\n")
         allow = ", ".join(sorted(route.methods))
         return AdminResponse(resp.status, (*resp.headers, ("allow", allow)), resp.body)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    resp = route.handler(ctx, Request(method, path, query, headers, now))
+    query_all = parse_qs(parts.query)
+    query = {k: v[-1] for k, v in query_all.items()}
+    resp = route.handler(ctx, Request(method, path, query, headers, now, query_all))
     if method == "HEAD":
         return AdminResponse(resp.status, resp.headers, b"")
     return resp
