@@ -174,22 +174,21 @@ class Upstreams:
             self._publish(entry)
             return conn
         self._publish(entry)
+        admitted = None  # the guard whose CONNECTIONS slot this attempt holds
         try:
             if guard is not None:
                 guard.admit(Resource.CONNECTIONS)
-            try:
-                new = await self._connect(cluster, endpoint, entry)
-            except BaseException:
-                if guard is not None:
-                    guard.release(Resource.CONNECTIONS)
-                raise
-            new.guard = guard
-            return new
+                admitted = guard
+            new = await self._connect(cluster, endpoint, entry)
         except BaseException:
+            if admitted is not None:
+                admitted.release(Resource.CONNECTIONS)
             pool.discard()
             self._publish(entry)
             entry.lot.unpark()
             raise
+        new.guard = guard
+        return new
 
     async def _wait_for_slot(
         self, entry: _Entry, timeout: float, guard: OverloadGuard | None
