@@ -20,19 +20,24 @@
       -> relay    server/exchange.py   the response down
 
 Routes with ``retries`` go through ``server/retrying.py`` instead of the
-straight send/relay: it calls back ``pick`` for every try.
+straight send/relay: it calls back ``pick`` for every try (which prefers
+endpoints this request has not tried yet) and reports each try's own outcome.
 
 Every step before ``send`` is synchronous and raises a typed ``ProxyError``
 (404 unknown service / no route, 503 no healthy upstream...) that the
 connection loop turns into the answer. The decision state (balancers,
 detectors, breakers) is per process, ``runtime.traffic``, shared by every
-listener; a ``Pipeline`` holds only its listener's router. Headers only a node
-proxy may set (``x-nodeproxy-*``) are stripped from every request first: a
-plaintext client never names the next hop. The inbound (mTLS) side is
+listener, and so is route-level state (a route's rate-limit buckets and retry
+budget, ``runtime.routes``); a ``Pipeline`` holds only its listener's router
+and listener-level admission. Headers only a node proxy may set
+(``x-nodeproxy-*``) are stripped from every request first: a plaintext client
+never names the next hop. The inbound (mTLS) side is
 ``mesh/inbound.py``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import h11
 import trio
@@ -73,7 +78,8 @@ class Pipeline:
         if mesh is not None:
             self.traffic.mesh = mesh  # for /explain's policy decision
         self.retrier = Retrier(runtime.stats)
-        self.admission = Admission(listener, config.fairness, runtime.stats)  # rate limits
+        # the listener's rate limits and fairness; route buckets are runtime.routes'
+        self.admission = Admission(listener, config.fairness, runtime.stats, runtime.routes)
         self._body_timeout = config.limits.downstream_idle_timeout
 
     def __repr__(self) -> str:
@@ -97,57 +103,68 @@ class Pipeline:
             out = prepare(down, request, ex, host=host, path=path)
             head = out.in_hand[0]
             assert type(head) is h11.Request
+            if decision.rule.retries is not None:
+                route = self.runtime.routes.state(decision.rule, trio.current_time())
 
-            def pick(upstream_head: h11.Request) -> tuple[Target, h11.Request]:
-                """One try's endpoint: a re-pick means the previous try failed."""
-                now = trio.current_time()
-                if attempts:
-                    attempts[-1].report_retried(now)
-                attempt = self.start(state, ticket, decision, cluster, now)
-                attempts.append(attempt)
-                ex.upstream = attempt.endpoint.address
-                target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
-                if self.outbound_mesh is None:
-                    return target, upstream_head
-                return mesh_step(self.outbound_mesh, down.client_ip, upstream_head, ex, target)
+                def pick(upstream_head: h11.Request) -> tuple[Target, h11.Request, Attempt]:
+                    """One try's endpoint, preferring those this request has not tried."""
+                    tried = {a.endpoint.address for a in attempts}
+                    return self.pick(
+                        down, upstream_head, ex, ticket, decision, cluster, attempts, tried
+                    )
 
-            retries = decision.rule.retries
-            if retries is not None:
                 return await self.retrier.forward(
                     down,
                     out,
                     ex,
-                    decision.rule,
-                    retries,
+                    route,
                     pick,
                     self.upstreams,
                     body_timeout=self._body_timeout,
                     drain=self.runtime.drain,
                     overload=state.overload,
                 )
-            target, out.in_hand[0] = pick(head)
-            try:
-                conn, first = await send(self.upstreams, target, down, out, self._body_timeout)
-            except BaseException as exc:
-                attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
-                raise
-            attempts[-1].report_status(first.status_code, trio.current_time())
+            target, out.in_hand[0], attempt = self.pick(
+                down, head, ex, ticket, decision, cluster, attempts
+            )
+            conn, first = await send(self.upstreams, target, down, out, self._body_timeout)
+            attempt.report_status(first.status_code, trio.current_time())
             return await relay(
                 down, conn, first, ex, self.upstreams, out.upgrade, self.runtime.drain
             )
         except BaseException as exc:
-            if attempts:  # the retry path's last try: its error is the request's
+            if attempts:  # the last try's error is the request's (no-op once it reported)
                 attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
             raise
         finally:
             now = trio.current_time()
-            if attempts:
-                last = attempts[-1]
-                if not last.reported and ex.status:  # the retry path relayed an answer
-                    last.report_status(ex.status, now)
             for attempt in attempts:
                 attempt.close(now)
             ticket.close(now)
+
+    def pick(
+        self,
+        down: Downstream,
+        upstream_head: h11.Request,
+        ex: Exchange,
+        ticket: Ticket,
+        decision: RouteDecision,
+        cluster: ClusterConfig,
+        attempts: list[Attempt],
+        tried: Collection[str] = (),
+    ) -> tuple[Target, h11.Request, Attempt]:
+        """One try: balance (avoiding ``tried`` addresses while others are left), count
+        the try in ``attempts``, then the mesh hop."""
+        attempt = self.start(ticket.state, ticket, decision, cluster, trio.current_time(), tried)
+        attempts.append(attempt)  # before the mesh step, which may refuse: closed either way
+        ex.upstream = attempt.endpoint.address
+        target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
+        if self.outbound_mesh is None:
+            return target, upstream_head, attempt
+        target, upstream_head = mesh_step(
+            self.outbound_mesh, down.client_ip, upstream_head, ex, target
+        )
+        return target, upstream_head, attempt
 
     def route(self, authority: str, path: str, headers: h11._headers.Headers) -> RouteDecision:
         """Which cluster (and canary subset) serves this request (UnknownService / NoRoute)."""
@@ -169,10 +186,11 @@ class Pipeline:
         decision: RouteDecision,
         cluster: ClusterConfig,
         now: float,
+        tried: Collection[str] = (),
     ) -> Attempt:
         """Pick from the current snapshot and count the try (NoHealthyUpstream when none)."""
         endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
-        return state.start(ticket, endpoints, decision.subset, now)
+        return state.start(ticket, endpoints, decision.subset, now, tried)
 
     @staticmethod
     def timeout_of(decision: RouteDecision, cluster: ClusterConfig) -> float:

@@ -1,6 +1,11 @@
 """The shared, process-wide objects every component is handed at start-up.
 
 ``Runtime`` is built once by ``app.py`` and passed down; it is not a global.
+It owns the state every listener shares: the per-cluster traffic state
+(``traffic``) and the per-route rate-limit buckets and retry budgets
+(``routes``), so a limit or budget means the same whatever port a request
+came in on.
+
 ``DrainState`` is the single switch for graceful shutdown: the app flips it on
 SIGTERM/SIGINT or ``POST /drain``; listeners stop accepting, connection loops
 stop keeping connections alive, and ``/ready`` answers 503.
@@ -15,6 +20,7 @@ import trio
 from nodeproxy.admin.stats import Stats
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import EndpointRegistry
+from nodeproxy.traffic.routes import Routes
 from nodeproxy.traffic.state import Traffic
 
 
@@ -45,6 +51,8 @@ class Runtime:
     endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)
     drain: DrainState = field(default_factory=DrainState)
     listeners_ready: bool = False
+    # Route-level state (rate-limit buckets, retry budgets): one per route rule, every listener's
+    routes: Routes = field(default_factory=Routes, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle
+from nodeproxy.admin.stats import RETRIES_DENIED, labels
 from nodeproxy.config import load_config_text
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
@@ -274,7 +275,7 @@ RETRY_ROUTES = """    routes:
         retries: {retry_on: 5xx, num_retries: 2, backoff: {base: 1ms, max: 1ms}}"""
 
 
-async def test_max_retries_reached_answers_503_overloaded_without_retrying() -> None:
+async def test_max_retries_reached_answers_the_failure_in_hand_without_retrying() -> None:
     backend = Replica("only", status=500)
     extra = "    overload: {max_retries: 0}"
     async with (
@@ -282,9 +283,12 @@ async def test_max_retries_reached_answers_503_overloaded_without_retrying() -> 
         run_proxy(load_config_text(service(backend, extra=extra, routes=RETRY_ROUTES))) as p,
         keep_alive(p.port) as c,
     ):
-        status, headers, _ = await c.get(HOST)
-        assert (status, headers["x-nodeproxy-error"]) == (503, "overloaded")
+        status, headers, body = await c.get(HOST)
+        # Envoy's retry overflow: the try's own answer, not a 503 overloaded
+        assert (status, body) == (500, b"only")
+        assert "x-nodeproxy-error" not in headers
         assert backend.requests == 1  # the retry was refused, not sent
+        assert p.runtime.stats.counter(RETRIES_DENIED, labels(cluster="svc")) == 1
         backend.status = 200
         assert (await c.get(HOST))[0] == 200
         state = p.runtime.traffic.get("svc")

@@ -5,12 +5,14 @@ balancer, so the config, the pipeline and ``/explain`` agree on the names.
 Every balancer it returns takes outcome feedback (``FeedbackBalancer``), so
 the pipeline reports tries the same way whatever the policy; round robin
 ignores the loads for picking but still counts them for ``/clusters``.
+``untried`` narrows a retry's candidates to endpoints not tried yet, before
+any policy picks, so every policy honours it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from nodeproxy.balancing.feedback import FeedbackBalancer, LoadTable, Tracking
 from nodeproxy.balancing.least_request import LeastRequest
@@ -79,3 +81,16 @@ def subset(endpoints: Sequence[Endpoint], labels: Mapping[str, str]) -> tuple[En
         return tuple(endpoints)
     items = tuple(labels.items())
     return tuple(ep for ep in endpoints if all(ep.labels.get(k) == v for k, v in items))
+
+
+def untried(endpoints: Sequence[Endpoint], tried: Collection[str]) -> Sequence[Endpoint]:
+    """``endpoints`` minus the addresses in ``tried``; all of them if none would be left.
+
+    A retry's candidates: Envoy's ``previous_hosts`` retry host predicate
+    (a retry goes to a host this request has not tried yet while one exists),
+    with the fallback Envoy reaches after ``host_selection_retry_max_attempts``.
+    """
+    if not tried:
+        return endpoints
+    rest = tuple(ep for ep in endpoints if ep.address not in tried)
+    return rest or endpoints

@@ -12,8 +12,10 @@ pipeline; every mutation is synchronous, so no lock is needed.
 Order per request: the listener's rate limits (before routing; a refused
 request costs no backend anything), then fairness (a slot for the source,
 held until the response is relayed), then after routing the route's limits
-(``check_route``). The source is the client's IP: on a node proxy that is
-the calling pod.
+(``check_route``). The listener's buckets are this listener's; a route's
+buckets belong to the process (``runtime.routes``, ``traffic/routes.py``),
+since every listener serves the same routes. The source is the client's IP:
+on a node proxy that is the calling pod.
 """
 
 from __future__ import annotations
@@ -24,39 +26,13 @@ import h11
 import trio
 
 from nodeproxy.admin.stats import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED, Stats, labels
-from nodeproxy.config.model import FairnessConfig, ListenerConfig, RateLimitConfig, RouteRule
+from nodeproxy.config.model import FairnessConfig, ListenerConfig, RouteRule
 from nodeproxy.errors import RateLimited, SourceOverloaded
 from nodeproxy.resilience.fairness import Admitted, FairScheduler, Rejected, Ticket
-from nodeproxy.resilience.ratelimit import KeyedBuckets, TokenBucket
 from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.traffic.routes import Limiter, Routes
 
 Handler = Callable[[Downstream, h11.Request, Exchange], Awaitable[bool]]
-
-
-class Limiter:
-    """The buckets of one ``rate_limit`` section: one shared, and/or one per source."""
-
-    def __init__(self, config: RateLimitConfig, now: float) -> None:
-        total = config.total
-        self.total = None
-        if total is not None:
-            self.total = TokenBucket(total.burst, total.requests_per_second, now)
-        per = config.per_source
-        self.per_source = None if per is None else KeyedBuckets(per.burst, per.requests_per_second)
-
-    def __repr__(self) -> str:
-        return f"<Limiter total={self.total!r} per_source={self.per_source!r}>"
-
-    def check(self, source: str, now: float) -> None:
-        """Take a token from each bucket; raises ``RateLimited`` when one is empty."""
-        if self.per_source is not None:
-            ok, wait = self.per_source.try_acquire(source, now)
-            if not ok:
-                raise RateLimited(f"source {source}: retry in {wait:.3f}s", retry_after=wait)
-        if self.total is not None:
-            ok, wait = self.total.try_acquire(now)
-            if not ok:
-                raise RateLimited(f"retry in {wait:.3f}s", retry_after=wait)
 
 
 class FairGate:
@@ -128,14 +104,18 @@ class Admission:
     """Rate limits and fairness of one listener (see the module docstring)."""
 
     def __init__(
-        self, listener: ListenerConfig, fairness: FairnessConfig | None, stats: Stats
+        self,
+        listener: ListenerConfig,
+        fairness: FairnessConfig | None,
+        stats: Stats,
+        routes: Routes,
     ) -> None:
         now = trio.current_time()
         self.stats = stats
         self.listener = listener.name
         self.limiter = None if listener.rate_limit is None else Limiter(listener.rate_limit, now)
         self.gate = None if fairness is None else FairGate(fairness)
-        self._routes: dict[int, tuple[RouteRule, Limiter]] = {}
+        self.routes = routes  # the process's (``runtime.routes``), shared by every listener
 
     def __repr__(self) -> str:
         return f"<Admission {self.listener} {self.limiter!r} {self.gate!r}>"
@@ -166,14 +146,15 @@ class Admission:
             self.gate.leave(source)
 
     def check_route(self, rule: RouteRule, source: str) -> None:
-        """The route's ``rate_limit``, if any; raises ``RateLimited``."""
+        """The route's ``rate_limit``, if any, from the process-wide bucket; raises
+        ``RateLimited`` (counted under this listener, where the request came in)."""
         if rule.rate_limit is None:
             return
-        entry = self._routes.get(id(rule))
-        if entry is None or entry[0] is not rule:
-            limiter = Limiter(rule.rate_limit, trio.current_time())
-            entry = self._routes[id(rule)] = (rule, limiter)
-        self._limit(entry[1], source, "route")
+        try:
+            self.routes.check_rate(rule, source, trio.current_time())
+        except RateLimited:
+            self.stats.inc(RATE_LIMITED, labels(listener=self.listener, scope="route"))
+            raise
 
     def _limit(self, limiter: Limiter, source: str, scope: str) -> None:
         try:

@@ -1,28 +1,35 @@
-"""The retry loop of a route with ``retries``: try, judge, back off, pick again.
+"""The retry loop of a route with ``retries``: try, report, judge, back off, pick again.
 
 Why a shell of its own: the decisions (is this failure retryable, is it safe,
 how long to back off, is there budget left) are pure code in
 ``resilience/retry.py`` and ``resilience/budget.py``; what remains is I/O
-ordering that ``exchange.forward`` does not need when a route has no retry
+ordering that the straight send/relay does not need when a route has no retry
 policy, so routes without one keep the straight path.
 
 One try is ``exchange.send``: connect, send what is in hand, stream any rest
 of the body, wait for the response head. A try fails with a connect failure,
 a reset before the head, a per-try timeout (a cancel scope inside the route
 deadline, which stays armed on the connection by ``exchange``), or a status
-``retry_on`` names. A failed try is repeated only when the whole request can
-be sent again: a connect failure consumed nothing; otherwise the request must
-have been in hand complete (a streamed body is gone once sent) and
-``RetryPolicy.is_retryable`` must call it safe (idempotent method, or no body
-byte sent). Each try asks ``pick`` again, so the balancer (and the mesh hop)
-choose anew and a refusing replica is skipped. The route timeout covers all
-tries: the response-head deadline of each try is what is left of it.
+``retry_on`` names. Every try reports its own outcome on its ``Attempt`` as
+soon as it is known (the status, or the connect failure / reset / timeout),
+so the balancer, the outlier detector and the breaker learn what really
+happened, retried or not. A failed try is repeated only when the whole
+request can be sent again: a connect failure consumed nothing; otherwise the
+request must have been in hand complete (a streamed body is gone once sent)
+and ``RetryPolicy.is_retryable`` must call it safe (idempotent method, or no
+body byte sent). Each try asks ``pick`` again, and the pipeline's pick
+prefers endpoints this request has not tried yet (Envoy's ``previous_hosts``
+retry host predicate). The route timeout covers all tries: the response-head
+deadline of each try is what is left of it.
 
-A retry takes a slot in the route's ``RetryBudget`` and holds it until the
-request ends; a denied retry answers with the failure in hand. Before that it
-takes one of the service's ``max_retries`` slots (Envoy's active-retries
-threshold, held until the request ends); none left answers 503 ``overloaded``
-as the issue asks (Envoy would return the failure in hand instead).
+A retry first takes one of the service's ``max_retries`` slots (Envoy's
+active-retries threshold), then a slot in the route's ``RetryBudget`` (the
+process-wide one, ``runtime.routes``); both are held until the request ends.
+When either says no, the retry is not made and the client gets the failure in
+hand: the last try's answer, or its error mapped as usual (503
+``connection_failure``...), as Envoy does on ``upstream_rq_retry_overflow``;
+the refusal is counted in ``nodeproxy_retries_denied_total`` (and a
+``max_retries`` refusal in the guard's ``overflows``).
 """
 
 from __future__ import annotations
@@ -35,9 +42,7 @@ import h11
 import trio
 
 from nodeproxy.admin.stats import RETRIES, RETRIES_DENIED, Stats, labels
-from nodeproxy.config.model import RetryConfig, RouteRule
 from nodeproxy.errors import (
-    Overloaded,
     PeerTLSFailure,
     ProxyError,
     UpstreamConnectFailure,
@@ -45,63 +50,39 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
     UpstreamResponseTimeout,
 )
-from nodeproxy.resilience.budget import RetryBudget
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.resilience.retry import RetryPolicy, TryFailure
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import Outgoing, relay, send
+from nodeproxy.traffic.attempt import Attempt
+from nodeproxy.traffic.routes import RouteState
 from nodeproxy.upstream.pool import Target, Upstreams
 
-# One try's target and the head to send there (the balancer's pick, then the mesh hop).
-Pick = Callable[[h11.Request], tuple[Target, h11.Request]]
+# One try's target, the head to send there (the balancer's pick, then the mesh hop), and
+# the ``Attempt`` its outcome is reported on.
+Pick = Callable[[h11.Request], tuple[Target, h11.Request, Attempt]]
 
 _CONNECT_FAILURES = (UpstreamConnectFailure, UpstreamConnectTimeout, PeerTLSFailure)
 
 
-def policy_of(config: RetryConfig) -> RetryPolicy:
-    """The immutable policy a route's ``retries`` section describes."""
-    return RetryPolicy(
-        retry_on=RetryPolicy.parse_retry_on(",".join(config.retry_on)),
-        num_retries=config.num_retries,
-        per_try_timeout=config.per_try_timeout,
-        backoff_base=config.backoff_base,
-        backoff_max=config.backoff_max,
-    )
-
-
 class Retrier:
-    """Retry state of one listener: a policy and a budget per route rule with ``retries``."""
+    """The retry loop of one listener: stats and the back-off rng; the route state
+    (policy, budget) is the process's and comes with each call."""
 
     def __init__(self, stats: Stats, rng: random.Random | None = None) -> None:
         self.stats = stats
         self.rng = rng or random.Random()
-        # keyed by the rule object itself: rules are frozen and live as long as the config
-        self._routes: dict[int, tuple[RouteRule, RetryPolicy, RetryBudget]] = {}
 
     def __repr__(self) -> str:
-        budgets = ", ".join(repr(b) for _, _, b in self._routes.values())
-        return f"<Retrier [{len(self._routes)} routes | {budgets}]>"
-
-    def _route(self, rule: RouteRule, config: RetryConfig) -> tuple[RetryPolicy, RetryBudget]:
-        entry = self._routes.get(id(rule))
-        if entry is None or entry[0] is not rule:
-            budget = RetryBudget(config.budget_ratio, config.budget_min_concurrency)
-            entry = self._routes[id(rule)] = (rule, policy_of(config), budget)
-        return entry[1], entry[2]
-
-    def budget(self, rule: RouteRule) -> RetryBudget | None:
-        """The route's budget (for stats pages and tests), once it has served a request."""
-        entry = self._routes.get(id(rule))
-        return entry[2] if entry is not None and entry[0] is rule else None
+        return "<Retrier>"
 
     async def forward(
         self,
         down: Downstream,
         out: Outgoing,
         ex: Exchange,
-        rule: RouteRule,
-        config: RetryConfig,
+        route: RouteState,
         pick: Pick,
         upstreams: Upstreams,
         *,
@@ -111,27 +92,29 @@ class Retrier:
     ) -> bool:
         """Proxy one request with retries; True when the client connection may be reused.
 
-        ``out`` is ``exchange.prepare``'s result; ``pick`` is called once per try.
-        ``overload`` is the service's guard: a request that retries holds one
-        ``max_retries`` slot until it ends; none left -> 503 ``overloaded``.
+        ``out`` is ``exchange.prepare``'s result; ``pick`` is called once per try
+        and each try's outcome is reported on the ``Attempt`` it returns.
+        ``route`` carries the rule's policy and budget; ``overload`` is the
+        service's guard (its ``max_retries`` slot is held from a request's first
+        retry until it ends). A refused retry answers with the failure in hand.
         """
-        policy, budget = self._route(rule, config)
+        policy, budget = route.policy, route.budget
+        assert policy is not None, "a route without retries"
+        assert budget is not None
         head = out.in_hand[0]
         assert type(head) is h11.Request
         budget.request_started()
-        holding = False
+        holding = False  # holds a slot of the route's budget
         retrying = False  # holds a max_retries slot of ``overload``
         try:
-            deadline: float | None = None
+            deadline = timeout = math.inf
             while True:
-                target, out.in_hand[0] = pick(head)
+                target, out.in_hand[0], attempt = pick(head)
                 now = trio.current_time()
-                if deadline is None:
-                    deadline = now + target.timeout
-                left = deadline - now
-                if left <= 0:
-                    raise UpstreamResponseTimeout(f"no response headers in {target.timeout}s")
-                target = Target(target.cluster, target.endpoint, left)
+                if deadline == math.inf:
+                    timeout = target.timeout
+                    deadline = now + timeout
+                target = Target(target.cluster, target.endpoint, max(0.0, deadline - now))
                 try_deadline = policy.try_deadline(now, None) or math.inf
                 err: ProxyError | None = None
                 failure: TryFailure | int
@@ -145,37 +128,39 @@ class Retrier:
                 if scope.cancelled_caught:
                     err = UpstreamResponseTimeout(f"try timed out after {policy.per_try_timeout}s")
                     failure = TryFailure.TIMEOUT
-                elif err is None:
+                if err is not None:
+                    attempt.report_error(err, trio.current_time())
+                else:
                     failure = first.status_code
+                    attempt.report_status(failure, trio.current_time())
                     if not policy.covers(failure):
                         return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
                 if not _may_retry(policy, out, ex.method, failure):
                     if err is not None:
                         raise err
                     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
-                cluster = target.cluster.name
+                denied = False
                 if overload is not None and not retrying:
-                    if not overload.try_admit(Resource.RETRIES):
-                        self.stats.inc(RETRIES_DENIED, labels(cluster=cluster))
-                        if err is None:  # the retryable answer is dropped for the 503
-                            upstreams.record_response(conn, first.status_code)
-                            upstreams.release(conn, reusable=False)
-                        limit = overload.limits.max_retries
-                        raise Overloaded(f"max_retries ({limit}) reached") from err
-                    retrying = True
-                if not holding and not budget.try_acquire_retry():
+                    retrying = overload.try_admit(Resource.RETRIES)  # False: an overflow
+                    denied = not retrying
+                if not denied and not holding:
+                    holding = budget.try_acquire_retry()
+                    denied = not holding
+                cluster = target.cluster.name
+                if denied:  # the failure in hand is the answer (Envoy's retry overflow)
                     self.stats.inc(RETRIES_DENIED, labels(cluster=cluster))
                     if err is not None:
                         raise err
                     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
-                holding = True
-                if err is None:  # a retryable status: count it, drop the answer
+                if err is None:  # a retryable status: drop the answer and its connection
                     upstreams.record_response(conn, first.status_code)
                     upstreams.release(conn, reusable=False)
                 reason = failure.value if isinstance(failure, TryFailure) else str(failure)
                 self.stats.inc(RETRIES, labels(cluster=cluster, reason=reason))
                 policy = policy.increment()
                 await trio.sleep(policy.backoff(self.rng))
+                if trio.current_time() >= deadline:  # spent backing off: no endpoint to blame
+                    raise UpstreamResponseTimeout(f"no response headers in {timeout}s")
         finally:
             if retrying and overload is not None:
                 overload.release(Resource.RETRIES)

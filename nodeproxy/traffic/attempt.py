@@ -13,6 +13,10 @@ The pipeline holds two objects per request, each closed exactly once in a
   (``report_error``); that report feeds the balancer's latency and failure
   estimate, the outlier detector, and the ticket's verdict. Closing an
   attempt that got no report completes it as ``CANCELLED`` (no sample).
+  A request with retries holds one attempt per try, and each reports its
+  own outcome (a 500 as a 500, a refused connect as a connect failure, a
+  per-try timeout as a timeout), whether it was retried or not; the last
+  report sets the ticket's verdict.
 
 Everything here is synchronous and takes ``now``; the mapping from the data
 path's typed errors to Envoy's outlier ``Result`` lives here, once.
@@ -126,14 +130,6 @@ class Attempt:
         self.state.balancer.on_complete(self.token, now, Outcome.FAILURE)
         self.ticket.verdict = False
         return self.state.note(self.state.outlier.put_result(self.endpoint, result, now))
-
-    def report_retried(self, now: float) -> Ejection | None:
-        """A retry loop moved on from this try: it failed, how exactly is not known here.
-
-        Counted as a gateway failure (what every retryable outcome but a plain
-        5xx is); the retry loop does not report per-try outcomes (yet).
-        """
-        return self.report_error(UpstreamResetBeforeHeaders("retried"), now)
 
     def close(self, now: float) -> None:
         """Complete the balancer's token as CANCELLED if nothing was reported."""

@@ -17,12 +17,12 @@ stays bounded by the clusters that exist.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nodeproxy.balancing.feedback import FeedbackBalancer
 from nodeproxy.balancing.locality import LocalityAware
-from nodeproxy.balancing.policies import make_balancer, subset
+from nodeproxy.balancing.policies import make_balancer, subset, untried
 from nodeproxy.config.model import ClusterConfig
 from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
 from nodeproxy.errors import NoHealthyUpstream
@@ -104,10 +104,22 @@ class ClusterTraffic:
         return self.outlier.healthy(members, now)
 
     def start(
-        self, ticket: Ticket, endpoints: Sequence[Endpoint], labels: Mapping[str, str], now: float
+        self,
+        ticket: Ticket,
+        endpoints: Sequence[Endpoint],
+        labels: Mapping[str, str],
+        now: float,
+        tried: Collection[str] = (),
     ) -> Attempt:
-        """Pick an endpoint and count the try as in flight (``NoHealthyUpstream`` if none)."""
-        endpoint = self.balancer.pick(self.candidates(endpoints, labels, now), now)
+        """Pick an endpoint and count the try as in flight (``NoHealthyUpstream`` if none).
+
+        ``tried``: addresses this request already tried (a retry); they are
+        avoided while a candidate not in it is left (``balancing.policies.untried``).
+        """
+        candidates = self.candidates(endpoints, labels, now)
+        if tried:
+            candidates = untried(candidates, tried)
+        endpoint = self.balancer.pick(candidates, now)
         if endpoint is None:
             where = f" subset {subset_key(labels)}" if labels else ""
             raise NoHealthyUpstream(f"cluster {self.name!r}{where} has no endpoints")
