@@ -13,23 +13,57 @@ The sockets are real (loopback), so there is no mock clock here.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, handle
 from nodeproxy.admin.stats import RETRIES_DENIED, labels
+from nodeproxy.balancing.policies import POLICIES, untried
 from nodeproxy.config import load_config_text
-from nodeproxy.config.model import Config
+from nodeproxy.config.model import ClusterConfig, Config, EndpointConfig
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
+from nodeproxy.traffic.attempt import Ticket
+from nodeproxy.traffic.state import ClusterTraffic
 from tests.helpers.backends import free_port, run_proxy
 from tests.helpers.replicas import Replica, keep_alive, replicas
 
 HOST = "svc.default"
 NO_EJECTION = "    outlier_detection: {consecutive_5xx: 1000, consecutive_gateway_failure: 1000}"
+
+
+EPS = tuple(EndpointConfig(host="127.0.0.1", port=p) for p in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("tried", "ports"),
+    [
+        (set(), [1, 2, 3]),
+        ({"127.0.0.1:1"}, [2, 3]),
+        ({"127.0.0.1:1", "127.0.0.1:3"}, [2]),
+        ({"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}, [1, 2, 3]),  # all tried: any
+        ({"10.0.0.9:80"}, [1, 2, 3]),
+    ],
+)
+def test_untried(tried: set[str], ports: list[int]) -> None:
+    assert [ep.port for ep in untried(EPS, tried)] == ports
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_retries_on_an_endpoint_not_tried_yet(policy: str) -> None:
+    state = ClusterTraffic(ClusterConfig("svc", EPS, lb_policy=policy), random.Random(7), "")
+    ticket = Ticket(state, None)
+    for i in range(60):
+        first = state.start(ticket, EPS, {}, float(i))
+        first.close(float(i))
+        second = state.start(ticket, EPS, {}, float(i), {first.endpoint.address})
+        second.close(float(i))
+        assert second.endpoint is not first.endpoint
 
 
 def config(addresses: list[str], *, retries: str, extra: str = "") -> Config:
