@@ -39,6 +39,33 @@ class BadRequest(ProxyError):
     body = "bad request"
 
 
+class BadFraming(BadRequest):
+    """Ambiguous or faulty message framing (RFC 9112 §6.1-6.3): a smuggling attempt or a bug.
+
+    Content-Length together with Transfer-Encoding, a Transfer-Encoding whose
+    final coding is not ``chunked``, Transfer-Encoding on HTTP/1.0. Answered
+    400 and the connection closed: nothing after it can be framed safely.
+    """
+
+    cause = "bad_framing"
+
+
+class UnsupportedTransferCoding(BadRequest):
+    """A transfer coding other than ``chunked`` before the final ``chunked`` (RFC 9112 §6.1)."""
+
+    status = 501
+    cause = "unsupported_transfer_coding"
+    body = "not implemented"
+
+
+class UriTooLong(BadRequest):
+    """The request line alone is over ``limits.max_request_header_bytes``."""
+
+    status = 414
+    cause = "uri_too_long"
+    body = "uri too long"
+
+
 class HeadersTooLarge(ProxyError):
     status = 431
     cause = "headers_too_large"
@@ -49,6 +76,20 @@ class RequestHeaderTimeout(ProxyError):
     status = 408
     cause = "request_header_timeout"
     body = "request timeout"
+
+
+class RequestBodyTimeout(RequestHeaderTimeout):
+    """The request body stalled or fell below ``limits.request_body_min_rate``."""
+
+    cause = "request_body_timeout"
+
+
+class UpgradeNotAllowed(ProxyError):
+    """An ``Upgrade`` token the listener's or route's ``upgrades`` does not list (Envoy: 403)."""
+
+    status = 403
+    cause = "upgrade_not_allowed"
+    body = "upgrade not allowed"
 
 
 # -- routing ------------------------------------------------------------------

@@ -36,6 +36,7 @@ SEED_LISTENER = ListenerConfig(
             routes=(RouteRule(RouteMatch(prefix="/hello"), cluster="local_service"),),
         ),
     ),
+    upgrades=(),  # Envoy relays no upgrade the connection manager's upgrade_configs omits
 )
 SEED_CLUSTER = ClusterConfig(
     name="local_service",

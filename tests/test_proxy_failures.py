@@ -7,14 +7,11 @@ Each assertion waits on an answer, never on a sleep.
 
 from __future__ import annotations
 
-from contextlib import suppress
-
 import h11
 import httpx
 import trio
 
 from nodeproxy.admin.stats import (
-    DOWNSTREAM_CONNECTIONS_REJECTED,
     PROXY_ERRORS,
     UPSTREAM_CONNECT_FAILURES,
     labels,
@@ -207,7 +204,8 @@ async def test_malformed_requests_are_400_and_never_forwarded() -> None:
         for data in bad:
             raw = await raw_request(p.port, data)
             assert raw.startswith(b"HTTP/1.1 400"), data
-            assert b"x-nodeproxy-error: bad_request" in raw
+            cause = b"bad_framing" if b"Transfer-Encoding" in data else b"bad_request"
+            assert b"x-nodeproxy-error: " + cause in raw
     assert b.connections == 0
 
 
@@ -241,26 +239,6 @@ async def test_silent_connection_is_closed_without_answer() -> None:
         async with stream:
             with trio.fail_after(5):
                 assert await read_all(stream) == b""
-
-
-async def test_connections_over_the_cap_are_closed_and_counted() -> None:
-    limits = Limits(max_downstream_connections=2)
-    async with backend() as b, run_proxy(simple_config({"svc": [b.address]}, limits=limits)) as p:
-        clients = [httpx.AsyncClient(proxy=p.url, trust_env=False) for _ in range(2)]
-        for c in clients:  # two connections, kept alive and counted by the proxy
-            assert (await c.get("http://svc/")).status_code == 200
-        third = await trio.open_tcp_stream("127.0.0.1", p.port)
-        async with third:
-            with suppress(trio.BrokenResourceError):
-                await third.send_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
-            with trio.fail_after(5):
-                assert await read_all(third) == b""
-        for c in clients:
-            await c.aclose()
-        rejected = p.runtime.stats.counter(
-            DOWNSTREAM_CONNECTIONS_REJECTED, labels(listener="outbound")
-        )
-        assert rejected == 1
 
 
 async def test_full_pool_waits_then_fails_overloaded() -> None:

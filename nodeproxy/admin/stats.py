@@ -23,7 +23,10 @@ UPSTREAM_REQUESTS = "nodeproxy_upstream_requests_total"  # {cluster, endpoint, c
 UPSTREAM_CONNECTIONS_OPENED = "nodeproxy_upstream_connections_opened_total"  # {cluster, endpoint}
 DOWNSTREAM_CONNECTIONS_ACTIVE = "nodeproxy_downstream_connections_active"  # {listener}
 DOWNSTREAM_CONNECTIONS_TOTAL = "nodeproxy_downstream_connections_total"  # {listener}
-DOWNSTREAM_CONNECTIONS_REJECTED = "nodeproxy_downstream_connections_rejected_total"  # {listener}
+DOWNSTREAM_CONNECTIONS_REJECTED = (
+    "nodeproxy_downstream_connections_rejected_total"  # {listener, reason}
+)
+DOWNSTREAM_CONNECTIONS_EVICTED = "nodeproxy_downstream_connections_evicted_total"  # {listener}
 POOL_CONNECTIONS = "nodeproxy_upstream_pool_connections"  # {cluster, endpoint, state=idle|active}
 REQUEST_DURATION = "nodeproxy_request_duration_seconds"  # histogram {cluster}
 BYTES_RECEIVED = "nodeproxy_downstream_bytes_received_total"  # {listener}
@@ -33,6 +36,9 @@ RETRIES_DENIED = "nodeproxy_retries_denied_total"  # {cluster}: refused by the r
 RATE_LIMITED = "nodeproxy_rate_limited_total"  # {listener, scope=listener|route, key=total|source}
 FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a per-source slot
 FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
+UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
+UPGRADES_REFUSED = "nodeproxy_upgrades_refused_total"  # {listener, protocol}: 403 or h2c stripped
+TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
 
 HELP: dict[str, str] = {
     REQUESTS: "Downstream requests answered, by cluster and status class.",
@@ -42,7 +48,8 @@ HELP: dict[str, str] = {
     UPSTREAM_CONNECTIONS_OPENED: "Upstream connections opened.",
     DOWNSTREAM_CONNECTIONS_ACTIVE: "Open downstream connections.",
     DOWNSTREAM_CONNECTIONS_TOTAL: "Downstream connections accepted.",
-    DOWNSTREAM_CONNECTIONS_REJECTED: "Downstream connections refused at the connection cap.",
+    DOWNSTREAM_CONNECTIONS_REJECTED: "Downstream connections refused: total or per-source cap.",
+    DOWNSTREAM_CONNECTIONS_EVICTED: "Idle keep-alive connections closed to make room at the cap.",
     POOL_CONNECTIONS: "Upstream pool connections by state.",
     REQUEST_DURATION: "Time from request headers received to response completed.",
     BYTES_RECEIVED: "Bytes read from downstream clients.",
@@ -52,6 +59,9 @@ HELP: dict[str, str] = {
     RATE_LIMITED: "Requests answered 429 by a local rate limit.",
     FAIRNESS_QUEUED: "Requests that waited for their source's concurrency slot.",
     FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
+    UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
+    UPGRADES_REFUSED: "Upgrade requests refused (403) or stripped (h2c), by protocol.",
+    TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
 }
 
 # Latency buckets in seconds: 0.5 ms .. 30 s.

@@ -95,3 +95,17 @@ def check_regex(node: Node, pattern: str) -> str:
     except re.error as exc:
         raise node.error(f"invalid regex {pattern!r}: {exc}") from None
     return pattern
+
+
+def upgrade_token(node: Node) -> str:
+    """One ``Upgrade`` protocol token (``websocket``), lowercased; ``h2c`` is refused.
+
+    RFC 9113 §3.1 removed HTTP/1.1's upgrade to h2c; the proxy strips it from
+    requests, so a config asking to relay it is an error.
+    """
+    token = node.text().lower()
+    if token == "h2c":
+        raise node.error("h2c cannot be relayed: RFC 9113 removed the HTTP/1.1 upgrade to h2")
+    if not _HEADER_NAME.fullmatch(token):
+        raise node.error(f"invalid upgrade token {token!r}")
+    return token

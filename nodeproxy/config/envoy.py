@@ -16,7 +16,14 @@ import math
 from collections.abc import Container
 from types import MappingProxyType
 
-from nodeproxy.config.checks import Binds, check_regex, check_unique_binds, header_name, url_path
+from nodeproxy.config.checks import (
+    Binds,
+    check_regex,
+    check_unique_binds,
+    header_name,
+    upgrade_token,
+    url_path,
+)
 from nodeproxy.config.envoy_clusters import (
     UNSUPPORTED,
     admin_config,
@@ -98,15 +105,22 @@ def _listeners(
         filters = chains[0].fields("filters", unknown=UNSUPPORTED).need("filters").items()
         if len(filters) != 1:
             raise chains[0].error("needs exactly one filter: the http_connection_manager")
-        vhosts = _http_connection_manager(filters[0], cluster_names)
-        out.append(ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts))
+        vhosts, upgrades = _http_connection_manager(filters[0], cluster_names)
+        out.append(
+            ListenerConfig(
+                name=name, host=host, port=port, virtual_hosts=vhosts, upgrades=upgrades
+            )
+        )
     return tuple(out)
 
 
-def _http_connection_manager(node: Node, cluster_names: Container[str]) -> tuple[VirtualHost, ...]:
+def _http_connection_manager(
+    node: Node, cluster_names: Container[str]
+) -> tuple[tuple[VirtualHost, ...], tuple[str, ...]]:
+    """(virtual hosts, upgrade types): Envoy relays only the ``upgrade_configs`` it lists."""
     f = node.fields("name", "config", "typed_config", unknown=UNSUPPORTED)
     kind, cfg = f.one_of("config", "typed_config")
-    keys = ("stat_prefix", "codec_type", "route_config", "http_filters")
+    keys = ("stat_prefix", "codec_type", "route_config", "http_filters", "upgrade_configs")
     h = cfg.fields("@type", *keys, unknown=UNSUPPORTED)
     type_url = h.opt("@type", Node.text, None)
     if kind == "config" and type_url is not None:
@@ -122,6 +136,7 @@ def _http_connection_manager(node: Node, cluster_names: Container[str]) -> tuple
     h.opt("stat_prefix", Node.text, "")  # stats are labelled by listener name instead
     h.opt("codec_type", lambda n: n.choice("AUTO", "HTTP1", "auto", "http1"), "AUTO")
     h.opt("http_filters", _http_filters, None)
+    upgrades = tuple(_upgrade_config(u) for u in h.items("upgrade_configs"))
     rc = h.need("route_config").fields("name", "virtual_hosts", unknown=UNSUPPORTED)
     vhosts: list[VirtualHost] = []
     domains: dict[str, str] = {}
@@ -134,7 +149,14 @@ def _http_connection_manager(node: Node, cluster_names: Container[str]) -> tuple
                 raise item.error(f"domain {d!r} is also in {domains[d]}")
             domains[d] = item.path
         vhosts.append(vh)
-    return tuple(vhosts)
+    return tuple(vhosts), tuple(u for u in upgrades if u)
+
+
+def _upgrade_config(node: Node) -> str:
+    """One ``upgrade_configs`` entry: its type (lowercased), or "" when ``enabled: false``."""
+    f = node.fields("upgrade_type", "enabled", unknown=UNSUPPORTED)
+    kind = upgrade_token(f.need("upgrade_type"))
+    return kind if f.opt("enabled", Node.flag, True) else ""
 
 
 def _http_filters(node: Node) -> None:

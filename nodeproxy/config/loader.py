@@ -11,16 +11,19 @@ after every service has been read, so order in the file does not matter.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, cast
 
 from nodeproxy.config.checks import (
     Binds,
+    check_host,
     check_regex,
     check_unique_binds,
     dns_label,
     header_name,
+    upgrade_token,
     url_path,
 )
 from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
@@ -111,12 +114,23 @@ def load_native(root: Node) -> Config:
 
 
 def _admin(node: Node, binds: Binds) -> AdminConfig:
-    addr = node.fields("address").get("address")
+    f = node.fields("address", "allowed_hosts")
+    allowed = tuple(_allowed_host(n) for n in f.items("allowed_hosts"))
+    addr = f.get("address")
     if addr is None:
-        return AdminConfig()
+        return AdminConfig(allowed_hosts=allowed)
     host, port = addr.address(allow_zero_port=True)
     binds.append((addr, host, port))
-    return AdminConfig(host=host, port=port)
+    return AdminConfig(host=host, port=port, allowed_hosts=allowed)
+
+
+def _allowed_host(node: Node) -> str:
+    """``name``, ``name:port`` or ``[v6]:port`` -> the lowercase form the admin compares."""
+    if re.fullmatch(r"\[[^\]]*\]:[0-9]+|[^:]*:[0-9]+", node.text()):
+        host, port = node.address()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    host = check_host(node, node.text().removeprefix("[").removesuffix("]"))
+    return f"[{host}]" if ":" in host else host
 
 
 def _listeners(
@@ -127,7 +141,7 @@ def _listeners(
     out: list[ListenerConfig] = []
     names: dict[str, str] = {}
     for i, item in enumerate(node.items(non_empty=True)):
-        f = item.fields("name", "address", "rate_limit")
+        f = item.fields("name", "address", "rate_limit", "upgrades")
         name = f.opt("name", Node.text, "outbound" if i == 0 else f"outbound_{i}")
         if name in names:
             raise item.error(f"duplicate listener name {name!r} (also {names[name]})")
@@ -136,10 +150,23 @@ def _listeners(
         host, port = addr.address(allow_zero_port=True)
         binds.append((addr, host, port))
         limit = f.opt("rate_limit", read_rate_limit, None)
+        upgrades = f.opt("upgrades", upgrade_tokens, ListenerConfig.upgrades)
         out.append(
-            ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts, rate_limit=limit)
+            ListenerConfig(
+                name=name,
+                host=host,
+                port=port,
+                virtual_hosts=vhosts,
+                rate_limit=limit,
+                upgrades=upgrades,
+            )
         )
     return tuple(out)
+
+
+def upgrade_tokens(node: Node) -> tuple[str, ...]:
+    """A list of Upgrade tokens relayed (``[websocket]``); ``[]`` relays none."""
+    return tuple(upgrade_token(item) for item in node.items())
 
 
 def _limits(node: Node) -> Limits:
@@ -152,6 +179,9 @@ def _limits(node: Node) -> Limits:
         max_downstream_connections=f.opt(
             "max_downstream_connections", Node.integer, d.max_downstream_connections
         ),
+        max_connections_per_source=f.opt(
+            "max_connections_per_source", lambda n: n.integer(0), d.max_connections_per_source
+        ),
         header_read_timeout=f.opt("header_read_timeout", Node.duration, d.header_read_timeout),
         downstream_idle_timeout=f.opt(
             "downstream_idle_timeout", Node.duration, d.downstream_idle_timeout
@@ -160,6 +190,11 @@ def _limits(node: Node) -> Limits:
         stream_chunk_bytes=f.opt(
             "stream_chunk_bytes", lambda n: n.integer(1, 16 * 1024 * 1024), d.stream_chunk_bytes
         ),
+        request_body_timeout=f.opt("request_body_timeout", Node.duration, d.request_body_timeout),
+        request_body_min_rate=f.opt(
+            "request_body_min_rate", lambda n: n.integer(0), d.request_body_min_rate
+        ),
+        stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, d.stream_idle_timeout),
     )
 
 
@@ -215,8 +250,9 @@ class _Service:
 
     def _rule(self, node: Node, targets: dict[tuple[str, str], str]) -> RouteRule:
         f = node.fields(
-            "name", "match", "service", "weighted", "timeout", "retries", "rate_limit", "subset"
-        )
+            "name", "match", "service", "weighted", "timeout", "retries", "rate_limit", "subset",
+            "upgrades",
+        )  # fmt: skip
         kind, target = f.one_of("service", "weighted")
         match = f.opt("match", route_match, RouteMatch(prefix="/"))
         timeout = f.opt("timeout", Node.duration, None)
@@ -224,11 +260,12 @@ class _Service:
         retries = f.opt("retries", read_retries, None)
         limit = f.opt("rate_limit", read_rate_limit, None)
         subset = opt_subset(f)
+        upgrades = f.opt("upgrades", upgrade_tokens, None)
         if kind == "service":
             cluster = self._resolve(target, targets)
             return RouteRule(
                 match=match, cluster=cluster, timeout=timeout, name=name, retries=retries,
-                rate_limit=limit, subset=subset,
+                rate_limit=limit, subset=subset, upgrades=upgrades,
             )  # fmt: skip
         weighted: list[WeightedCluster] = []
         for item in target.items(non_empty=True):
@@ -238,7 +275,7 @@ class _Service:
             weighted.append(WeightedCluster(cluster, weight, opt_subset(w)))
         return RouteRule(
             match=match, weighted=tuple(weighted), timeout=timeout, name=name, retries=retries,
-            rate_limit=limit, subset=subset,
+            rate_limit=limit, subset=subset, upgrades=upgrades,
         )  # fmt: skip
 
     def _resolve(self, node: Node, targets: dict[tuple[str, str], str]) -> str:

@@ -139,6 +139,9 @@ class RouteRule:
     subset: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     retries: RetryConfig | None = None  # None: no retries (besides the keep-alive replay)
     rate_limit: RateLimitConfig | None = None
+    # Upgrade tokens this route lets through (Envoy's route-level upgrade_configs);
+    # None: the listener's ``upgrades``.
+    upgrades: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,12 +191,18 @@ class ListenerConfig:
     port: int = 4140
     virtual_hosts: tuple[VirtualHost, ...] = ()
     rate_limit: RateLimitConfig | None = None  # before routing, for every request
+    # Upgrade tokens relayed (lowercase; Envoy's upgrade_configs); any other -> 403.
+    # ``h2c`` is never relayed: its Upgrade is removed (RFC 9113 §3.1 dropped it).
+    upgrades: tuple[str, ...] = ("websocket",)
 
 
 @dataclass(frozen=True)
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 9901
+    # Host names (lowercase, ``name`` or ``name:port``) answered besides the bind
+    # address and localhost; any other Host gets 421 (docs/admin.md, DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,11 +210,17 @@ class Limits:
     """Bounds on what one downstream client can make the proxy hold."""
 
     max_request_header_bytes: int = 60 * 1024  # Envoy's default; over it -> 431
-    max_downstream_connections: int = 1024
+    max_downstream_connections: int = 1024  # per listener; the oldest idle is closed first
     header_read_timeout: float = 10.0  # slowloris guard: time to receive request headers
     downstream_idle_timeout: float = 60.0  # keep-alive idle between requests
     drain_timeout: float = 20.0  # SIGTERM: in-flight requests get this long
     stream_chunk_bytes: int = 64 * 1024  # read size for bodies; bounds per-stream memory
+    # A request body must average request_body_min_rate bytes/s once request_body_timeout
+    # has passed (Apache mod_reqtimeout's body=20,MinRate=500 shape); 0 = no rate floor.
+    request_body_timeout: float = 10.0
+    request_body_min_rate: int = 1024
+    stream_idle_timeout: float = 300.0  # Envoy's name and default: a silent body or tunnel
+    max_connections_per_source: int = 256  # per listener and client IP; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -288,3 +303,5 @@ class Config:
     mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     fairness: FairnessConfig | None = None  # None: no per-source caps or queueing
+    # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
+    env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)

@@ -7,14 +7,26 @@ The data path never touches ``h11.Connection`` directly: it talks to a
 value objects, so a faster parser can later implement the same two protocols
 and produce the same events without the rest of the proxy noticing.
 
-Parse errors are mapped here, once, to the proxy's typed errors: a header
-block over ``limits.max_request_header_bytes`` becomes ``HeadersTooLarge``
-(431), any other malformed request ``BadRequest`` (400); a malformed upstream
-response becomes ``UpstreamProtocolError`` (502).
+Parse errors are mapped here, once, to the proxy's typed errors: a request
+line over ``limits.max_request_header_bytes`` becomes ``UriTooLong`` (414), a
+head over it ``HeadersTooLarge`` (431), any other malformed request
+``BadRequest`` (400); a malformed upstream response becomes
+``UpstreamProtocolError`` (502).
+
+Framing is where one client's bytes could become another's request on a
+shared upstream connection (request smuggling), so the codec refuses every
+head whose body length two parsers could read differently (RFC 9112
+§6.1-6.3, and Envoy's default, which rejects ``chunked`` with
+``Content-Length`` unless ``allow_chunked_length`` is set): Content-Length
+with Transfer-Encoding (either direction), a Transfer-Encoding whose final
+coding is not ``chunked`` (400) or that names another coding first (501),
+Transfer-Encoding on an HTTP/1.0 request. h11 already refuses conflicting
+Content-Lengths, bad chunk sizes and obs-fold tricks it cannot parse.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -22,7 +34,14 @@ import h11
 from h11._headers import Headers as _H11Headers
 from h11._state import MIGHT_SWITCH_PROTOCOL
 
-from nodeproxy.errors import BadRequest, HeadersTooLarge, UpstreamProtocolError
+from nodeproxy.errors import (
+    BadFraming,
+    BadRequest,
+    HeadersTooLarge,
+    UnsupportedTransferCoding,
+    UpstreamProtocolError,
+    UriTooLong,
+)
 
 Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 NEED_DATA = h11.NEED_DATA
@@ -121,35 +140,90 @@ def _header_bytes(headers: _H11Headers) -> int:
     return sum([len(name) + len(value) for _, name, value in items]) + 4 * len(items)
 
 
-class H11ServerCodec:
-    """``ServerCodec`` on h11; bounds the request head at ``max_header_bytes``."""
+def _framing(headers: _H11Headers) -> tuple[bool, bool]:
+    """(has Content-Length, has Transfer-Encoding), from the parsed names."""
+    has_cl = has_te = False
+    for _, name, _ in headers._full_items:
+        if name == b"content-length":
+            has_cl = True
+        elif name == b"transfer-encoding":
+            has_te = True
+    return has_cl, has_te
 
-    __slots__ = ("_max", "conn")
+
+def transfer_coding_error(values: list[bytes]) -> BadRequest:
+    """The error for a Transfer-Encoding h11 refused: 400 unless ``chunked`` is final (501).
+
+    RFC 9112 §6.3: a request whose final transfer coding is not ``chunked``
+    cannot be framed (400, close); a known-final ``chunked`` after a coding we
+    do not implement is 501 (§6.1).
+    """
+    codings = [c.strip().lower() for v in values for c in v.split(b",")]
+    codings = [c for c in codings if c]
+    if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        return BadFraming(f"transfer-encoding {b', '.join(codings)!r}: chunked must be final")
+    return UnsupportedTransferCoding(f"transfer-encoding {b', '.join(codings)!r}")
+
+
+_TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+
+
+class H11ServerCodec:
+    """``ServerCodec`` on h11; bounds the request head at ``max_header_bytes``.
+
+    While a head is incomplete the codec keeps references to the reads that
+    carry it (no copy): only an error needs them, to tell a request line too
+    long (414) from headers too large (431), and which Transfer-Encoding h11
+    refused.
+    """
+
+    __slots__ = ("_head_reads", "_max", "conn")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._max = max_header_bytes
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._head_reads: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<H11ServerCodec [us {self.conn.our_state}, client {self.conn.their_state}]>"
 
     def receive(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._head_reads.append(data)
         self.conn.receive_data(data)
 
     def next_event(self) -> Event:
         try:
             event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                raise HeadersTooLarge(str(exc)) from exc
-            raise BadRequest(str(exc)) from exc
+            raise self._head_error(exc) from exc
         if type(event) is h11.Request:
+            self._head_reads.clear()
             # h11 only bounds an *incomplete* head; a complete one that arrived
             # in a single read can exceed the limit, so measure it too.
-            if _header_bytes(event.headers) > self._max:
-                raise HeadersTooLarge("request headers over the limit")
+            line = len(event.method) + len(event.target) + 11
+            if line > self._max:
+                raise UriTooLong(f"request line of {line} bytes")
+            if line + _header_bytes(event.headers) > self._max:
+                raise HeadersTooLarge("request head over the limit")
+            has_cl, has_te = _framing(event.headers)
+            if has_te and (has_cl or event.http_version != b"1.1"):
+                raise BadFraming("transfer-encoding with content-length or on HTTP/1.0")
             _parsed_head(event)
         return event
+
+    def _head_error(self, exc: h11.RemoteProtocolError) -> BadRequest | HeadersTooLarge:
+        head = b"".join(self._head_reads)[: self._max + 1024]
+        self._head_reads.clear()
+        if exc.error_status_hint == 431:
+            first_line = head.lstrip(b"\r\n").split(b"\n", 1)
+            if head and (len(first_line) == 1 or len(first_line[0]) > self._max):
+                return UriTooLong(str(exc))
+            return HeadersTooLarge(str(exc))
+        if exc.error_status_hint == 501 or b"Transfer-Encoding" in str(exc).encode():
+            values = [re.sub(rb"\r?\n[ \t]", b" ", m) for m in _TE_LINE.findall(head)]
+            return transfer_coding_error(values)
+        return BadRequest(str(exc))
 
     def send(self, event: h11.Event) -> bytes:
         return self.conn.send(event) or b""
@@ -204,7 +278,11 @@ class H11ClientCodec:
             event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise UpstreamProtocolError(str(exc)) from exc
-        if type(event) is h11.Response or type(event) is h11.InformationalResponse:
+        if type(event) is h11.Response:
+            if all(_framing(event.headers)):  # nginx and Envoy refuse this too: 502, close
+                raise UpstreamProtocolError("response with content-length and transfer-encoding")
+            _parsed_head(event)
+        elif type(event) is h11.InformationalResponse:
             _parsed_head(event)
         return event
 
@@ -213,8 +291,19 @@ class H11ClientCodec:
 
     @property
     def reusable(self) -> bool:
-        """The exchange ended cleanly and the server agreed to keep-alive."""
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        """The exchange ended cleanly, exactly at the message's end, and keep-alive holds.
+
+        Any byte already read past the end of the response (extra bytes after
+        a Content-Length body, a body sent with a HEAD/204/304 answer) would
+        become the next request's answer on this connection: it is not reused.
+        """
+        conn = self.conn
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.leftover
+
+    @property
+    def leftover(self) -> bool:
+        """Bytes were received beyond the end of the current response."""
+        return bool(self.conn.trailing_data[0])
 
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()

@@ -5,9 +5,13 @@ cross the proxy (RFC 9110 §7.6.1): ``Connection`` and every header it names,
 ``Keep-Alive``, ``Proxy-Connection``, ``TE`` (except ``trailers``),
 ``Upgrade`` (kept only on an upgrade exchange), ``Proxy-Authorization`` and
 ``Proxy-Authenticate``. Framing headers (``Content-Length``,
-``Transfer-Encoding``) are kept: the codec on the other side re-frames the body
-from them. We add ``Via``, ``X-Forwarded-For``/``-Proto`` and an
-``x-request-id`` when the client sent none.
+``Transfer-Encoding``) are never copied: the request's framing is written
+here from what the codec parsed (one Content-Length, or chunked; the codec
+already refused a head carrying both), so no byte of the client's framing
+reaches a shared upstream connection. Trailers lose framing, hop-by-hop,
+routing and mesh fields (RFC 9110 §6.5.1). We add ``Via``,
+``X-Forwarded-For``/``-Proto`` and an ``x-request-id`` when the client sent
+none.
 
 Also here: turning the request target into (authority, origin-form target),
 for both ``http_proxy`` style absolute-form and ``Host``-header requests.
@@ -39,8 +43,21 @@ _ALWAYS_HOP = frozenset(
 # Never dropped even when a Connection header names them: the codec needs them.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
-# Request headers the proxy replaces or merges (Host, X-Forwarded-*) or reads.
-_REWRITTEN = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-for", b"x-request-id"})
+# Request headers the proxy replaces or merges (Host, X-Forwarded-*, framing) or reads.
+_REWRITTEN = frozenset(
+    {
+        b"host",
+        b"x-forwarded-proto",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"content-length",
+        b"transfer-encoding",
+    }
+)
+# Never in a forwarded trailer section: framing, hop-by-hop, routing, and what only
+# a node proxy may say (a trailer must not smuggle an identity past the head's checks).
+_NOT_IN_TRAILERS = _ALWAYS_HOP | _FRAMING | {b"trailer", b"x-forwarded-client-cert"}
+_MESH_PREFIX = b"x-nodeproxy-"
 
 # Request ids: a random 64-bit prefix drawn once per process + a counter, as 32
 # hex digits (a uuid4's length). Unique without a getrandom() syscall and a
@@ -76,14 +93,37 @@ def _dropped(connection_values: list[bytes]) -> frozenset[bytes]:
 # names more is the pass redone with those names dropped too.
 
 
-def is_upgrade(headers: Iterable[Header]) -> bool:
-    """A request asking to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
+def requested_upgrade(headers: Iterable[Header]) -> list[bytes]:
+    """Protocols a request asks to switch to (``Connection: upgrade`` + ``Upgrade``), lowercased.
+
+    Only the protocol name counts (``websocket``, ``h2c``): a version
+    (``foo/2``) is dropped. Empty when the request is no upgrade.
+    """
     # The Upgrade header first: rare, and cheaper to look for than to parse Connection.
     headers = list(headers)
-    for name, _ in headers:
+    protocols: list[bytes] = []
+    for name, value in headers:
         if name == b"upgrade":
-            return b"upgrade" in connection_tokens(headers)
-    return False
+            for token in value.split(b","):
+                if token := token.strip().lower().partition(b"/")[0]:
+                    protocols.append(token)
+    if protocols and b"upgrade" in connection_tokens(headers):
+        return protocols
+    return []
+
+
+def is_upgrade(headers: Iterable[Header]) -> bool:
+    """A request asking to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
+    return bool(requested_upgrade(headers))
+
+
+def clean_trailers(headers: Iterable[Header]) -> list[Header]:
+    """A trailer section without fields a trailer must not carry (RFC 9110 §6.5.1)."""
+    return [
+        (name, value)
+        for name, value in headers
+        if name not in _NOT_IN_TRAILERS and not name.startswith(_MESH_PREFIX)
+    ]
 
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:
@@ -156,6 +196,7 @@ def _request_pass(
     xff: bytes | None = None
     request_id: bytes | None = None
     connection: list[bytes] = []
+    framing: Header | None = None
     for name, value in headers:
         if name in drop:
             if name == b"connection":
@@ -171,6 +212,13 @@ def _request_pass(
         elif name == b"x-request-id":
             request_id = value
             out.append((name, value))
+        elif name == b"content-length":  # validated digits (the codec parsed it)
+            if framing is None:
+                framing = (b"content-length", value)
+        elif name == b"transfer-encoding":  # the codec accepts exactly "chunked"
+            framing = (b"transfer-encoding", b"chunked")
+    if framing is not None:
+        out.append(framing)
     return out, xff, request_id, connection
 
 

@@ -8,10 +8,13 @@ response headers have gone out the only honest signal left is to close the
 connection. Each request then yields one access-log event and its counters.
 
 Timeouts: a new connection has ``header_read_timeout`` to deliver its first
-request head (slowloris guard; a partial head gets 408); between requests a
-keep-alive connection may sit idle ``downstream_idle_timeout``, then is closed
-silently. While idle the connection exposes its cancel scope so that drain can
-close it at once instead of waiting out the idle timeout.
+request head, counted from the accept (slowloris guard; a partial head gets
+408); between requests a keep-alive connection may sit idle
+``downstream_idle_timeout``, then is closed silently, and a next head has
+``header_read_timeout`` from its first byte. While idle the connection
+exposes its cancel scope so that drain can close it at once instead of
+waiting out the idle timeout, and so that the accept loop, at the connection
+cap, can close the oldest idle keep-alive to make room (``server/listener.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from nodeproxy.admin.stats import (
     PROXY_ERRORS,
     REQUEST_DURATION,
     REQUESTS,
+    TUNNEL_BYTES,
+    UPGRADES,
     Labels,
     labels,
 )
@@ -44,7 +49,9 @@ from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
-_CLOSE_AFTER = frozenset({400, 408, 431})
+# After these the stream cannot be trusted to frame a next request (bad framing,
+# a head cut short, an unread body): answer, then close.
+_CLOSE_AFTER = frozenset({400, 408, 413, 414, 431, 501})
 
 access_log = structlog.get_logger("nodeproxy.access")
 log = structlog.get_logger("nodeproxy.server")
@@ -59,7 +66,12 @@ class ConnectionLoop:
         self.listener = listener
         self.limits = self.runtime.config.limits
         self.access_log_enabled = self.runtime.config.log.access_log
-        self.idle: set[Downstream] = set()  # connections between requests (drain closes them)
+        # Connections waiting for a request head, in the order they started to
+        # wait (dicts as ordered sets): keep-alives between requests (the oldest
+        # is closed first to make room at the connection cap) and new
+        # connections before their first request. Drain wakes both.
+        self.idle: dict[Downstream, None] = {}
+        self.opening: dict[Downstream, None] = {}
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
         self._labels: dict[tuple[str | None, int], tuple[Labels, Labels]] = {}
         self._listener_labels = labels(listener=listener)
@@ -71,15 +83,34 @@ class ConnectionLoop:
 
     def close_idle(self) -> None:
         """Drain: wake every connection waiting for a next request, so it closes."""
-        for down in self.idle:
+        for waiting in (self.idle, self.opening):
+            for down in waiting:
+                if down.scope is not None:
+                    down.scope.cancel()
+
+    def close_oldest_idle(self) -> Downstream | None:
+        """Wake the keep-alive idle longest so it closes; None when none is idle.
+
+        Only a connection between requests (one response sent, no byte of the
+        next request read): a client treats the close of a reused keep-alive
+        like an idle timeout and retries on a new connection. Never a request
+        in flight, never a new connection before its first request.
+        """
+        idle = self.idle
+        while idle:
+            down = next(iter(idle))
+            del idle[down]
             if down.scope is not None:
                 down.scope.cancel()
+                return down
+        return None
 
     async def serve(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes."""
         limits = self.limits
-        down = Downstream(stream, limits.max_request_header_bytes, limits.stream_chunk_bytes)
+        down = Downstream(stream, limits)
         deadline = trio.current_time() + limits.header_read_timeout
+        first = True  # the first head's deadline counts from the accept
         try:
             while True:
                 # One scope for many requests, its deadline moved per wait
@@ -87,8 +118,9 @@ class ConnectionLoop:
                 # timeout (answered here, outside it) the next requests get a
                 # new one; an idle timeout or drain just ends the connection.
                 with trio.CancelScope() as down.scope:
-                    await self._serve_requests(down, deadline)
+                    await self._serve_requests(down, deadline, first)
                     return
+                first = False
                 ex, timeout = down.exchange, down.response_timeout
                 if ex is None or timeout is None:
                     return
@@ -105,7 +137,7 @@ class ConnectionLoop:
             down.scope = None
             down.close()
 
-    async def _serve_requests(self, down: Downstream, deadline: float) -> None:
+    async def _serve_requests(self, down: Downstream, deadline: float, first: bool) -> None:
         """Read a request, proxy it, account for it, repeat; returns when the connection ends."""
         limits = self.limits
         while True:
@@ -113,7 +145,8 @@ class ConnectionLoop:
             down.exchange = None
             baseline = (down.bytes_in, down.bytes_out)
             try:
-                request = await self._read_head(down, deadline)
+                request = await self._read_head(down, deadline, first)
+                first = False
                 if request is None:
                     return
                 ex = down.exchange = self._exchange(down, request, baseline)
@@ -138,10 +171,15 @@ class ConnectionLoop:
             down.codec.start_next_cycle()
             deadline = trio.current_time() + limits.downstream_idle_timeout
 
-    async def _read_head(self, down: Downstream, idle_deadline: float) -> h11.Request | None:
+    async def _read_head(
+        self, down: Downstream, idle_deadline: float, first: bool
+    ) -> h11.Request | None:
         """The next request head; None when the client closed.
 
         Idle too long (or drained while idle): the connection's scope fires.
+        A connection's first head must be complete by ``idle_deadline`` (the
+        accept plus ``header_read_timeout``); a later one within
+        ``header_read_timeout`` of its first byte.
         """
         codec = down.codec
         event = codec.next_event()
@@ -149,17 +187,20 @@ class ConnectionLoop:
             if self.runtime.drain.draining:
                 return None
             down.arm(idle_deadline)
-            self.idle.add(down)
+            waiting = self.idle if down.bytes_in else self.opening  # nothing read yet: new
+            waiting[down] = None
             try:
                 data = await down.receive()
             finally:
-                self.idle.discard(down)
+                waiting.pop(down, None)
                 down.disarm()
             if not data:
                 return None
             event = codec.next_event()
         if event is NEED_DATA:  # a head split over reads: the slowloris guard applies
-            with trio.move_on_after(self.limits.header_read_timeout):
+            if not first:
+                idle_deadline = trio.current_time() + self.limits.header_read_timeout
+            with trio.move_on_at(idle_deadline):
                 while event is NEED_DATA:
                     await down.receive()
                     event = codec.next_event()
@@ -259,7 +300,18 @@ class ConnectionLoop:
                 request_id=ex.request_id,
                 cause=ex.cause,
                 source=ex.source,
+                **({"upgrade": ex.upgrade} if ex.upgrade is not None else {}),
             )
+        if ex.upgrade is not None and ex.status == 101:
+            self._account_tunnel(ex.upgrade, received, sent)
+
+    def _account_tunnel(self, protocol: str, received: int, sent: int) -> None:
+        """Counters of one upgraded connection (its access line is the request's)."""
+        stats = self.runtime.stats
+        stats.inc(UPGRADES, labels(listener=self.listener, protocol=protocol))
+        up = labels(listener=self.listener, direction="upstream")
+        stats.inc(TUNNEL_BYTES, up, received)
+        stats.inc(TUNNEL_BYTES, labels(listener=self.listener, direction="downstream"), sent)
 
 
 def _retry_after(seconds: float) -> bytes:

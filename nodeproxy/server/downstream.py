@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
+from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 
 
@@ -34,16 +35,18 @@ class Downstream:
         "client_ip",
         "codec",
         "exchange",
+        "limits",
         "response_timeout",
         "scope",
         "source",
         "stream",
     )
 
-    def __init__(self, stream: trio.SocketStream, max_header_bytes: int, chunk: int) -> None:
+    def __init__(self, stream: trio.SocketStream, limits: Limits) -> None:
         self.stream = stream
-        self.codec = H11ServerCodec(max_header_bytes)
-        self.chunk = chunk
+        self.limits = limits  # the process's bounds on what one client can make it hold
+        self.codec = H11ServerCodec(limits.max_request_header_bytes)
+        self.chunk = limits.stream_chunk_bytes
         self.bytes_in = 0
         self.bytes_out = 0
         # The connection loop's cancel scope (see ``arm``), and what a firing means.
@@ -149,3 +152,4 @@ class Exchange:
     bytes_received: int = 0
     bytes_sent: int = 0
     response_started: bool = False  # response headers went out: errors now mean "close"
+    upgrade: str | None = None  # the protocol(s) of an upgrade request relayed upstream

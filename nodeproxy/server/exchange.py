@@ -7,7 +7,20 @@ direction is ever held. When the whole request (head and any small body) is
 already in hand it goes out in a single write, and that same buffer is what
 makes the one transparent retry safe: if a *reused* keep-alive connection turns
 out to be dead before a single response byte arrives (the upstream closed it
-while it sat idle), the request is replayed once on a fresh connection.
+while it sat idle), the request is replayed once on a fresh connection, but
+only for a method RFC 9110 §9.2.2 calls idempotent: a POST the upstream may
+have acted on is never sent twice.
+
+A streamed request body is bounded twice: no read may wait longer than
+``stream_idle_timeout`` (the body loop's ``idle`` argument, when shorter), and
+after ``request_body_timeout`` the body must have averaged
+``request_body_min_rate`` bytes/s, so a client trickling a byte a second
+cannot hold a pooled upstream connection for long (408
+``request_body_timeout``). Trailers lose the fields a trailer must not carry.
+
+Upgrades: only the protocols the route (or listener) lists are relayed; any
+other is refused 403 before a byte goes upstream; ``h2c`` is dropped from the
+request and it is forwarded as a plain one (RFC 9113 removed that upgrade).
 
 ``Expect: 100-continue`` is forwarded; the upstream's 100 is relayed. If the
 upstream says nothing for ``CONTINUE_WAIT`` the proxy sends the 100 itself (as
@@ -22,12 +35,14 @@ import h11
 import trio
 
 from nodeproxy.errors import (
-    RequestHeaderTimeout,
+    RequestBodyTimeout,
+    UpgradeNotAllowed,
     UpstreamProtocolError,
     UpstreamResetBeforeHeaders,
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
-from nodeproxy.http1.headers import is_upgrade, upstream_request_headers
+from nodeproxy.http1.headers import clean_trailers, requested_upgrade, upstream_request_headers
+from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.relay import relay_informational, relay_response, splice
@@ -53,16 +68,43 @@ class Outgoing:
     upgrade: bool
 
 
+DEFAULT_UPGRADES = ("websocket",)
+
+
 def prepare(
-    down: Downstream, request: h11.Request, ex: Exchange, *, host: bytes, path: bytes
+    down: Downstream,
+    request: h11.Request,
+    ex: Exchange,
+    *,
+    host: bytes,
+    path: bytes,
+    upgrades: tuple[str, ...] = DEFAULT_UPGRADES,
 ) -> Outgoing:
-    """Rewrite the head for upstream and take any body already buffered from the client."""
-    upgrade = is_upgrade(request.headers)
+    """Rewrite the head for upstream and take any body already buffered from the client.
+
+    ``upgrades``: the protocols this request may switch to (the route's or listener's).
+    """
+    upgrade = _upgrade(request, ex, upgrades)
     headers, ex.request_id = upstream_request_headers(
         request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
     )
     in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
     return Outgoing(in_hand, _take_buffered_body(down, in_hand), upgrade)
+
+
+def _upgrade(request: h11.Request, ex: Exchange, allowed: tuple[str, ...]) -> bool:
+    """Whether to forward the request's Upgrade (403 for a protocol not allowed)."""
+    protocols = requested_upgrade(request.headers)
+    if not protocols:
+        return False
+    wanted = [p.decode("latin-1") for p in protocols if p != b"h2c"]
+    if not wanted:
+        return False  # h2c alone: forwarded as a plain request, Upgrade removed
+    refused = [p for p in wanted if p not in allowed]
+    if refused or b"h2c" in protocols:
+        raise UpgradeNotAllowed(f"upgrade to {', '.join(refused or ['h2c'])} is not allowed")
+    ex.upgrade = ", ".join(wanted)
+    return True
 
 
 async def forward(
@@ -136,13 +178,25 @@ async def _connect_and_send(
             return conn, await _send(conn, down, in_hand, complete, target, body_timeout)
         except _DeadBeforeResponse:
             upstreams.release(conn, reusable=False)
-            if attempt > 1 or not (conn.reused and complete):
+            if attempt > 1 or not (conn.reused and complete and _idempotent(in_hand)):
                 msg = f"{conn.endpoint} closed before answering"
                 raise UpstreamResetBeforeHeaders(msg) from None
         except BaseException:
             upstreams.release(conn, reusable=False)
             raise
     raise AssertionError("unreachable")
+
+
+def _idempotent(in_hand: list[h11.Event]) -> bool:
+    head = in_hand[0]
+    return type(head) is h11.Request and head.method.decode("latin-1") in IDEMPOTENT_METHODS
+
+
+def _end(event: h11.EndOfMessage) -> h11.EndOfMessage:
+    """The end of a request body, its trailers cleaned (the parser validated them)."""
+    if not event.headers:
+        return event
+    return h11.EndOfMessage(headers=clean_trailers(event.headers))
 
 
 def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
@@ -153,7 +207,7 @@ def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
         if type(event) is h11.Data:
             events.append(h11.Data(data=bytes(event.data)))
         elif type(event) is h11.EndOfMessage:
-            events.append(event)  # immutable, its trailers validated by the parser
+            events.append(_end(event))
             return True
         else:
             return False
@@ -212,29 +266,47 @@ async def _await_continue(
 
 
 async def _stream_body(down: Downstream, conn: UpstreamConnection, idle_timeout: float) -> None:
-    """Copy the rest of the request body up, one read at a time, until its end."""
+    """Copy the rest of the request body up, one read at a time, until its end.
+
+    Each read from the client must come within ``idle`` and before the rate
+    deadline: ``request_body_timeout`` after the body started, plus a second
+    for every ``request_body_min_rate`` bytes received. Time spent waiting for
+    the upstream to take a write is not the client's and moves the deadline.
+    """
     client, upstream = down.codec, conn.codec
+    limits = down.limits
+    idle = min(idle_timeout, limits.stream_idle_timeout)
+    rate = limits.request_body_min_rate
+    start = trio.current_time() + limits.request_body_timeout
+    received = 0
     with trio.CancelScope() as scope:
         while True:
-            scope.deadline = trio.current_time() + idle_timeout
+            now = trio.current_time()
+            scope.deadline = min(now + idle, start + received / rate) if rate else now + idle
             event: Event = await down.next_event()
             out: list[bytes] = []
             done = False
             while event is not NEED_DATA:
                 if type(event) is h11.Data:
+                    received += len(event.data)
                     out.append(upstream.send(event))
                 elif type(event) is h11.EndOfMessage:
-                    out.append(upstream.send(event))
+                    out.append(upstream.send(_end(event)))
                     done = True
                     break
                 event = client.next_event()
+            sending = trio.current_time()
+            scope.deadline = sending + idle
             try:
                 await conn.stream.send_all(b"".join(out))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamResetBeforeHeaders(f"{conn.endpoint}: {exc}") from None
             if done:
                 return
-    raise RequestHeaderTimeout(f"request body stalled for {idle_timeout}s")
+            start += trio.current_time() - sending
+    raise RequestBodyTimeout(
+        f"request body stalled or under {rate} B/s after {limits.request_body_timeout}s"
+    )
 
 
 async def _head_event(conn: UpstreamConnection) -> Event:

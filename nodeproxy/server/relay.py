@@ -6,9 +6,11 @@ a small response costs exactly one ``send_all``. Once the response head has
 been written ``ex.response_started`` is set: from then on any failure can only
 be reported by closing the client connection, which the caller does.
 
-After a ``101 Switching Protocols`` the two sockets are spliced as raw bytes,
-one task per direction: the only place the data path starts tasks, and the
-upstream connection is never returned to the pool afterwards.
+After a ``101 Switching Protocols`` (to a protocol the request asked for and
+the config allows, checked in ``exchange.py``) the two sockets are spliced as
+raw bytes, one task per direction: the only place the data path starts tasks,
+and the upstream connection is never returned to the pool afterwards. A
+tunnel with no byte either way for ``stream_idle_timeout`` is closed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import trio
 
 from nodeproxy.errors import UpstreamProtocolError
 from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
-from nodeproxy.http1.headers import downstream_response_headers
+from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
 
@@ -57,8 +59,10 @@ async def relay_response(
         elif type(event) is h11.EndOfMessage:
             # The parsed event is immutable and its trailers already validated;
             # they only go to a client that can take them (chunked, HTTP/1.1).
-            if event.headers and not (dc.client_http11 and _chunked(response)):
-                event = _END
+            if event.headers:
+                trailers = clean_trailers(event.headers)
+                ok = trailers and dc.client_http11 and _chunked(response)
+                event = h11.EndOfMessage(headers=trailers) if ok else _END
             out.append(dc.send(event))
             await down.send(b"".join(out))
             return
@@ -82,13 +86,21 @@ async def splice(
     down: Downstream, conn: UpstreamConnection, response: h11.InformationalResponse, ex: Exchange
 ) -> None:
     """Complete the upgrade downstream, then copy raw bytes both ways until both end."""
+    offered = {
+        p.strip().lower().partition(b"/")[0] for p in (ex.upgrade or "").encode().split(b",")
+    }
+    chosen = [v.strip().lower().partition(b"/")[0] for n, v in response.headers if n == b"upgrade"]
+    if len(chosen) != 1 or chosen[0] not in offered:
+        raise UpstreamProtocolError(f"101 to {chosen!r}, which the request did not offer")
     ex.status = 101
     headers = downstream_response_headers(response.headers, upgrade=True)
     switch = informational_event(101, response.reason, headers)
     await down.send(down.codec.send(switch))
     ex.response_started = True
     to_upstream, to_downstream = down.codec.trailing_data(), conn.codec.trailing_data()
+    idle = down.limits.stream_idle_timeout
     async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = trio.current_time() + idle
         nursery.start_soon(_pipe, down, down.stream, conn.stream, to_upstream, False, nursery)
         nursery.start_soon(_pipe, down, conn.stream, down.stream, to_downstream, True, nursery)
 
@@ -102,10 +114,12 @@ async def _pipe(
     nursery: trio.Nursery,
 ) -> None:
     """Copy src -> dst; half-close dst at EOF; on a broken socket end both directions."""
+    scope, idle = nursery.cancel_scope, down.limits.stream_idle_timeout
     try:
         data = pending
         while True:
             if data:
+                scope.deadline = trio.current_time() + idle  # a byte either way: not idle
                 await dst.send_all(data)
                 if downward:
                     down.bytes_out += len(data)

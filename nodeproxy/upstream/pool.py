@@ -23,6 +23,7 @@ path above sees the same ``UpstreamConnection`` either way.
 
 from __future__ import annotations
 
+import select
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -97,6 +98,23 @@ class UpstreamConnection:
             guard.release(Resource.CONNECTIONS)
 
 
+def _stirred(conn: UpstreamConnection) -> bool:
+    """An idle connection that became readable (bytes or EOF) while nobody asked it anything.
+
+    Whatever arrived is not the answer to the request we are about to send: a
+    late body after a HEAD/204/304 answer, extra bytes after a Content-Length
+    body, or the server closing. Reusing it would hand those bytes to the next
+    client (Envoy closes a connection that receives data with no request
+    outstanding), so it is closed and a new one opened in its slot.
+    """
+    poller = select.poll()
+    try:
+        poller.register(conn.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
+    except (OSError, ValueError):  # already closed
+        return True
+    return bool(poller.poll(0))
+
+
 @dataclass
 class _Entry:
     pool: EndpointPool[UpstreamConnection]
@@ -166,7 +184,7 @@ class Upstreams:
             conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout, guard)
         for old in expired:
             old.close()
-        if conn is not None and fresh:
+        if conn is not None and (fresh or _stirred(conn)):
             conn.close()
             conn = None  # keep the slot, open a new socket in it
         if conn is not None:
