@@ -232,7 +232,7 @@ def test_config_dump_is_the_effective_config_with_secrets_redacted() -> None:
     dump = json.loads(call(make_runtime(), "GET", "/config_dump").body)
     assert dump["clusters"]["bdgreeter"]["connect_timeout"] == 0.25
     assert dump["clusters"]["bdgreeter"]["endpoints"][0]["labels"] == {"version": "v1"}
-    assert dump["admin"] == {"host": "127.0.0.1", "port": 0}
+    assert dump["admin"] == {"host": "127.0.0.1", "port": 0, "allowed_hosts": []}
     rule = dump["listeners"][0]["virtual_hosts"][0]["routes"][0]
     (hdr,) = rule["match"]["headers"]
     assert hdr["name"] == "authorization"
@@ -353,18 +353,18 @@ async def raw_exchange(port: int, request: bytes) -> bytes:
 async def test_oversized_header_and_body_and_garbage(nursery: trio.Nursery) -> None:
     rt = make_runtime()
     port = await nursery.start(serve_admin, rt)
-    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    big = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
     assert (await raw_exchange(port, big)).startswith(b"HTTP/1.1 431 ")
     body = b"x" * (admin_server.MAX_BODY_BYTES + 1)
-    post = b"POST /drain HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    post = b"POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
     assert (await raw_exchange(port, post + body)).startswith(b"HTTP/1.1 413 ")
-    chunked = b"POST /drain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = b"POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     chunked += b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
     assert (await raw_exchange(port, chunked)).startswith(b"HTTP/1.1 413 ")
     assert not rt.drain.draining
     assert (await raw_exchange(port, b"NOT HTTP AT ALL\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
-    keepalive = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n" * 2
-    last = b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    keepalive = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2
+    last = b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     out = await raw_exchange(port, keepalive + last)
     assert out.count(b"HTTP/1.1 200 OK") == 3
     assert out.endswith(b"LIVE\n")
@@ -391,7 +391,7 @@ async def test_connection_cap(nursery: trio.Nursery) -> None:
             break
         await trio.lowlevel.checkpoint()
     assert server.active == server_cap()
-    refused = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    refused = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 503 ")
     assert server.rejected == 1
     assert "64/64 connections, 1 rejected" in repr(server)
@@ -400,7 +400,9 @@ async def test_connection_cap(nursery: trio.Nursery) -> None:
         if server.active < server_cap():
             break
         await trio.lowlevel.checkpoint()
-    ok = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    ok = await raw_exchange(
+        port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
     assert ok.startswith(b"HTTP/1.1 200 ")
     for stream in held:
         await stream.aclose()
@@ -416,7 +418,8 @@ async def test_expect_continue_then_drain(nursery: trio.Nursery) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(
-            b"POST /drain HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            b"POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
         )
         assert (await stream.receive_some(1024)).startswith(b"HTTP/1.1 100 Continue\r\n")
         assert not rt.drain.draining

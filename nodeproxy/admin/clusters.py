@@ -100,7 +100,7 @@ def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
             counters["cx_total"] = sum(opened.get(key, {}).values())
             counters["cx_active"] = pool_counts.get("state=active", 0)
             counters["cx_idle"] = pool_counts.get("state=idle", 0)
-            state = traffic.describe_endpoint(ep, now) if traffic is not None else None
+            state = traffic.peek_endpoint(ep, now) if traffic is not None else None
             endpoints.append(
                 {
                     "address": ep.address,

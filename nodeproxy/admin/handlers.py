@@ -7,7 +7,9 @@ responses; everything an operator sees is unit-tested here without sockets.
 
 The route table is data (``ROUTES``): path -> allowed methods, handler and the
 description shown on the ``/`` index page. HEAD is answered for every GET
-route with the GET's headers and no body.
+route with the GET's headers and no body. Who may ask at all (the Host check)
+is decided before this, in ``access.py``; ``peer_loopback`` says whether the
+connection comes from loopback, which ``?include_sensitive=1`` requires.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Request:
     headers: Mapping[str, str]  # lowercased names
     now: float
     query_all: Mapping[str, list[str]] = field(default_factory=dict)  # repeated parameters
+    peer_loopback: bool = False  # the admin connection comes from 127.0.0.0/8 or ::1
 
 
 Handler = Callable[[AdminContext, Request], AdminResponse]
@@ -77,6 +80,12 @@ def respond(status: int, body: str | bytes, content_type: str = TEXT) -> AdminRe
         ),
         data,
     )
+
+
+def refuse(status: int, body: str, cause: str) -> AdminResponse:
+    """An error answer with ``x-nodeproxy-error: <cause>``, as the data path sends them."""
+    resp = respond(status, body)
+    return AdminResponse(status, (*resp.headers, ("x-nodeproxy-error", cause)), resp.body)
 
 
 def respond_json(status: int, data: Any) -> AdminResponse:
@@ -154,7 +163,14 @@ def get_explain(ctx: AdminContext, req: Request) -> AdminResponse:
 
 
 def get_config_dump(ctx: AdminContext, req: Request) -> AdminResponse:
-    return respond_json(200, config_dump(ctx.runtime.config))
+    """``?include_sensitive=1`` shows ``${VAR}`` values and matcher values, to loopback only."""
+    flag = req.query.get("include_sensitive", "0").lower()
+    if flag not in ("0", "1", "false", "true"):
+        return respond(400, "include_sensitive must be 1 or 0\n")
+    include = flag in ("1", "true")
+    if include and not req.peer_loopback:
+        return refuse(403, "include_sensitive is answered on loopback only\n", "admin_not_loopback")
+    return respond_json(200, config_dump(ctx.runtime.config, include_sensitive=include))
 
 
 def post_drain(ctx: AdminContext, req: Request) -> AdminResponse:
@@ -211,7 +227,11 @@ ROUTES: dict[str, Route] = {
         get_explain,
         "Where a request would go and why (?authority=&path=&header=k:v&source=); sends nothing.",
     ),
-    "/config_dump": Route(GET, get_config_dump, "The effective config as JSON, secrets redacted."),
+    "/config_dump": Route(
+        GET,
+        get_config_dump,
+        "The effective config as JSON, secrets redacted (?include_sensitive=1: loopback only).",
+    ),
     "/drain": Route(
         frozenset({"POST"}), post_drain, "Start a graceful drain (like SIGTERM); answers 202."
     ),
@@ -219,9 +239,15 @@ ROUTES: dict[str, Route] = {
 
 
 def handle(
-    ctx: AdminContext, method: str, target: str, headers: Mapping[str, str], now: float
+    ctx: AdminContext,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    now: float,
+    *,
+    peer_loopback: bool = False,
 ) -> AdminResponse:
-    """Answer one admin request. ``headers`` has lowercased names."""
+    """Answer one admin request that passed ``access.check_request``; lowercase header names."""
     parts = urlsplit(target)
     path = parts.path or "/"
     if len(path) > 1:
@@ -235,7 +261,8 @@ def handle(
         return AdminResponse(resp.status, (*resp.headers, ("allow", allow)), resp.body)
     query_all = parse_qs(parts.query)
     query = {k: v[-1] for k, v in query_all.items()}
-    resp = route.handler(ctx, Request(method, path, query, headers, now, query_all))
+    request = Request(method, path, query, headers, now, query_all, peer_loopback)
+    resp = route.handler(ctx, request)
     if method == "HEAD":
         return AdminResponse(resp.status, resp.headers, b"")
     return resp

@@ -5,7 +5,8 @@ answering ``/ready`` and ``/stats`` while the data path is saturated or
 draining, and must never become a way to exhaust the proxy. So it has its own
 connection cap, small header and body limits, and timeouts for every read
 and write; anything unexpected closes the connection. All decisions live in
-``handlers.py``; this file only moves bytes with h11.
+``access.py`` (whose Host is answered) and ``handlers.py`` (what to answer);
+this file only moves bytes with h11 and tells them who the peer is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import h11
 import structlog
 import trio
 
+from nodeproxy.admin.access import HostPolicy, check_request, is_loopback
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle, respond
 from nodeproxy.runtime import Runtime
 
@@ -38,6 +40,7 @@ class AdminServer:
 
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
+        self.policy = HostPolicy.from_config(ctx.runtime.config.admin)
         self.active = 0
         self.rejected = 0
 
@@ -76,6 +79,8 @@ class AdminServer:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        peer = _peer_ip(stream)
+        loopback = is_loopback(peer)
         timeout = HEADER_TIMEOUT
         while True:
             try:
@@ -100,13 +105,17 @@ class AdminServer:
                 await _send_error(conn, stream, 413, f"body over {MAX_BODY_BYTES} bytes")
                 return
             headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in event.headers}
+            target = event.target.decode("latin-1")
+            hosts = [v.decode("latin-1") for n, v in event.headers if n == b"host"]
+            version = event.http_version.decode("ascii")
             try:
-                resp = handle(
+                resp = check_request(self.policy, target, hosts, version, peer) or handle(
                     self.ctx,
                     event.method.decode("ascii"),
-                    event.target.decode("latin-1"),
+                    target,
                     headers,
                     trio.current_time(),
+                    peer_loopback=loopback,
                 )
             except Exception:
                 log.exception("admin_handler_failed", target=event.target.decode("latin-1"))
@@ -117,6 +126,15 @@ class AdminServer:
                 return
             conn.start_next_cycle()
             timeout = IDLE_TIMEOUT
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    """The client's IP ("" when the socket cannot say, which counts as not loopback)."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) else ""
 
 
 def _header_bytes(request: h11.Request) -> int:

@@ -10,6 +10,7 @@ with a top-level ``services`` key is native (``loader.py``); one with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -42,7 +43,8 @@ def load_config_text(
     text: str, env: Mapping[str, str] | None = None, source: str = "<string>"
 ) -> Config:
     """Parse and validate config text; ``source`` names it in error messages."""
-    root = compose(text, Source(file=source, env=os.environ if env is None else env))
+    src = Source(file=source, env=os.environ if env is None else env)
+    root = compose(text, src)
     fmt = detect_format(root)
     # Imported here, not at the top: the front ends import the traffic and resilience
     # modules, which import the model through this package; importing
@@ -50,7 +52,10 @@ def load_config_text(
     from nodeproxy.config.envoy import load_envoy
     from nodeproxy.config.loader import load_native
 
-    return load_native(root) if fmt == "native" else load_envoy(root)
+    config = load_native(root) if fmt == "native" else load_envoy(root)
+    if src.expanded:  # what came from the environment stays out of /config_dump
+        config = dataclasses.replace(config, env_values=frozenset(src.expanded))
+    return config
 
 
 def detect_format(root: Node) -> str:

@@ -11,6 +11,9 @@ misspelt key is always an error, never silently ignored.
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every
 string scalar, before any conversion (so ``port: ${PORT:-8080}`` works).
+Each expansion is remembered in ``Source.expanded`` (the whole expanded value
+and each substituted piece): the environment is where deployments put
+tokens, so ``/config_dump`` hides those strings (``Config.env_values``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import yaml
@@ -34,10 +37,15 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 @dataclass(frozen=True)
 class Source:
-    """Where the document came from and the environment used for ``${VAR}``."""
+    """Where the document came from and the environment used for ``${VAR}``.
+
+    ``expanded`` collects, while the document is read, every string that came
+    from an expansion (the scalar as expanded, and each substituted value).
+    """
 
     file: str
     env: Mapping[str, str]
+    expanded: set[str] = field(default_factory=set, compare=False, repr=False)
 
 
 def compose(text: str, source: Source) -> Node:
@@ -144,18 +152,25 @@ class Node:
         return self._expand(value) if node.tag == _TAG + "str" else value
 
     def _expand(self, value: str) -> str:
+        pieces: list[str] = []
+
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             got = self.source.env.get(name)
             if default is not None:  # shell semantics: unset or empty -> default
-                return got or default
-            if got is not None:
-                return got
-            raise self.error(f"environment variable {name} is not set (use ${{{name}:-default}})")
+                got = got or default
+            if got is None:
+                raise self.error(
+                    f"environment variable {name} is not set (use ${{{name}:-default}})"
+                )
+            pieces.append(got)
+            return got
 
         expanded = _ENV.sub(sub, value)
         if "${" in _ENV.sub("", value):
             raise self.error(f"malformed ${{...}} in {value!r}")
+        if pieces:
+            self.source.expanded.update(p for p in (expanded, *pieces) if p)
         return expanded
 
     def text(self, *, non_empty: bool = True) -> str:

@@ -5,7 +5,11 @@ about a proxy that balances by latency, ejects replicas, trips breakers and
 splits canaries. This runs the same decision steps as the pipeline (router,
 subset, outlier filter, balancer costs, breaker, mesh policy) over the live
 per-process state and reports each one, but picks nothing and changes no
-counter: no balancer token, no breaker permit, no request.
+counter: no balancer token, no breaker permit, no request, no panic counted.
+It reads through ``Traffic.peek`` and the ``peek_*`` views: a cluster no
+request has used yet gets no state (the report shows a scratch one, as the
+first request would find it), and no endpoint is adopted into the load
+table or the outlier detector.
 
 Note the router's weighted split is random: each call draws a branch, as a
 request would (``rule.weighted`` lists all branches).
@@ -13,6 +17,7 @@ request would (``rule.weighted`` lists all branches).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from nodeproxy.errors import ProxyError, UnknownService
@@ -22,7 +27,7 @@ from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.router import Router
 from nodeproxy.runtime import Runtime
 from nodeproxy.tls.sources import SourceIdentities
-from nodeproxy.traffic.state import subset_key
+from nodeproxy.traffic.state import ClusterTraffic, subset_key
 
 
 def explain(
@@ -72,9 +77,11 @@ def explain(
     if cluster is None:
         out["error"] = {"status": 503, "cause": "no_healthy_upstream", "detail": "not configured"}
         return out
-    state = runtime.traffic.cluster(cluster, now)
+    state = runtime.traffic.peek(cluster) or ClusterTraffic(
+        cluster, random.Random(0), config.node_name
+    )
     endpoints = runtime.endpoints.current().endpoints(cluster.name)
-    eligible = {ep.address for ep in state.candidates(endpoints, decision.subset, now)}
+    eligible = {ep.address for ep in state.peek_candidates(endpoints, decision.subset, now)}
     wanted = decision.subset.items()
     candidates = []
     for ep in endpoints:
@@ -86,7 +93,7 @@ def explain(
             "in_subset": all(ep.labels.get(k) == v for k, v in wanted),
             "eligible": ep.address in eligible,
         }
-        row.update(state.describe_endpoint(ep, now))
+        row.update(state.peek_endpoint(ep, now))
         candidates.append(row)
     out["candidates"] = candidates
     traffic = state.describe(now)

@@ -28,7 +28,7 @@ from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
 from nodeproxy.errors import NoHealthyUpstream
 from nodeproxy.resilience.breaker import CircuitBreaker
 from nodeproxy.resilience.health import HealthTracker
-from nodeproxy.resilience.outlier import Ejection, OutlierDetector
+from nodeproxy.resilience.outlier import Ejection, HostState, OutlierDetector
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.traffic.attempt import Attempt, Ticket
 
@@ -148,6 +148,36 @@ class ClusterTraffic:
             "health": self.health.state(ep).value if self.health is not None else None,
         }
 
+    # -- read-only views for the admin pages (/explain, /clusters): they change nothing --
+
+    def peek_candidates(
+        self, endpoints: Sequence[Endpoint], labels: Mapping[str, str], now: float
+    ) -> Sequence[Endpoint]:
+        """The endpoints ``candidates`` would return, without counting a panic or adopting
+        a host the outlier detector has not seen."""
+        members: Sequence[Endpoint] = subset(endpoints, labels)
+        if self.health is not None:
+            members = self.health.healthy(members) or members
+        live = [ep for ep in members if self.outlier.state(ep, now) is HostState.ACTIVE]
+        return live or members
+
+    def peek_endpoint(self, ep: Endpoint, now: float) -> dict[str, object]:
+        """``describe_endpoint`` without adopting ``ep``: where the balancer's load table or
+        the outlier detector has not seen it yet, it is described as a fresh entry would be
+        (default EWMA, no failures) instead of being added (which would start its EWMA
+        decay and count it in ``max_ejection_percent``)."""
+        known_load = ep.address in self.balancer.loads._loads  # read only
+        known_host = ep.address in self.outlier._hosts  # read only
+        if known_load and known_host:
+            return self.describe_endpoint(ep, now)
+        view = ClusterTraffic(self.config, random.Random(0), "")  # scratch, thrown away
+        if known_load:
+            view.balancer = self.balancer
+        if known_host:
+            view.outlier = self.outlier
+        view.health = self.health
+        return view.describe_endpoint(ep, now)
+
     def describe(self, now: float) -> dict[str, object]:
         """Cluster-level state: policy, breaker, overload counters, canary counters."""
         return {
@@ -215,6 +245,12 @@ class Traffic:
     def get(self, name: str) -> ClusterTraffic | None:
         """The state of ``name`` if any request created it (for admin pages)."""
         return self._states.get(name)
+
+    def peek(self, cluster: ClusterConfig) -> ClusterTraffic | None:
+        """The state a request to ``cluster`` would use if it exists; creates, replaces and
+        syncs nothing (``/explain``)."""
+        state = self._states.get(cluster.name)
+        return state if state is not None and state.config is cluster else None
 
     def items(self) -> list[tuple[str, ClusterTraffic]]:
         """Every cluster's state, by name (a copy: safe to read across awaits)."""
