@@ -256,19 +256,26 @@ def test_env_values_are_redacted_wherever_they_appear() -> None:
     listeners: [{address: "127.0.0.1:${PORT:-4140}"}]
     services:
       - name: web
-        endpoints: [{address: "${UP_HOST}:8080", node: "${NODE}"}]
+        endpoints: [{address: "${UP_HOST}:8080", node: "${NODE}"}, "${REPLICA}"]
         routes:
           - match: {headers: [{name: authorization, prefix: "Bearer ${SECRET_TOKEN}"}]}
             service: web
     """
-    env = {"NODE": "worker-17.example", "UP_HOST": "db-primary.internal", "SECRET_TOKEN": SECRET}
+    env = {
+        "NODE": "worker-17.example",
+        "UP_HOST": "db-primary.internal",
+        "REPLICA": "db-replica.internal:5432",
+        "SECRET_TOKEN": SECRET,
+    }
     rt = runtime_for(load(text, env))
     dump = handle(AdminContext(rt, 0.0), "GET", "/config_dump", {}, 1.0).text
     for value in env.values():
         assert value not in dump
     parsed = json.loads(dump)
     assert parsed["node_name"] == REDACTED
-    assert parsed["clusters"]["web"]["endpoints"][0]["host"] == REDACTED
+    primary, replica = parsed["clusters"]["web"]["endpoints"]
+    assert (primary["host"], replica["host"], replica["port"]) == (REDACTED, REDACTED, 5432)
+    assert parsed["listeners"][0]["host"] == "127.0.0.1"  # written in the file
     assert parsed["listeners"][0]["port"] == 4140
     assert "env_values" not in parsed  # the list of hidden values is itself never shown
     assert "env_values" not in repr(rt.config)  # nor in a log line printing the config

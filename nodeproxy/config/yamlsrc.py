@@ -237,7 +237,10 @@ class Node:
             except ValueError:
                 raise self.error(f"invalid IPv6 address {host!r}") from None
         check_port(self, port, allow_zero=allow_zero_port)
-        return check_host(self, host), port
+        host = check_host(self, host)
+        if _ENV.fullmatch(str(self.node.value)):  # the whole address is one ${VAR}: so is its host
+            self.source.expanded.add(host)
+        return host, port
 
 
 class Fields:
