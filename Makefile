@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit install install-test bench clean
+.PHONY: demo test lint typecheck unit install install-test bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ unit: install-test
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The data-path fuzz for longer than make test's 12 s: make fuzz FUZZ_SECONDS=600 [FUZZ_SEED=N]
+FUZZ_SECONDS ?= 300
+fuzz: install-test
+	$(BIN)/pytest -q -rxX tests/test_fuzz_dataplane.py --fuzz-seconds $(FUZZ_SECONDS) \
+		$(if $(FUZZ_SEED),--fuzz-seed $(FUZZ_SEED))
 
 bench: install-test
 	$(BIN)/python bench/throughput.py
