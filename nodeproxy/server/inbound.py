@@ -16,6 +16,14 @@ waiting for bytes that never come must not hold a slot), is logged
 (``tls_handshake_failed`` with the reason and the source) and counted:
 ``nodeproxy_tls_handshake_failures_total{listener="inbound", reason}``.
 Nothing reaches a pod without a handshake and an identity.
+
+Connection slots: ``limits.max_downstream_connections`` and the eviction of
+the oldest idle keep-alive at it apply here as on every listener, but not
+``limits.max_connections_per_source``. The sources here are peer node
+proxies: each carries every pod of its node and legitimately pools many
+connections to us from one address, so a per-IP cap sized for one pod would
+throttle a whole node. A stranger without a mesh certificate holds a slot
+only for the handshake timeout.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ log = structlog.get_logger("nodeproxy.tls")
 
 class InboundAcceptor(Acceptor):
     """An ``Acceptor`` whose connections start with an mTLS handshake."""
+
+    per_source_cap = False  # a source is a whole node's proxy (module docstring)
 
     def __init__(
         self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop, mesh: Mesh

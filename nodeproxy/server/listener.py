@@ -8,9 +8,19 @@ requests finish (their responses carry ``Connection: close``), and return when
 the last connection is gone. The app bounds all of this with a deadline;
 cancellation closes every socket through the connection tasks' ``finally``.
 
-Over ``limits.max_downstream_connections`` a new connection is accepted and
-closed at once (counted as rejected): cheaper and fairer than leaving it in
-the kernel backlog, where it would time out without a word.
+Connection slots (``server/connection_limits.py`` decides): a source (client
+IP) already holding ``limits.max_connections_per_source`` of this listener's
+connections, or a new connection while ``limits.max_downstream_connections``
+are open and none of them is an idle keep-alive, is accepted and closed at
+once (``nodeproxy_downstream_connections_rejected_total{reason}``): cheaper
+and fairer than leaving it in the kernel backlog, where it would time out
+without a word. At the total cap with a keep-alive idle between requests, the
+one idle longest is closed instead and its slot goes to the newcomer
+(``nodeproxy_downstream_connections_evicted_total``). Its slot is counted free
+at once; its socket closes when its task next runs, within the same scheduler
+pass, so the open sockets exceed the cap only by the connections evicted in
+that pass and only until it ends. Eviction is O(1): ``ConnectionLoop.idle`` is
+ordered by the time each connection started to wait.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import trio
 
 from nodeproxy.admin.stats import (
     DOWNSTREAM_CONNECTIONS_ACTIVE,
+    DOWNSTREAM_CONNECTIONS_EVICTED,
     DOWNSTREAM_CONNECTIONS_REJECTED,
     DOWNSTREAM_CONNECTIONS_TOTAL,
     labels,
@@ -31,6 +42,7 @@ from nodeproxy.mesh.state import Mesh
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
+from nodeproxy.server.connection_limits import ConnectionSlots
 from nodeproxy.upstream.pool import Upstreams
 
 log = structlog.get_logger("nodeproxy.server")
@@ -41,17 +53,53 @@ _ACCEPT_BACKOFF = 0.1
 
 
 class Acceptor:
-    """Accept loop state for one listener: the connection count and the cap."""
+    """Accept loop state for one listener: its connection slots and their caps."""
+
+    per_source_cap = True  # False: ``limits.max_connections_per_source`` does not apply
 
     def __init__(self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop) -> None:
         self.runtime = runtime
         self.loop = loop
-        self.cap = runtime.config.limits.max_downstream_connections
-        self.active = 0
+        limits = runtime.config.limits
+        per_source = limits.max_connections_per_source if self.per_source_cap else 0
+        self.slots: ConnectionSlots[trio.socket.SocketType] = ConnectionSlots(
+            limits.max_downstream_connections, per_source
+        )
         self.lbls = labels(listener=listener.name)
+        self.rejected_lbls = {
+            reason: labels(listener=listener.name, reason=reason)
+            for reason in ("per_source", "max_connections")
+        }
 
     def __repr__(self) -> str:
-        return f"<Acceptor [{self.active}/{self.cap} connections]>"
+        return f"<Acceptor {self.slots!r}>"
+
+    @property
+    def active(self) -> int:
+        return self.slots.active
+
+    def admit(self, stream: trio.SocketStream) -> bool:
+        """Give ``stream`` a connection slot, closing the oldest idle keep-alive if
+        that makes room; False (counted) when it must be refused."""
+        slots, stats = self.slots, self.runtime.stats
+        source = ""
+        if slots.per_source:
+            try:
+                source = str(stream.socket.getpeername()[0])
+            except OSError:  # reset before we got to it
+                return False
+        refusal = slots.refusal(source)
+        if refusal == "max_connections":
+            evicted = self.loop.close_oldest_idle()
+            if evicted is not None:
+                slots.release(evicted.stream.socket)  # it closes when its task next runs
+                stats.inc(DOWNSTREAM_CONNECTIONS_EVICTED, self.lbls)
+                refusal = slots.refusal(source)
+        if refusal is not None:
+            stats.inc(DOWNSTREAM_CONNECTIONS_REJECTED, self.rejected_lbls[refusal])
+            return False
+        slots.take(stream.socket, source)
+        return True
 
     async def accept_loop(self, sock: trio.SocketListener, nursery: trio.Nursery) -> None:
         stats = self.runtime.stats
@@ -64,11 +112,9 @@ class Acceptor:
                 log.warning("accept paused", error=str(exc))
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            if self.active >= self.cap:
-                stats.inc(DOWNSTREAM_CONNECTIONS_REJECTED, self.lbls)
+            if not self.admit(stream):
                 stream.socket.close()
                 continue
-            self.active += 1
             stats.inc(DOWNSTREAM_CONNECTIONS_TOTAL, self.lbls)
             stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, 1)
             nursery.start_soon(self.serve, stream)
@@ -77,7 +123,7 @@ class Acceptor:
         try:
             await self.handle(stream)
         finally:
-            self.active -= 1
+            self.slots.release(stream.socket)  # a no-op if it was evicted (released then)
             self.runtime.stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, -1)
 
     async def handle(self, stream: trio.SocketStream) -> None:
