@@ -34,6 +34,7 @@ from nodeproxy.admin.server import serve_admin
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import AdminConfig, BreakerConfig, Config
 from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.errors import ConfigError
 from nodeproxy.resilience.health import HealthCheckConfig
 from nodeproxy.resilience.outlier import OutlierConfig
 from nodeproxy.runtime import Runtime
@@ -409,3 +410,11 @@ async def test_clusters_page_adopts_no_endpoint(nursery: trio.Nursery) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
         assert (await client.get("/clusters")).status_code == 200
     assert {name: repr(state) for name, state in rt.traffic.items()} == states
+
+
+def test_allowed_hosts_are_validated_and_normalised() -> None:
+    text = "services: []\nadmin: {allowed_hosts: [Admin.Example., 'node-a:9901', '[::1]:80']}\n"
+    assert load(text).admin.allowed_hosts == ("admin.example", "node-a:9901", "[::1]:80")
+    with pytest.raises(ConfigError) as err:
+        load("services: []\nadmin: {allowed_hosts: ['bad host']}\n")
+    assert err.value.field == "admin.allowed_hosts[0]"
