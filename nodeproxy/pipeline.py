@@ -74,6 +74,7 @@ class Pipeline:
         self.outbound_mesh = mesh
         self.upstreams = upstreams
         self.router = Router(listener, config.default_namespace, config.cluster_domain)
+        self._upgrades = listener.upgrades  # a route's own ``upgrades`` wins
         self.traffic = runtime.traffic
         if mesh is not None:
             self.traffic.mesh = mesh  # for /explain's policy decision
@@ -100,7 +101,9 @@ class Pipeline:
         ticket = state.admit(trio.current_time())
         attempts: list[Attempt] = []
         try:
-            out = prepare(down, request, ex, host=host, path=path)
+            rule_upgrades = decision.rule.upgrades
+            upgrades = self._upgrades if rule_upgrades is None else rule_upgrades
+            out = prepare(down, request, ex, host=host, path=path, upgrades=upgrades)
             head = out.in_hand[0]
             assert type(head) is h11.Request
             if decision.rule.retries is not None:
