@@ -54,7 +54,7 @@ RSS_SLACK_KB = 20 * 1024
 # implement (RFC 9112 section 6.1: 501, a verdict on the request, not a failure).
 ALLOWED_5XX = {"upstream_reset": 502, "unsupported_transfer_coding": 501}
 # Findings not fixed yet (see FOUND): a log line with this text is one of them.
-KNOWN = {"Too much data for declared Content-Length": "HEAD error answers (FOUND)"}
+KNOWN: dict[str, str] = {}
 
 
 @dataclass
@@ -197,12 +197,6 @@ def test_fuzz_the_data_path(tmp_path: Path, request: pytest.FixtureRequest, fuzz
         pytest.xfail(f"{summary}; only known findings: {sorted(known)}")
 
 
-HEAD_ERROR = pytest.mark.xfail(
-    strict=False,
-    reason="an error answer to a HEAD that h11 parsed whole (too large, or bad framing) is "
-    "sent with a body, as the exchange has no method yet: h11 refuses, the connection dies "
-    "unanswered and 'connection failed' is logged with a traceback (server/connection.py)",
-)
 # Cases the fuzz found, minimal: each must get exactly one answer with this status.
 # The GET twin of the first shows the harness passes where the proxy is right.
 FOUND = [
@@ -215,20 +209,17 @@ FOUND = [
         b"HEAD / HTTP/1.1\r\nHost: fuzz.default\r\nX: " + b"a" * 62000 + b"\r\n\r\n",
         431,
         id="head-headers-too-large-in-one-read",
-        marks=HEAD_ERROR,
     ),
     pytest.param(
         b"HEAD /" + b"a" * 62000 + b" HTTP/1.1\r\nHost: fuzz.default\r\n\r\n",
         414,
         id="head-uri-too-long-in-one-read",
-        marks=HEAD_ERROR,
     ),
     pytest.param(
         b"HEAD / HTTP/1.1\r\nHost: fuzz.default\r\n"
         b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
         400,
         id="head-content-length-with-chunked",
-        marks=HEAD_ERROR,
     ),
 ]
 

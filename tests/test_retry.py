@@ -23,40 +23,40 @@ CONNECT_ONLY = RetryPolicy(retry_on=RetryPolicy.parse_retry_on("connect-failure"
 
 
 @pytest.mark.parametrize(
-    ("policy", "method", "outcome", "body_sent", "retry"),
+    ("policy", "method", "outcome", "retry"),
     [
         # connect failures: always safe, even a POST
-        (DEFAULT, "POST", CF, False, True),
-        (CONNECT_ONLY, "POST", CF, False, True),
-        # resets: only if idempotent or nothing sent
-        (DEFAULT, "GET", RESET, True, True),
-        (DEFAULT, "POST", RESET, True, False),
-        (DEFAULT, "POST", RESET, False, True),
-        (CONNECT_ONLY, "GET", RESET, False, False),
+        (DEFAULT, "POST", CF, True),
+        (CONNECT_ONLY, "POST", CF, True),
+        # resets: only if idempotent (a body-less POST may have been acted on too)
+        (DEFAULT, "GET", RESET, True),
+        (DEFAULT, "POST", RESET, False),
+        (DEFAULT, "post", TIMEOUT, False),
+        (CONNECT_ONLY, "GET", RESET, False),
         # gateway errors
-        (DEFAULT, "GET", 503, True, True),
-        (DEFAULT, "get", 502, True, True),
-        (DEFAULT, "GET", 500, True, False),  # 500 is not a gateway error
-        (DEFAULT, "PUT", 504, True, True),
-        (DEFAULT, "PATCH", 503, True, False),  # PATCH is not idempotent
-        (DEFAULT, "DELETE", TIMEOUT, True, True),
-        (CONNECT_ONLY, "GET", 503, False, False),
+        (DEFAULT, "GET", 503, True),
+        (DEFAULT, "get", 502, True),
+        (DEFAULT, "GET", 500, False),  # 500 is not a gateway error
+        (DEFAULT, "PUT", 504, True),
+        (DEFAULT, "PATCH", 503, False),  # PATCH is not idempotent
+        (DEFAULT, "DELETE", TIMEOUT, True),
+        (CONNECT_ONLY, "GET", 503, False),
         # 5xx covers every 5xx and every local failure
-        (FIVE_XX, "GET", 500, True, True),
-        (FIVE_XX, "GET", 599, True, True),
-        (FIVE_XX, "GET", TIMEOUT, True, True),
-        (FIVE_XX, "GET", RESET, True, True),
-        (FIVE_XX, "POST", 500, True, False),
-        (ALL, "GET", 404, True, False),
-        (ALL, "GET", 429, True, False),
+        (FIVE_XX, "GET", 500, True),
+        (FIVE_XX, "GET", 599, True),
+        (FIVE_XX, "GET", TIMEOUT, True),
+        (FIVE_XX, "GET", RESET, True),
+        (FIVE_XX, "POST", 500, False),
+        (ALL, "GET", 404, False),
+        (ALL, "GET", 429, False),
         # nothing left
-        (DEFAULT.increment(), "GET", CF, False, False),
+        (DEFAULT.increment(), "GET", CF, False),
     ],
 )
 def test_is_retryable(
-    policy: RetryPolicy, method: str, outcome: TryFailure | int, body_sent: bool, retry: bool
+    policy: RetryPolicy, method: str, outcome: TryFailure | int, retry: bool
 ) -> None:
-    assert policy.is_retryable(method, outcome, body_sent) is retry
+    assert policy.is_retryable(method, outcome) is retry
 
 
 def test_increment_is_immutable_and_bounded() -> None:

@@ -107,9 +107,7 @@ def _listeners(
             raise chains[0].error("needs exactly one filter: the http_connection_manager")
         vhosts, upgrades = _http_connection_manager(filters[0], cluster_names)
         out.append(
-            ListenerConfig(
-                name=name, host=host, port=port, virtual_hosts=vhosts, upgrades=upgrades
-            )
+            ListenerConfig(name=name, host=host, port=port, virtual_hosts=vhosts, upgrades=upgrades)
         )
     return tuple(out)
 

@@ -177,12 +177,15 @@ class H11ServerCodec:
     refused.
     """
 
-    __slots__ = ("_head_reads", "_max", "conn")
+    __slots__ = ("_head_reads", "_max", "conn", "method")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._max = max_header_bytes
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._head_reads: list[bytes] = []
+        # The last request head's method, even one refused after parsing (an
+        # error answer to HEAD carries no body).
+        self.method = b""
 
     def __repr__(self) -> str:
         return f"<H11ServerCodec [us {self.conn.our_state}, client {self.conn.their_state}]>"
@@ -199,6 +202,7 @@ class H11ServerCodec:
             raise self._head_error(exc) from exc
         if type(event) is h11.Request:
             self._head_reads.clear()
+            self.method = event.method
             # h11 only bounds an *incomplete* head; a complete one that arrived
             # in a single read can exceed the limit, so measure it too.
             line = len(event.method) + len(event.target) + 11
@@ -254,6 +258,7 @@ class H11ServerCodec:
 
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()
+        self.method = b""
 
     def trailing_data(self) -> bytes:
         return self.conn.trailing_data[0]

@@ -8,9 +8,10 @@ deadline, because the route timeout covers all tries as in Envoy).
 ``increment()`` returns a new policy with one retry used, or raises
 ``RetriesExhausted``; the caller keeps the current one in a local variable.
 
-Retrying is only *safe* when the upstream cannot have acted on the request:
-the method is idempotent (RFC 9110 9.2.2) or no byte of the body was sent.
-A connect failure is always safe (nothing was sent). The conditions mirror
+Retrying is only *safe* when repeating the request cannot do harm: the method
+is idempotent (RFC 9110 §9.2.2). A connect failure is always safe (nothing
+was sent); any other failure of a POST or PATCH may come after the upstream
+acted on it (a body-less POST included), so it is never sent twice. The conditions mirror
 Envoy's ``retry_on``: ``connect-failure``, ``reset``, ``gateway-error``
 (502/503/504, and per-try timeouts) and ``5xx`` (any 5xx, plus all of the
 above). Defaults are Envoy's: 1 retry, backoff base 25 ms, max 250 ms.
@@ -85,16 +86,13 @@ class RetryPolicy:
             return True
         return 500 <= outcome <= 599 and RetryOn.FIVE_XX in self.retry_on
 
-    def is_retryable(self, method: str, outcome: TryFailure | int, body_sent: bool) -> bool:
-        """True when a retry is left, ``retry_on`` covers it, and it is safe to repeat.
-
-        ``body_sent``: any byte of the request body reached the upstream socket.
-        """
+    def is_retryable(self, method: str, outcome: TryFailure | int) -> bool:
+        """True when a retry is left, ``retry_on`` covers it, and it is safe to repeat."""
         if self.remaining == 0 or not self.covers(outcome):
             return False
         if outcome is TryFailure.CONNECT_FAILURE:
             return True
-        return method.upper() in IDEMPOTENT_METHODS or not body_sent
+        return method.upper() in IDEMPOTENT_METHODS
 
     def increment(self) -> RetryPolicy:
         """A copy with one more retry used; raises ``RetriesExhausted`` if none is left."""

@@ -257,7 +257,7 @@ class ConnectionLoop:
             headers.append((b"connection", b"close"))
         reason = HTTPStatus(err.status).phrase.encode()
         data = codec.send(h11.Response(status_code=err.status, headers=headers, reason=reason))
-        if ex.method != "HEAD":
+        if codec.method != b"HEAD":
             data += codec.send(h11.Data(data=body))
         data += codec.send(h11.EndOfMessage())
         try:

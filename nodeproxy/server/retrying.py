@@ -16,8 +16,8 @@ so the balancer, the outlier detector and the breaker learn what really
 happened, retried or not. A failed try is repeated only when the whole
 request can be sent again: a connect failure consumed nothing; otherwise the
 request must have been in hand complete (a streamed body is gone once sent)
-and ``RetryPolicy.is_retryable`` must call it safe (idempotent method, or no
-body byte sent). Each try asks ``pick`` again, and the pipeline's pick
+and ``RetryPolicy.is_retryable`` must call it safe (an idempotent method,
+RFC 9110 §9.2.2). Each try asks ``pick`` again, and the pipeline's pick
 prefers endpoints this request has not tried yet (Envoy's ``previous_hosts``
 retry host predicate). The route timeout covers all tries: the response-head
 deadline of each try is what is left of it.
@@ -174,8 +174,7 @@ def _may_retry(policy: RetryPolicy, out: Outgoing, method: str, failure: TryFail
     if out.upgrade:
         return False
     if failure is TryFailure.CONNECT_FAILURE:  # nothing was sent or read from the client
-        return policy.is_retryable(method, failure, body_sent=False)
+        return policy.is_retryable(method, failure)
     if not out.complete:  # (part of) the body was streamed: it is gone
         return False
-    body_sent = any(type(e) is h11.Data and e.data for e in out.in_hand)
-    return policy.is_retryable(method, failure, body_sent)
+    return policy.is_retryable(method, failure)
