@@ -37,7 +37,6 @@ RATE_LIMITED = "nodeproxy_rate_limited_total"  # {listener, scope=listener|route
 FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a per-source slot
 FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
 UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
-UPGRADES_REFUSED = "nodeproxy_upgrades_refused_total"  # {listener, protocol}: 403 or h2c stripped
 TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
 
 HELP: dict[str, str] = {
@@ -55,12 +54,11 @@ HELP: dict[str, str] = {
     BYTES_RECEIVED: "Bytes read from downstream clients.",
     BYTES_SENT: "Bytes written to downstream clients.",
     RETRIES: "Upstream tries repeated by a route's retry policy, by reason.",
-    RETRIES_DENIED: "Retries not made because the retry budget was spent.",
+    RETRIES_DENIED: "Retries not made: the retry budget or max_retries said no.",
     RATE_LIMITED: "Requests answered 429 by a local rate limit.",
     FAIRNESS_QUEUED: "Requests that waited for their source's concurrency slot.",
     FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
     UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
-    UPGRADES_REFUSED: "Upgrade requests refused (403) or stripped (h2c), by protocol.",
     TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
 }
 
