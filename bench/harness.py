@@ -76,6 +76,18 @@ class Processes:
         return "\n".join(text.splitlines()[-lines:])
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def relative(text: str) -> str:
+    """``text`` with paths under the repository made relative to it.
+
+    Reports print commands to reproduce a run; they must not name this
+    machine's checkout (``/home/me/nodeproxy/bench/out`` -> ``bench/out``).
+    """
+    return text.replace(str(ROOT) + "/", "")
+
+
 def cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in the process group, in seconds."""
     return procstats.cpu_seconds({pgid})

@@ -58,6 +58,7 @@ from harness import (
     free_port,
     parse_wrk,
     pinned,
+    relative,
     run_wrk,
     wait_http_ok,
 )
@@ -326,7 +327,7 @@ def report(args: argparse.Namespace, setup: Setup, ka: list[KeepAlive], nc: list
     lines += ["", f"Reproduce (configs and logs in {setup.out}):"]
     lines += [f"    {c}" for c in setup.commands + [r.wrk.wrk_command for r in ka]]
     lines.append(f"    {shlex.join([sys.executable, *sys.argv])}   # the new-connection loops")
-    return "\n".join(lines)
+    return relative("\n".join(lines))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -37,6 +37,7 @@ from harness import (
     free_port,
     parse_wrk,
     pinned,
+    relative,
     run_wrk,
     wait_http_ok,
 )
@@ -177,7 +178,7 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
     for r in results:
         lines += [f"    {cmd}" for cmd in (r.server_command, r.wrk_command) if cmd]
     lines += [f"\n{r.target} failed:\n{r.error}" for r in results if r.error]
-    return "\n".join(lines)
+    return relative("\n".join(lines))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

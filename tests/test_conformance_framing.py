@@ -225,3 +225,19 @@ async def test_a_later_heads_timeout_counts_from_its_first_byte(autojump_clock: 
                 elapsed = trio.current_time() - start
     assert raw.startswith(b"HTTP/1.1 408")
     assert 10.0 <= elapsed < 10.5, elapsed
+
+
+async def test_what_the_fuzz_found_in_framing() -> None:
+    """CONNECT, a space before the colon, a 20-digit Content-Length: 400, never forwarded."""
+    cases = [
+        b"CONNECT /abs HTTP/1.1\r\nHost: svc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 99999999999999999999\r\n\r\nx",
+    ]
+    async with backend() as b, run_proxy(simple_config({"svc": [b.address]})) as p:
+        for data in cases:
+            with trio.fail_after(5):
+                raw = await raw_request(p.port, data)
+            assert raw.startswith(b"HTTP/1.1 400"), (data, raw)
+            assert b"connection: close" in raw
+    assert b.connections == 0

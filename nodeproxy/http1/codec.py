@@ -140,12 +140,19 @@ def _header_bytes(headers: _H11Headers) -> int:
     return sum([len(name) + len(value) for _, name, value in items]) + 4 * len(items)
 
 
+# Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
+# (one reading of the length for us, another for the pod): refused, as Envoy does.
+_MAX_CONTENT_LENGTH_DIGITS = 18
+
+
 def _framing(headers: _H11Headers) -> tuple[bool, bool]:
     """(has Content-Length, has Transfer-Encoding), from the parsed names."""
     has_cl = has_te = False
-    for _, name, _ in headers._full_items:
+    for _, name, value in headers._full_items:
         if name == b"content-length":
             has_cl = True
+            if len(value) > _MAX_CONTENT_LENGTH_DIGITS:
+                raise BadFraming(f"content-length of {len(value)} digits")
         elif name == b"transfer-encoding":
             has_te = True
     return has_cl, has_te
@@ -165,7 +172,7 @@ def transfer_coding_error(values: list[bytes]) -> BadRequest:
     return UnsupportedTransferCoding(f"transfer-encoding {b', '.join(codings)!r}")
 
 
-_TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+_TE_LINE = re.compile(rb"(?im)^transfer-encoding:(.*(?:\r?\n[ \t].*)*)")
 
 
 class H11ServerCodec:
@@ -213,6 +220,8 @@ class H11ServerCodec:
             has_cl, has_te = _framing(event.headers)
             if has_te and (has_cl or event.http_version != b"1.1"):
                 raise BadFraming("transfer-encoding with content-length or on HTTP/1.0")
+            if event.method == b"CONNECT":  # authority-form tunnels are not proxied
+                raise BadRequest("CONNECT is not supported")
             _parsed_head(event)
         return event
 
@@ -224,7 +233,7 @@ class H11ServerCodec:
             if head and (len(first_line) == 1 or len(first_line[0]) > self._max):
                 return UriTooLong(str(exc))
             return HeadersTooLarge(str(exc))
-        if exc.error_status_hint == 501 or b"Transfer-Encoding" in str(exc).encode():
+        if exc.error_status_hint == 501:  # h11: "Only Transfer-Encoding: chunked is supported"
             values = [re.sub(rb"\r?\n[ \t]", b" ", m) for m in _TE_LINE.findall(head)]
             return transfer_coding_error(values)
         return BadRequest(str(exc))
@@ -284,7 +293,11 @@ class H11ClientCodec:
         except h11.RemoteProtocolError as exc:
             raise UpstreamProtocolError(str(exc)) from exc
         if type(event) is h11.Response:
-            if all(_framing(event.headers)):  # nginx and Envoy refuse this too: 502, close
+            try:
+                ambiguous = all(_framing(event.headers))
+            except BadFraming as exc:  # a length no 64-bit parser reads the same
+                raise UpstreamProtocolError(str(exc)) from exc
+            if ambiguous:  # nginx and Envoy refuse this too: 502, close
                 raise UpstreamProtocolError("response with content-length and transfer-encoding")
             _parsed_head(event)
         elif type(event) is h11.InformationalResponse:
