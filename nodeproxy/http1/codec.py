@@ -135,27 +135,25 @@ def informational_event(
     )
 
 
-def _header_bytes(headers: _H11Headers) -> int:
-    items = headers._full_items
-    return sum([len(name) + len(value) for _, name, value in items]) + 4 * len(items)
-
-
 # Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
 # (one reading of the length for us, another for the pod): refused, as Envoy does.
 _MAX_CONTENT_LENGTH_DIGITS = 18
 
 
-def _framing(headers: _H11Headers) -> tuple[bool, bool]:
-    """(has Content-Length, has Transfer-Encoding), from the parsed names."""
+def _measure(headers: _H11Headers) -> tuple[int, bool, bool]:
+    """(bytes of the header block, has Content-Length, has Transfer-Encoding): one pass."""
+    items = headers._full_items
+    size = 4 * len(items)
     has_cl = has_te = False
-    for _, name, value in headers._full_items:
+    for _, name, value in items:
+        size += len(name) + len(value)
         if name == b"content-length":
             has_cl = True
             if len(value) > _MAX_CONTENT_LENGTH_DIGITS:
                 raise BadFraming(f"content-length of {len(value)} digits")
         elif name == b"transfer-encoding":
             has_te = True
-    return has_cl, has_te
+    return size, has_cl, has_te
 
 
 def transfer_coding_error(values: list[bytes]) -> BadRequest:
@@ -184,12 +182,13 @@ class H11ServerCodec:
     refused.
     """
 
-    __slots__ = ("_head_reads", "_max", "conn", "method")
+    __slots__ = ("_head_reads", "_in_head", "_max", "conn", "method")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._max = max_header_bytes
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._head_reads: list[bytes] = []
+        self._in_head = True  # the next bytes belong to a request head
         # The last request head's method, even one refused after parsing (an
         # error answer to HEAD carries no body).
         self.method = b""
@@ -198,7 +197,7 @@ class H11ServerCodec:
         return f"<H11ServerCodec [us {self.conn.our_state}, client {self.conn.their_state}]>"
 
     def receive(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:
+        if self._in_head:
             self._head_reads.append(data)
         self.conn.receive_data(data)
 
@@ -209,15 +208,16 @@ class H11ServerCodec:
             raise self._head_error(exc) from exc
         if type(event) is h11.Request:
             self._head_reads.clear()
+            self._in_head = False
             self.method = event.method
             # h11 only bounds an *incomplete* head; a complete one that arrived
             # in a single read can exceed the limit, so measure it too.
             line = len(event.method) + len(event.target) + 11
             if line > self._max:
                 raise UriTooLong(f"request line of {line} bytes")
-            if line + _header_bytes(event.headers) > self._max:
+            size, has_cl, has_te = _measure(event.headers)
+            if line + size > self._max:
                 raise HeadersTooLarge("request head over the limit")
-            has_cl, has_te = _framing(event.headers)
             if has_te and (has_cl or event.http_version != b"1.1"):
                 raise BadFraming("transfer-encoding with content-length or on HTTP/1.0")
             if event.method == b"CONNECT":  # authority-form tunnels are not proxied
@@ -268,6 +268,7 @@ class H11ServerCodec:
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()
         self.method = b""
+        self._in_head = True
 
     def trailing_data(self) -> bytes:
         return self.conn.trailing_data[0]
@@ -294,10 +295,10 @@ class H11ClientCodec:
             raise UpstreamProtocolError(str(exc)) from exc
         if type(event) is h11.Response:
             try:
-                ambiguous = all(_framing(event.headers))
+                _, has_cl, has_te = _measure(event.headers)
             except BadFraming as exc:  # a length no 64-bit parser reads the same
                 raise UpstreamProtocolError(str(exc)) from exc
-            if ambiguous:  # nginx and Envoy refuse this too: 502, close
+            if has_cl and has_te:  # nginx and Envoy refuse this too: 502, close
                 raise UpstreamProtocolError("response with content-length and transfer-encoding")
             _parsed_head(event)
         elif type(event) is h11.InformationalResponse:

@@ -101,6 +101,11 @@ def requested_upgrade(headers: Iterable[Header]) -> list[bytes]:
     """
     # The Upgrade header first: rare, and cheaper to look for than to parse Connection.
     headers = list(headers)
+    for name, _ in headers:
+        if name == b"upgrade":
+            break
+    else:
+        return []
     protocols: list[bytes] = []
     for name, value in headers:
         if name == b"upgrade":

@@ -207,7 +207,7 @@ def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
         if type(event) is h11.Data:
             events.append(h11.Data(data=bytes(event.data)))
         elif type(event) is h11.EndOfMessage:
-            events.append(_end(event))
+            events.append(_end(event) if event.headers else event)
             return True
         else:
             return False

@@ -73,7 +73,7 @@ class Target:
 class UpstreamConnection:
     """One socket to an endpoint plus its client codec; lent to one request at a time."""
 
-    __slots__ = ("bytes_in", "codec", "guard", "pool_key", "reused", "stream")
+    __slots__ = ("_poller", "bytes_in", "codec", "guard", "pool_key", "reused", "stream")
 
     def __init__(self, stream: trio.SocketStream, codec: H11ClientCodec, key: _Key) -> None:
         self.stream = stream
@@ -82,6 +82,7 @@ class UpstreamConnection:
         self.reused = False  # True once it has served a request and come back from idle
         self.bytes_in = 0
         self.guard: OverloadGuard | None = None  # holds a max_connections slot until closed
+        self._poller: select.poll | None = None  # made at the first reuse, kept for the next
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.pool_key[1]} [{'reused' if self.reused else 'new'}]>"
@@ -105,13 +106,16 @@ def _stirred(conn: UpstreamConnection) -> bool:
     late body after a HEAD/204/304 answer, extra bytes after a Content-Length
     body, or the server closing. Reusing it would hand those bytes to the next
     client (Envoy closes a connection that receives data with no request
-    outstanding), so it is closed and a new one opened in its slot.
+    outstanding), so it is closed and a new one opened in its slot. One
+    ``poll(0)`` syscall per reuse; the poll object lives with the connection.
     """
-    poller = select.poll()
-    try:
-        poller.register(conn.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
-    except (OSError, ValueError):  # already closed
-        return True
+    poller = conn._poller
+    if poller is None:
+        poller = conn._poller = select.poll()
+        try:
+            poller.register(conn.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
+        except (OSError, ValueError):  # already closed
+            return True
     return bool(poller.poll(0))
 
 
