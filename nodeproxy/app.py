@@ -32,9 +32,12 @@ from functools import partial
 import structlog
 import trio
 
+from nodeproxy import __version__
 from nodeproxy.admin.server import serve_admin
+from nodeproxy.admin.stats import BUILD_INFO, labels
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
+from nodeproxy.http1 import impl
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
@@ -76,6 +79,8 @@ async def run_app(
     task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
+    build = labels(version=__version__, codec=impl.NAME, codec_version=impl.VERSION)
+    runtime.stats.gauge_set(BUILD_INFO, build, 1)
     config = runtime.config
     mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
     kubernetes = build_kubernetes(runtime, mesh)  # raises ConfigError before anything starts
@@ -110,6 +115,7 @@ async def run_app(
                 admin=f"{config.admin.host}:{handle.admin_port}",
                 clusters=len(config.clusters),
                 discovery=config.discovery.mode,
+                codec=f"{impl.NAME} {impl.VERSION}",
             )
             task_status.started(handle)
             await runtime.drain.started.wait()

@@ -13,6 +13,7 @@ is 1: nothing starts half-configured.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,12 +26,38 @@ from nodeproxy.errors import ConfigError
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
 EXIT_CONFIG = 1
+ENV_CODEC = "NODEPROXY_CODEC"  # nodeproxy/http1/impl.py ENV (not imported: it picks the codec)
 EXIT_USAGE = 2
+
+
+class _Version(argparse.Action):
+    """``--version``: the release and the HTTP/1.1 codec this install would run."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from nodeproxy.http1 import impl  # picks the codec (NODEPROXY_CODEC or auto)
+
+        print(f"nodeproxy {__version__} (codec {impl.NAME} {impl.VERSION})")
+        parser.exit()
+
+
+def _select_codec(config: Config) -> str | None:
+    """Honour the config's ``codec`` unless NODEPROXY_CODEC is set; an error text or None.
+
+    Must run before anything imports the data path (``http1/impl.py`` binds
+    the codec once, at import).
+    """
+    if os.environ.get(ENV_CODEC) is None and config.codec != "auto":
+        os.environ[ENV_CODEC] = config.codec
+    try:
+        import nodeproxy.http1.impl  # noqa: F401  # binds the codec now, or says why not
+    except RuntimeError as exc:  # impl.CodecUnavailable
+        return str(exc)
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nodeproxy", description=__doc__.split("\n")[0])
-    p.add_argument("--version", action="version", version=f"nodeproxy {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and codec")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the proxy from a config file")
     run.add_argument("--config", "-c", required=True, help="native YAML or Envoy bootstrap")
@@ -120,6 +147,9 @@ def with_kubeconfig(config: Config, path: str, context: str | None = None) -> Co
 
 
 def serve(config: Config) -> int:
+    if (problem := _select_codec(config)) is not None:
+        print(f"nodeproxy: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     from nodeproxy.app import run_app
     from nodeproxy.logs import configure_logging
 

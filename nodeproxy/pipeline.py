@@ -39,12 +39,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import h11
 import trio
 
 from nodeproxy.config.model import ClusterConfig, ListenerConfig
 from nodeproxy.errors import NoHealthyUpstream, UnknownService, UpstreamResponseTimeout
 from nodeproxy.http1.headers import request_authority
+from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
 from nodeproxy.mesh.state import Mesh, forget_rule
 from nodeproxy.routing.authority import parse_authority

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import h11
 import pytest
 
 from nodeproxy.errors import BadRequest, HeadersTooLarge, UpstreamProtocolError
@@ -21,6 +20,7 @@ from nodeproxy.http1.headers import (
     split_target,
     upstream_request_headers,
 )
+from nodeproxy.http1.impl import h11
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeproxy.config.model import Config, HeaderMatch
+from nodeproxy.http1 import impl
 
 REDACTED = "[redacted]"
 
@@ -160,4 +161,5 @@ def config_dump(config: Config, *, include_sensitive: bool = False) -> dict[str,
     dumped = to_jsonable(config, redaction)
     assert isinstance(dumped, dict)
     dumped.pop("env_values", None)
+    dumped["codec"] = {"configured": config.codec, "running": impl.NAME, "version": impl.VERSION}
     return dumped

@@ -38,6 +38,7 @@ FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a 
 FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
 UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
 TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
+BUILD_INFO = "nodeproxy_build_info"  # {version, codec, codec_version}: always 1
 
 HELP: dict[str, str] = {
     REQUESTS: "Downstream requests answered, by cluster and status class.",
@@ -60,6 +61,7 @@ HELP: dict[str, str] = {
     FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
     UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
     TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
+    BUILD_INFO: "The running release and HTTP/1.1 codec (h11 or h11-mypyc); the value is 1.",
 }
 
 # Latency buckets in seconds: 0.5 ms .. 30 s.

@@ -55,9 +55,11 @@ from nodeproxy.config.yamlsrc import Node
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+CodecName = Literal["auto", "h11", "h11-mypyc"]
+CODEC_NAMES = ("auto", "h11", "h11-mypyc")  # nodeproxy/http1/impl.py CODECS
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services", "mesh", "discovery", "fairness",
+    "services", "mesh", "discovery", "fairness", "codec",
 )  # fmt: skip
 SERVICE_KEYS = (
     "name", "namespace", "connect_timeout", "response_timeout", *TRAFFIC_KEYS,
@@ -110,6 +112,7 @@ def load_native(root: Node) -> Config:
         mesh=mesh,
         discovery=discovery,
         fairness=f.opt("fairness", read_fairness, None),
+        codec=cast(CodecName, f.opt("codec", lambda n: n.choice(*CODEC_NAMES), "auto")),
     )
 
 

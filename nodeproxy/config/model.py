@@ -303,5 +303,8 @@ class Config:
     mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     fairness: FairnessConfig | None = None  # None: no per-source caps or queueing
+    # The HTTP/1.1 codec: "auto" (compiled h11-mypyc when installed, else h11), or one
+    # forced; NODEPROXY_CODEC wins over it (nodeproxy/http1/impl.py).
+    codec: Literal["auto", "h11", "h11-mypyc"] = "auto"
     # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
     env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)

@@ -28,11 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Protocol
-
-import h11
-from h11._headers import Headers as _H11Headers
-from h11._state import MIGHT_SWITCH_PROTOCOL
+from typing import TYPE_CHECKING, Protocol
 
 from nodeproxy.errors import (
     BadFraming,
@@ -42,6 +38,14 @@ from nodeproxy.errors import (
     UpstreamProtocolError,
     UriTooLong,
 )
+from nodeproxy.http1.impl import NAME, h11
+
+if TYPE_CHECKING:
+    from h11._headers import Headers as _H11Headers
+    from h11._state import MIGHT_SWITCH_PROTOCOL
+else:
+    _H11Headers = h11._headers.Headers
+    MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL
 
 Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 NEED_DATA = h11.NEED_DATA
@@ -70,12 +74,14 @@ Header = tuple[bytes, bytes]
 class FastHeaders(_H11Headers):
     """h11's ``Headers`` (a Sequence of lowercased ``(name, value)``), iterable cheaply.
 
-    h11's class has no ``__iter__``, so every ``for name, value in headers``
-    goes through ``Sequence.__iter__`` -> ``__getitem__`` per pair, about 4x
-    the cost of reading the backing list; the data path iterates each head
-    several times (authority, mesh headers, routing, hop-by-hop rewriting), so
-    the pairs are built once and kept. Every event the codecs parse carries this
-    class instead, and outgoing heads are built on it.
+    Reference h11 only: its class has no ``__iter__``, so every ``for name,
+    value in headers`` goes through ``Sequence.__iter__`` -> ``__getitem__``
+    per pair, about 10x the cost of reading a list; the data path iterates
+    each head several times (authority, mesh headers, routing, hop-by-hop
+    rewriting), so the pairs are built once and kept, and every event the
+    codecs parse carries this class instead. The compiled build refuses Python
+    subclasses, and needs none: its ``Headers`` iterates in C (0.16 µs for a
+    five-field head, against 0.83 µs for h11's).
     """
 
     __slots__ = ("_pairs",)
@@ -96,24 +102,32 @@ class FastHeaders(_H11Headers):
         return iter(self._pairs)
 
 
-def _parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) -> None:
-    # Swap in the fast class, in place: the event is fresh from the parser and
-    # not yet seen by anyone (h11 sets its frozen fields the same way).
-    object.__setattr__(event, "headers", FastHeaders(event.headers._full_items))
-
-
 # h11 re-validates the headers of every event we build (regexes, then the
 # framing rules), which is a large share of a proxied request's CPU. Headers
 # that came out of a codec were fully validated when parsed (Content-Length
 # and Transfer-Encoding normalised too), and what the proxy adds (an IP, a hex
 # id, "http", an authority that passed the request-target grammar, a Via) is
 # valid by construction and never a framing header, so events built from them
-# get a ready ``FastHeaders`` and skip validation. h11 still checks the Host
-# rules, the method and the target.
+# get ready headers and skip validation (``_parsed=True``, bytes only). h11
+# still checks the Host rules, the method and the target.
 
+if NAME == "h11":
 
-def _trusted(headers: list[Header]) -> FastHeaders:
-    return FastHeaders.from_pairs(headers)
+    def _parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) -> None:
+        # Swap in the fast class, in place: the event is fresh from the parser and
+        # not yet seen by anyone (h11 sets its frozen fields the same way).
+        object.__setattr__(event, "headers", FastHeaders(event.headers._full_items))
+
+    def _trusted(headers: list[Header]) -> _H11Headers:
+        return FastHeaders.from_pairs(headers)
+
+else:
+
+    def _parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) -> None:
+        return None  # the compiled Headers iterates fast as it is
+
+    def _trusted(headers: list[Header]) -> _H11Headers:
+        return _H11Headers([(name, name, value) for name, value in headers])
 
 
 def request_event(method: bytes, target: bytes, headers: list[Header]) -> h11.Request:

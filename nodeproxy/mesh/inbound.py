@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 
-import h11
-
 from nodeproxy.config.model import ClusterConfig, ListenerConfig
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.errors import MissingDestination, NotLocalDestination
 from nodeproxy.http1.codec import request_event
 from nodeproxy.http1.headers import request_authority
+from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.state import (
     DESTINATION_HEADER,
     SERVICE_HEADER,

@@ -22,10 +22,9 @@ Runs after the balancer picked an endpoint, synchronously (no I/O):
 
 from __future__ import annotations
 
-import h11
-
 from nodeproxy.errors import UnknownSource, UpstreamConnectFailure
 from nodeproxy.http1.codec import request_event
+from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.state import (
     DESTINATION_HEADER,
     SERVICE_HEADER,

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import h11
 import trio
 
 from nodeproxy.admin.stats import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED, Stats, labels
 from nodeproxy.config.model import FairnessConfig, ListenerConfig, RouteRule
 from nodeproxy.errors import RateLimited, SourceOverloaded
+from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.fairness import Admitted, FairScheduler, Rejected, Ticket
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.traffic.routes import Limiter, Routes

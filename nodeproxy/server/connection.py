@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from http import HTTPStatus
 
-import h11
 import structlog
 import trio
 
@@ -46,6 +45,7 @@ from nodeproxy.errors import (
     UpstreamResponseTimeout,
 )
 from nodeproxy.http1.codec import NEED_DATA
+from nodeproxy.http1.impl import h11
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 

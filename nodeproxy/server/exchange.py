@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h11
 import trio
 
 from nodeproxy.errors import (
@@ -42,6 +41,7 @@ from nodeproxy.errors import (
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.headers import clean_trailers, requested_upgrade, upstream_request_headers
+from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from contextlib import suppress
 
-import h11
 import trio
 
 from nodeproxy.errors import UpstreamProtocolError
 from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
+from nodeproxy.http1.impl import h11
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
 

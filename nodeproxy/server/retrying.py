@@ -38,7 +38,6 @@ import math
 import random
 from collections.abc import Callable
 
-import h11
 import trio
 
 from nodeproxy.admin.stats import RETRIES, RETRIES_DENIED, Stats, labels
@@ -50,6 +49,7 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
     UpstreamResponseTimeout,
 )
+from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.resilience.retry import RetryPolicy, TryFailure
 from nodeproxy.runtime import DrainState

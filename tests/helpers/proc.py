@@ -65,14 +65,24 @@ def _port(address: str) -> int:
 
 
 @asynccontextmanager
-async def running_nodeproxy(*args: str) -> AsyncIterator[RunningProxy]:
-    """Start ``python -m nodeproxy ARGS`` and yield once it logged ``started``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+async def running_nodeproxy(
+    *args: str, env: dict[str, str | None] | None = None
+) -> AsyncIterator[RunningProxy]:
+    """Start ``python -m nodeproxy ARGS`` and yield once it logged ``started``.
+
+    ``env`` changes the inherited environment (a None value removes the variable).
+    """
+    environ = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "nodeproxy", *args],
         stdout=-1,  # subprocess.PIPE
         stdin=-3,  # subprocess.DEVNULL
-        env=env,
+        env=environ,
     )
     try:
         proxy = RunningProxy(process, {}, 0)
