@@ -8,6 +8,9 @@ stats, no logs, no timeouts, bodyless requests only (the bench sends GETs). What
 above it is the price of its features and of its own overhead.
 
     python bench/bare_relay.py LISTEN_PORT UPSTREAM_PORT
+
+It frames with the same h11 build as nodeproxy (``NODEPROXY_CODEC``: h11 or
+the compiled h11-mypyc), so the ratio compares the two on the same codec.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-import h11
 import trio
+
+from nodeproxy.http1.impl import h11  # the build NODEPROXY_CODEC names, as nodeproxy's
 
 
 async def relay(upstream_port: int, down: trio.SocketStream) -> None:

@@ -152,7 +152,8 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (after a {args.warmup:g}s"
         f" warm-up), GET {TARGET_PATH}, load on core {args.load_cpu}, proxy on core"
-        f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu}",
+        f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu};"
+        f" codec of the bare relay and nodeproxy: NODEPROXY_CODEC={args.codec}",
         "",
         "| target | req/s | CPU µs/req | CPU of | p50 ms | p99 ms | non-2xx | socket errors |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
@@ -188,6 +189,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", default=",".join(TARGETS), type=lambda s: s.split(","))
+    p.add_argument(
+        "--codec",
+        choices=("auto", "h11", "h11-mypyc"),
+        default=os.environ.get("NODEPROXY_CODEC", "auto"),
+        help="HTTP/1.1 codec of both the bare relay and nodeproxy (NODEPROXY_CODEC)",
+    )
     p.add_argument("--load-cpu", type=int, default=0, help="core for wrk")
     p.add_argument("--upstream-cpu", type=int, default=0, help="core for the upstream nginx")
     p.add_argument("--proxy-cpu", type=int, default=1, help="core for the proxy under test")
@@ -220,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
+    os.environ["NODEPROXY_CODEC"] = args.codec  # inherited by the relay and nodeproxy
     procs = Processes(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     interrupted = ""
