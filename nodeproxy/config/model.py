@@ -62,12 +62,29 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True)
+class QueryMatch:
+    """One query parameter condition (Envoy's ``query_parameters``): the first value of
+    ``name`` must equal ``exact``, start with ``prefix``, fully match ``regex``, or
+    (``present``) the parameter must be there at all."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+
+@dataclass(frozen=True)
 class RouteMatch:
-    """Path condition (``path`` exact or ``prefix``; neither means ``/``) plus headers."""
+    """Path condition (``path`` exact, ``prefix``, or ``regex`` on the whole path; none
+    means ``/``) plus headers and query parameters."""
 
     prefix: str | None = None
     path: str | None = None
     headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+    regex: str | None = None  # Envoy's safe_regex: the path (without query) fully matches
+    case_sensitive: bool = True  # Envoy's case_sensitive: False compares prefix/path lowercased
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ class RetryConfig:
     backoff_max: float = 0.250
     budget_ratio: float = 0.2  # retries in flight <= ratio x requests in flight (Envoy's 20 %)
     budget_min_concurrency: int = 3  # ... but always at least this many (Envoy's 3)
+    # Envoy's retriable_status_codes: retried when retry_on has "retriable-status-codes"
+    retriable_status_codes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,36 @@ class FairnessConfig:
 
 
 @dataclass(frozen=True)
+class DirectResponse:
+    """Answer from the proxy itself (Envoy's ``direct_response``)."""
+
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer with a redirect (Envoy's ``redirect``); None keeps the request's part."""
+
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: int = 301
+    strip_query: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderMutation:
+    """A header to add (``append``) or to set, replacing any value (Envoy's ``append: false``)."""
+
+    name: str
+    value: str
+    append: bool = True
+
+
+@dataclass(frozen=True)
 class RouteRule:
     """Send matching requests to ``cluster`` or split them over ``weighted``.
 
@@ -142,6 +191,18 @@ class RouteRule:
     # Upgrade tokens this route lets through (Envoy's route-level upgrade_configs);
     # None: the listener's ``upgrades``.
     upgrades: tuple[str, ...] | None = None
+    # Route actions (Envoy's names). A rule with direct_response or redirect has
+    # cluster=None, weighted=() and cluster_from_authority=False.
+    prefix_rewrite: str | None = None
+    regex_rewrite: tuple[str, str] | None = None  # (pattern, substitution), Envoy regex_rewrite
+    host_rewrite: str | None = None  # host_rewrite_literal
+    auto_host_rewrite: bool = False
+    direct_response: DirectResponse | None = None
+    redirect: Redirect | None = None
+    request_headers_to_add: tuple[HeaderMutation, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderMutation, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +255,13 @@ class ListenerConfig:
     # Upgrade tokens relayed (lowercase; Envoy's upgrade_configs); any other -> 403.
     # ``h2c`` is never relayed: its Upgrade is removed (RFC 9113 §3.1 dropped it).
     upgrades: tuple[str, ...] = ("websocket",)
+    # Forwarding and host matching (Envoy HCM semantics; defaults are the native format's).
+    use_remote_address: bool = True  # Envoy HCM use_remote_address (Envoy default False)
+    xff_num_trusted_hops: int = 0  # Envoy HCM xff_num_trusted_hops
+    via: str | None = "1.1 nodeproxy"  # Envoy HCM via (Envoy default: unset = None)
+    # How an authority's port takes part in virtual-host matching; Envoy default "exact"
+    # (strip_any_host_port / strip_matching_host_port set the other two).
+    host_port_match: Literal["strip_any", "strip_matching", "exact"] = "strip_any"
 
 
 @dataclass(frozen=True)
@@ -308,3 +376,6 @@ class Config:
     codec: Literal["auto", "h11", "h11-mypyc"] = "auto"
     # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
     env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    # Fields the file set that change nothing nodeproxy does (Envoy files): one line each,
+    # printed by check-config and logged once at start.
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
