@@ -51,6 +51,9 @@ from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
 # After these the stream cannot be trusted to frame a next request (bad framing,
 # a head cut short, an unread body): answer, then close.
+# How late a timeout may fire: the sweeper's period (``ConnectionLoop.sweep``).
+SWEEP_INTERVAL = 0.05
+
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 431, 501})
 
 access_log = structlog.get_logger("nodeproxy.access")
@@ -71,6 +74,7 @@ class ConnectionLoop:
         # is closed first to make room at the connection cap) and new
         # connections before their first request. Drain wakes both.
         self.idle: dict[Downstream, None] = {}
+        self.live: set[Downstream] = set()  # every open connection (the sweeper reads it)
         self.opening: dict[Downstream, None] = {}
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
         self._labels: dict[tuple[str | None, int], tuple[Labels, Labels]] = {}
@@ -86,6 +90,23 @@ class ConnectionLoop:
         for waiting in (self.idle, self.opening):
             for down in waiting:
                 if down.scope is not None:
+                    down.scope.cancel()
+
+    async def sweep(self, interval: float = SWEEP_INTERVAL) -> None:
+        """Fire the deadlines of this listener's connections; returns once drained and empty.
+
+        One task per listener instead of a trio deadline moved per wait: a
+        connection past its ``Downstream.deadline`` gets its scope cancelled,
+        at most ``interval`` late. The loop reads ``live`` without awaiting,
+        so no connection task changes it underneath.
+        """
+        drain = self.runtime.drain
+        while not (drain.draining and not self.live):
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for down in self.live:
+                if down.deadline <= now and down.scope is not None:
+                    down.deadline = math.inf
                     down.scope.cancel()
 
     def close_oldest_idle(self) -> Downstream | None:
@@ -109,6 +130,7 @@ class ConnectionLoop:
         """Serve one accepted connection until it closes."""
         limits = self.limits
         down = Downstream(stream, limits)
+        self.live.add(down)
         deadline = trio.current_time() + limits.header_read_timeout
         first = True  # the first head's deadline counts from the accept
         try:
@@ -134,6 +156,7 @@ class ConnectionLoop:
         except Exception:  # last resort: one broken connection must not stop the listener
             log.exception("connection failed", listener=self.listener, source=down.source)
         finally:
+            self.live.discard(down)
             down.scope = None
             down.close()
 

@@ -34,6 +34,7 @@ class Downstream:
         "chunk",
         "client_ip",
         "codec",
+        "deadline",
         "exchange",
         "limits",
         "response_timeout",
@@ -52,6 +53,7 @@ class Downstream:
         # The connection loop's cancel scope (see ``arm``), and what a firing means.
         self.scope: trio.CancelScope | None = None
         self.response_timeout: float | None = None  # set: a response head is overdue
+        self.deadline = math.inf  # when the sweeper fires ``scope`` (see ``arm``)
         self.exchange: Exchange | None = None  # the request being served
         try:
             peer = stream.socket.getpeername()
@@ -66,22 +68,22 @@ class Downstream:
     def arm(self, deadline: float, *, response_timeout: float | None = None) -> None:
         """Let the connection's cancel scope fire at ``deadline``, until ``disarm``.
 
-        The connection loop keeps one cancel scope across requests and only
-        moves its deadline, for the two waits that have one: the idle wait for
-        a next request (firing closes the connection) and the wait for a
-        response head (``response_timeout`` given: firing answers 504, see
-        ``ConnectionLoop.serve``). Moving a deadline costs about a quarter of
-        entering and leaving a new scope, which was the largest cost of the
-        proxy's own per-request work.
+        For the two waits that have one: the idle wait for a next request
+        (firing closes the connection) and the wait for a response head
+        (``response_timeout`` given: firing answers 504, see
+        ``ConnectionLoop.serve``). Arming only writes a float: the listener's
+        sweeper (``ConnectionLoop.sweep``) cancels the scope of a connection
+        past its deadline, a few times a second. Moving a trio deadline per
+        wait (four per request) cost more than the rest of the proxy's own
+        per-request bookkeeping.
         """
         assert self.scope is not None, "only inside ConnectionLoop.serve"
         self.response_timeout = response_timeout
-        self.scope.deadline = deadline
+        self.deadline = deadline
 
     def disarm(self) -> None:
         """No deadline until the next ``arm``."""
-        if self.scope is not None:
-            self.scope.deadline = math.inf
+        self.deadline = math.inf
 
     async def receive(self) -> bytes:
         """Read up to one chunk into the codec; b"" at EOF."""

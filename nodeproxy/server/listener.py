@@ -157,6 +157,7 @@ async def serve_acceptor(
     log.info("listening", listener=listener.name, host=listener.host, port=port)
     try:
         async with trio.open_nursery() as connections:
+            connections.start_soon(loop.sweep)  # every connection's timeouts (until drained)
             async with trio.open_nursery() as accepting:
                 for sock in sockets:
                     accepting.start_soon(acceptor.accept_loop, sock, connections)
