@@ -23,6 +23,7 @@ from nodeproxy.config.model import (
 )
 from nodeproxy.errors import NoRoute, UnknownService
 from nodeproxy.routing.authority import Authority
+from nodeproxy.routing.match import path_and_query_ok, patterns
 
 Headers = Sequence[tuple[bytes, bytes]]  # lowercased names, as h11 gives them
 
@@ -73,6 +74,8 @@ class Router:
                 for h in rule.match.headers:
                     if h.regex is not None:
                         self._regex[h.regex] = re.compile(h.regex)
+                for pattern in patterns(rule.match):
+                    self._regex[pattern] = re.compile(pattern)
         # Longest wildcard first, as Envoy does.
         self._suffix.sort(key=lambda p: -len(p[0]))
         self._prefix.sort(key=lambda p: -len(p[0]))
@@ -105,7 +108,10 @@ class Router:
         path_only = path.partition("?")[0]
         for rule in vh.routes:
             m = rule.match
-            if m.path is not None:
+            if m.regex is not None or m.query or not m.case_sensitive:  # routing/match.py
+                if not path_and_query_ok(m, path, self._regex):
+                    continue
+            elif m.path is not None:
                 if path_only != m.path:
                     continue
             elif m.prefix is not None and not path_only.startswith(m.prefix):
