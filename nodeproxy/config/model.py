@@ -262,6 +262,12 @@ class ListenerConfig:
     # How an authority's port takes part in virtual-host matching; Envoy default "exact"
     # (strip_any_host_port / strip_matching_host_port set the other two).
     host_port_match: Literal["strip_any", "strip_matching", "exact"] = "strip_any"
+    # Keep an incoming x-forwarded-proto (the native rule). False: Envoy's rule, where
+    # use_remote_address with xff_num_trusted_hops 0 replaces it with the connection's scheme.
+    trust_forwarded_proto: bool = True
+    # Also remove the port host_port_match strips from the Host sent upstream, as Envoy's
+    # strip_*_host_port do (the native format forwards the Host as the client wrote it).
+    strip_port_upstream: bool = False
 
 
 @dataclass(frozen=True)
