@@ -32,7 +32,7 @@ from functools import partial
 import structlog
 import trio
 
-from nodeproxy import __version__
+from nodeproxy import __version__, access_log
 from nodeproxy.admin.server import serve_admin
 from nodeproxy.admin.stats import BUILD_INFO, labels
 from nodeproxy.config.model import Config
@@ -90,6 +90,7 @@ async def run_app(
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)
         root.start_soon(upstreams.run)
+        root.start_soon(access_log.run_flusher)  # batched access lines, flushed at the end
         root.start_soon(HealthChecker(runtime).run)
         if kubernetes is not None:
             await root.start(kubernetes.run)  # /ready stays 503 until its first sync

@@ -13,7 +13,8 @@ Output is JSON lines on stdout by default (what a log shipper on a node
 expects); ``console`` renders for humans and ``auto`` picks console on a TTY.
 The access log can be turned off (``log.access_log: false``) without touching
 the data path: a processor drops the ``access`` events of the
-``nodeproxy.access`` logger.
+``nodeproxy.access`` logger. In JSON mode the access line skips this chain
+altogether (``access_log.py``: rendered once, written in batches).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from nodeproxy import access_log
 from nodeproxy.config.model import LogConfig
 
 ACCESS_LOGGER = "nodeproxy.access"
@@ -122,6 +124,8 @@ def configure_logging(cfg: LogConfig, stream: TextIO | None = None) -> None:
     """
     out = stream if stream is not None else sys.stdout
     fmt = resolve_format(cfg.format, out)
+    fast = fmt == "json" and cfg.access_log and _LEVELS[cfg.level] <= logging.INFO
+    access_log.install(access_log.AccessWriter(out) if fast else None)
     colors = fmt == "console" and resolve_format("auto", out) == "console"
     structlog.configure(
         processors=build_processors(cfg, fmt, colors=colors),

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from nodeproxy import access_log
 from nodeproxy.config.model import LogConfig
 from nodeproxy.logs import (
     ACCESS_LOGGER,
@@ -32,6 +33,7 @@ def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    access_log.install(None)  # configure_logging installed the batched access writer
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from http import HTTPStatus
 import structlog
 import trio
 
+from nodeproxy import access_log
 from nodeproxy.admin.stats import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -56,7 +57,6 @@ SWEEP_INTERVAL = 0.05
 
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 431, 501})
 
-access_log = structlog.get_logger("nodeproxy.access")
 log = structlog.get_logger("nodeproxy.server")
 
 
@@ -307,24 +307,25 @@ class ConnectionLoop:
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)
         if self.access_log_enabled:
-            access_log.info(
-                "access",
-                listener=ex.listener,
-                method=ex.method,
-                authority=ex.authority,
-                path=ex.path,
-                protocol=ex.protocol,
-                status=ex.status,
-                duration_ms=round(duration * 1000, 3),
-                upstream=ex.upstream,
-                cluster=ex.cluster,
-                bytes_received=received,
-                bytes_sent=sent,
-                request_id=ex.request_id,
-                cause=ex.cause,
-                source=ex.source,
-                **({"upgrade": ex.upgrade} if ex.upgrade is not None else {}),
-            )
+            line = {
+                "listener": ex.listener,
+                "method": ex.method,
+                "authority": ex.authority,
+                "path": ex.path,
+                "protocol": ex.protocol,
+                "status": ex.status,
+                "duration_ms": round(duration * 1000, 3),
+                "upstream": ex.upstream,
+                "cluster": ex.cluster,
+                "bytes_received": received,
+                "bytes_sent": sent,
+                "request_id": ex.request_id,
+                "cause": ex.cause,
+                "source": ex.source,
+            }
+            if ex.upgrade is not None:
+                line["upgrade"] = ex.upgrade
+            access_log.emit(line)
         if ex.upgrade is not None and ex.status == 101:
             self._account_tunnel(ex.upgrade, received, sent)
 
