@@ -117,7 +117,12 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
         port, admin = free_port(), free_port()
         config = out / "nodeproxy.yaml"
         text = demo_config_text(
-            [up_port], port, admin, log_level="warning", access_log=False, drain_timeout="1s"
+            [up_port],
+            port,
+            admin,
+            log_level="info" if args.access_log else "warning",
+            access_log=args.access_log,
+            drain_timeout="1s",
         )
         config.write_text(text)
         argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
@@ -189,6 +194,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", default=",".join(TARGETS), type=lambda s: s.split(","))
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="nodeproxy writes its JSON access line per request (to its log file in --out)",
+    )
     p.add_argument(
         "--codec",
         choices=("auto", "h11", "h11-mypyc"),
