@@ -43,6 +43,7 @@ import trio
 
 from nodeproxy.config.model import ClusterConfig, ListenerConfig
 from nodeproxy.errors import NoHealthyUpstream, UnknownService, UpstreamResponseTimeout
+from nodeproxy.http1.forwarding import Forwarding, forwarded_client
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
@@ -75,6 +76,9 @@ class Pipeline:
         self.upstreams = upstreams
         self.router = Router(listener, config.default_namespace, config.cluster_domain)
         self._upgrades = listener.upgrades  # a route's own ``upgrades`` wins
+        self.forwarding = Forwarding.of(listener)  # X-Forwarded-*, Via (Envoy's rules)
+        self._reads_xff = self.forwarding.reads_xff
+        self._strip_port = listener.strip_port_upstream and listener.host_port_match != "exact"
         self.traffic = runtime.traffic
         if mesh is not None:
             self.traffic.mesh = mesh  # for /explain's policy decision
@@ -94,6 +98,11 @@ class Pipeline:
         if self.outbound_mesh is not None:
             forget_rule()  # the previous request's policy_rule must not reach this access line
         decision = self.route(ex.authority, ex.path, request.headers)
+        ex.via = self.forwarding.via
+        if self._reads_xff:
+            ex.client = forwarded_client(request.headers, down.client_ip, self.forwarding)
+        if self._strip_port:
+            host = self.router.upstream_host(host)
         ex.cluster = decision.cluster
         self.admission.check_route(decision.rule, down.client_ip)  # 429 before any state
         cluster = self.cluster_of(decision)
@@ -103,7 +112,15 @@ class Pipeline:
         try:
             rule_upgrades = decision.rule.upgrades
             upgrades = self._upgrades if rule_upgrades is None else rule_upgrades
-            out = prepare(down, request, ex, host=host, path=path, upgrades=upgrades)
+            out = prepare(
+                down,
+                request,
+                ex,
+                host=host,
+                path=path,
+                upgrades=upgrades,
+                forwarding=self.forwarding,
+            )
             head = out.in_hand[0]
             assert type(head) is h11.Request
             if decision.rule.retries is not None:

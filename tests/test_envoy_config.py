@@ -20,6 +20,7 @@ from nodeproxy.config.model import (
     WeightedCluster,
 )
 from nodeproxy.errors import ConfigError
+from nodeproxy.resilience.outlier import DISABLED
 
 DATA = Path(__file__).parent / "data"
 SEED_V2 = (DATA / "seed-envoy.yaml").read_text()
@@ -37,12 +38,19 @@ SEED_LISTENER = ListenerConfig(
         ),
     ),
     upgrades=(),  # Envoy relays no upgrade the connection manager's upgrade_configs omits
+    # Envoy's connection manager defaults: no x-forwarded-for append, no Via, port is in the name
+    use_remote_address=False,
+    via=None,
+    host_port_match="exact",
 )
 SEED_CLUSTER = ClusterConfig(
     name="local_service",
     endpoints=(EndpointConfig("172.17.0.1", 3000),),
     connect_timeout=0.25,
     lb_policy="round_robin",  # Envoy's default, kept by the Envoy front end
+    outlier=DISABLED,  # Envoy ejects nothing without outlier_detection
+    idle_timeout=3600.0,  # Envoy's upstream idle timeout
+    max_connections_per_endpoint=1024,  # Envoy caps the cluster (max_connections), not a host
 )
 
 
@@ -176,12 +184,13 @@ def _edit(text: str, old: str, new: str) -> str:
 HCM = "static_resources.listeners[0].filter_chains[0].filters[0].config"
 ROUTE = HCM + ".route_config.virtual_hosts[0].routes[0]"
 REJECTED = [
-    ("lb_policy: ROUND_ROBIN", "lb_policy: LEAST_REQUEST",
-     "static_resources.clusters[0].lb_policy", "unsupported value 'LEAST_REQUEST'",
-     "LEAST_REQUEST"),
+    ("lb_policy: ROUND_ROBIN", "lb_policy: RING_HASH",
+     "static_resources.clusters[0].lb_policy", "unsupported value 'RING_HASH'", "RING_HASH"),
     ("type: STRICT_DNS", "type: EDS", "static_resources.clusters[0].type", "'EDS'", "type: EDS"),
-    ("    lb_policy: ROUND_ROBIN\n", "    lb_policy: ROUND_ROBIN\n    circuit_breakers: {}\n",
-     "static_resources.clusters[0].circuit_breakers", "unsupported field", "circuit_breakers"),
+    ("    lb_policy: ROUND_ROBIN\n",
+     "    lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{max_requests: 0}]}\n",
+     "static_resources.clusters[0].circuit_breakers.thresholds[0].max_requests", "must be >= 1",
+     "circuit_breakers"),
     ("          - name: envoy.router", "          - name: envoy.filters.http.cors\n"
      "          - name: envoy.router", HCM + ".http_filters[0].name",
      "unsupported HTTP filter 'envoy.filters.http.cors'", "cors"),
@@ -190,31 +199,36 @@ REJECTED = [
      "unsupported network filter 'envoy.tcp_proxy'", "tcp_proxy"),
     ("          codec_type: AUTO", "          codec_type: HTTP2", HCM + ".codec_type", "'HTTP2'",
      "HTTP2"),
-    ("          codec_type: AUTO", "          codec_type: AUTO\n          access_log: []",
-     HCM + ".access_log", "unsupported field", "access_log"),
-    ("          codec_type: AUTO", "          codec_type: AUTO\n          use_remote_address: true",
-     HCM + ".use_remote_address", "unsupported field", "use_remote_address"),
-    ("    filter_chains:", "    per_connection_buffer_limit_bytes: 1024\n    filter_chains:",
-     "static_resources.listeners[0].per_connection_buffer_limit_bytes", "unsupported field",
-     "per_connection_buffer_limit_bytes"),
-    ("    - filters:", "    - filter_chain_match: {}\n      filters:",
-     "static_resources.listeners[0].filter_chains[0].filter_chain_match", "unsupported field",
-     "filter_chain_match"),
-    ("                route:\n                  cluster: local_service",
-     "                redirect: {path_redirect: /x}", ROUTE + ".redirect", "unsupported field",
-     "redirect"),
+    ("          codec_type: AUTO", "          codec_type: AUTO\n          access_log:\n"
+     "          - {name: envoy.file_access_log, config: {path: /var/log/envoy.log}}",
+     HCM + ".access_log[0].config", "nodeproxy writes its access line to its log stream",
+     "access_log"),
+    ("          codec_type: AUTO", "          codec_type: AUTO\n          normalize_path: true",
+     HCM + ".normalize_path", "only false", "normalize_path"),
+    ("          codec_type: AUTO", "          codec_type: AUTO\n          rds: {}",
+     HCM + ".rds", "rds (xDS) is not supported", "rds"),
+    ("          codec_type: AUTO", "          codec_type: AUTO\n          local_reply_config: {}",
+     HCM + ".local_reply_config", "unsupported field", "local_reply_config"),
+    ("    filter_chains:", "    socket_options: []\n    filter_chains:",
+     "static_resources.listeners[0].socket_options", "unsupported field", "socket_options"),
+    ("    - filters:", "    - filter_chain_match: {server_names: [a]}\n      filters:",
+     "static_resources.listeners[0].filter_chains[0].filter_chain_match",
+     "filter_chain_match is not supported", "filter_chain_match"),
+    ("                  cluster: local_service",
+     "                  cluster: local_service\n                  host_rewrite_header: x-host",
+     ROUTE + ".route.host_rewrite_header", "unsupported field", "host_rewrite_header"),
     ("                  cluster: local_service", "                  cluster: nope",
      ROUTE + ".route.cluster", "unknown cluster 'nope'", "cluster: nope"),
     ("                  cluster: local_service",
-     "                  cluster: local_service\n                  prefix_rewrite: /",
-     ROUTE + ".route.prefix_rewrite", "unsupported field", "prefix_rewrite"),
-    ('                  prefix: "/hello"', '                  safe_regex: {regex: "/h.*"}',
-     ROUTE + ".match.safe_regex", "unsupported field", "safe_regex"),
+     "                  cluster: local_service\n                  request_mirror_policies: []",
+     ROUTE + ".route.request_mirror_policies", "unsupported field", "request_mirror_policies"),
+    ('                  prefix: "/hello"', '                  connect_matcher: {}',
+     ROUTE + ".match.connect_matcher", "unsupported field", "connect_matcher"),
     ('                  prefix: "/hello"', '                  path: "hello"',
      ROUTE + ".match.path", "must start with '/'", "path:"),
     ('                  prefix: "/hello"',
-     '                  prefix: "/hello"\n                  headers: [{name: x, suffix_match: y}]',
-     ROUTE + ".match.headers[0].suffix_match", "unsupported field", "suffix_match"),
+     '                  prefix: "/hello"\n                  headers: [{name: x, range_match: {}}]',
+     ROUTE + ".match.headers[0].range_match", "range_match is not supported", "range_match"),
     ('                  prefix: "/hello"',
      '                  prefix: "/hello"\n                  headers: [{name: x, exact_match: y,'
      ' prefix_match: z}]', ROUTE + ".match.headers[0]", "exactly one of", "headers:"),
@@ -228,12 +242,16 @@ REJECTED = [
      "static_resources.clusters[0].connect_timeout", "invalid duration", "quick"),
     ("      port_value: 8081", "      port_value: 70000",
      "admin.address.socket_address.port_value", "must be in 0..65535", "70000"),
-    ("  access_log_path: /tmp/admin_access.log", "  profile_path: /tmp/prof",
-     "admin.profile_path", "unsupported field", "profile_path"),
-    ("static_resources:", "layered_runtime: {}\nstatic_resources:", "layered_runtime",
-     "unsupported field", "layered_runtime"),
-    ("  clusters:", "  secrets: []\n  clusters:", "static_resources.secrets", "unsupported field",
-     "secrets"),
+    ("  access_log_path: /tmp/admin_access.log", "  socket_options: []",
+     "admin.socket_options", "unsupported field", "socket_options"),
+    ("static_resources:", "dynamic_resources: {}\nstatic_resources:", "dynamic_resources",
+     "unsupported field", "dynamic_resources"),
+    ("static_resources:", "layered_runtime:\n  layers:\n  - name: l\n    static_layer:\n"
+     "      overload.global_downstream_max_connections: 10\nstatic_resources:",
+     "layered_runtime.layers[0].static_layer.overload.global_downstream_max_connections",
+     "nodeproxy has no runtime", "overload.global_downstream_max_connections"),
+    ("  clusters:", "  secrets: [{name: x}]\n  clusters:", "static_resources.secrets",
+     "TLS secrets are not supported", "secrets"),
     ("        port_value: 80\n", "        port_value: 8081\n",
      "static_resources.listeners[0].address", "0.0.0.0:8081 is also used by admin.address",
      "address:"),

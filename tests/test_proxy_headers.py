@@ -78,7 +78,7 @@ def test_request_rewrite_drops_hop_by_hop_and_adds_forwarding_headers() -> None:
     d = dict(out)
     assert d[b"host"] == b"svc"
     assert d[b"x-forwarded-for"] == b"10.0.0.1, 127.0.0.9"
-    assert d[b"x-forwarded-proto"] == b"http"
+    assert d[b"x-forwarded-proto"] == b"https"  # kept from the client (native rule)
     assert d[b"via"] == b"1.1 nodeproxy"
     assert d[b"content-length"] == b"3"
     assert d[b"accept"] == b"*/*"

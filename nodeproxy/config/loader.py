@@ -51,11 +51,13 @@ from nodeproxy.config.traffic import (
     read_labels,
     read_weight,
 )
-from nodeproxy.config.yamlsrc import Node
+from nodeproxy.config.yamlsrc import Fields, Node
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 CodecName = Literal["auto", "h11", "h11-mypyc"]
+HostPortMatch = Literal["strip_any", "strip_matching", "exact"]
+HOST_PORT_MATCHES = ("strip_any", "strip_matching", "exact")
 CODEC_NAMES = ("auto", "h11", "h11-mypyc")  # nodeproxy/http1/impl.py CODECS
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
@@ -144,7 +146,7 @@ def _listeners(
     out: list[ListenerConfig] = []
     names: dict[str, str] = {}
     for i, item in enumerate(node.items(non_empty=True)):
-        f = item.fields("name", "address", "rate_limit", "upgrades")
+        f = item.fields("name", "address", "rate_limit", "upgrades", *_FORWARDING)
         name = f.opt("name", Node.text, "outbound" if i == 0 else f"outbound_{i}")
         if name in names:
             raise item.error(f"duplicate listener name {name!r} (also {names[name]})")
@@ -154,17 +156,51 @@ def _listeners(
         binds.append((addr, host, port))
         limit = f.opt("rate_limit", read_rate_limit, None)
         upgrades = f.opt("upgrades", upgrade_tokens, ListenerConfig.upgrades)
-        out.append(
-            ListenerConfig(
-                name=name,
-                host=host,
-                port=port,
-                virtual_hosts=vhosts,
-                rate_limit=limit,
-                upgrades=upgrades,
-            )
+        listener = ListenerConfig(
+            name=name,
+            host=host,
+            port=port,
+            virtual_hosts=vhosts,
+            rate_limit=limit,
+            upgrades=upgrades,
         )
+        out.append(_forwarding(f, listener))
     return tuple(out)
+
+
+# A listener's forwarding and host matching fields (Envoy's HCM names; docs/configuration.md).
+_FORWARDING = (
+    "use_remote_address",
+    "xff_num_trusted_hops",
+    "via",
+    "host_port_match",
+    "trust_forwarded_proto",
+    "strip_port_upstream",
+)
+
+
+def _forwarding(f: Fields, d: ListenerConfig) -> ListenerConfig:
+    """``d`` with the forwarding fields the listener sets (absent: the native defaults)."""
+    match: str = f.opt("host_port_match", lambda n: n.choice(*HOST_PORT_MATCHES), "strip_any")
+    return dataclasses.replace(
+        d,
+        use_remote_address=f.opt("use_remote_address", Node.flag, d.use_remote_address),
+        xff_num_trusted_hops=f.opt(
+            "xff_num_trusted_hops", lambda n: n.integer(0, 64), d.xff_num_trusted_hops
+        ),
+        via=f.opt("via", via_value, d.via),
+        host_port_match=cast(HostPortMatch, match),  # choice() checked the value
+        trust_forwarded_proto=f.opt("trust_forwarded_proto", Node.flag, d.trust_forwarded_proto),
+        strip_port_upstream=f.opt("strip_port_upstream", Node.flag, d.strip_port_upstream),
+    )
+
+
+def via_value(node: Node) -> str | None:
+    """A ``Via`` value (``1.1 edge``); ``""`` adds none. Printable ASCII, no edge spaces."""
+    value = node.text(non_empty=False)
+    if value and not re.fullmatch(r"[!-~]([ -~]*[!-~])?", value):
+        raise node.error(f"not a valid Via header value: {value!r}")
+    return value or None
 
 
 def upgrade_tokens(node: Node) -> tuple[str, ...]:

@@ -16,8 +16,12 @@ import re
 from nodeproxy.config.model import BucketConfig, FairnessConfig, RateLimitConfig, RetryConfig
 from nodeproxy.config.yamlsrc import Node
 
-RETRY_ON = ("connect-failure", "reset", "gateway-error", "5xx")
-RETRY_KEYS = ("retry_on", "num_retries", "per_try_timeout", "backoff", "budget")
+RETRY_ON = (
+    "connect-failure", "reset", "gateway-error", "5xx", "retriable-status-codes", "retriable-4xx",
+)  # fmt: skip
+RETRY_KEYS = (
+    "retry_on", "num_retries", "per_try_timeout", "backoff", "budget", "retriable_status_codes",
+)  # fmt: skip
 FAIRNESS_KEYS = (
     "max_concurrent_per_source", "max_queue_per_source", "max_wait", "max_concurrent", "max_queue",
 )  # fmt: skip
@@ -26,7 +30,8 @@ _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def read_retries(node: Node) -> RetryConfig:
-    """``{retry_on, num_retries, per_try_timeout, backoff: {base, max}, budget: {...}}``."""
+    """``{retry_on, num_retries, per_try_timeout, backoff: {base, max}, budget: {...},
+    retriable_status_codes}``."""
     f = node.fields(*RETRY_KEYS)
     d = RetryConfig()
     retry_on = f.opt("retry_on", _retry_on, d.retry_on)
@@ -40,7 +45,13 @@ def read_retries(node: Node) -> RetryConfig:
         backoff_max=top,
         budget_ratio=ratio,
         budget_min_concurrency=floor,
+        retriable_status_codes=f.opt("retriable_status_codes", status_codes, ()),
     )
+
+
+def status_codes(node: Node) -> tuple[int, ...]:
+    """A list of HTTP statuses (``[503, 429]``), each 100..599."""
+    return tuple(dict.fromkeys(item.integer(100, 599) for item in node.items(non_empty=True)))
 
 
 def _retry_on(node: Node) -> tuple[str, ...]:

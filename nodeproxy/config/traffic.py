@@ -40,7 +40,8 @@ def cluster_traffic(f: Fields) -> dict[str, Any]:
 
 def read_outlier(node: Node) -> OutlierConfig:
     """``{consecutive_5xx, consecutive_gateway_failure, interval, base_ejection_time,
-    max_ejection_time, max_ejection_percent}``; Envoy's names and defaults."""
+    max_ejection_time, max_ejection_percent, enforcing_consecutive_5xx,
+    enforcing_consecutive_gateway_failure}``; Envoy's names and defaults."""
     d = OutlierConfig()
     f = node.fields(*d.__dataclass_fields__)
     return OutlierConfig(
@@ -52,7 +53,24 @@ def read_outlier(node: Node) -> OutlierConfig:
         base_ejection_time=f.opt("base_ejection_time", Node.duration, d.base_ejection_time),
         max_ejection_time=f.opt("max_ejection_time", Node.duration, d.max_ejection_time),
         max_ejection_percent=f.opt("max_ejection_percent", _percent, d.max_ejection_percent),
+        enforcing_consecutive_5xx=f.opt(
+            "enforcing_consecutive_5xx", on_off_percent, d.enforcing_consecutive_5xx
+        ),
+        enforcing_consecutive_gateway_failure=f.opt(
+            "enforcing_consecutive_gateway_failure",
+            on_off_percent,
+            d.enforcing_consecutive_gateway_failure,
+        ),
     )
+
+
+def on_off_percent(node: Node) -> float:
+    """An Envoy ``enforcing_*`` percentage: 0 (detect only) or 100 (eject); a share in
+    between would eject at random, which nodeproxy does not do."""
+    value = _percent(node)
+    if value not in (0.0, 100.0):
+        raise node.error(f"only 0 or 100 are supported, got {node.text()!r}")
+    return value
 
 
 def read_breaker(node: Node) -> BreakerConfig:

@@ -10,8 +10,9 @@ here from what the codec parsed (one Content-Length, or chunked; the codec
 already refused a head carrying both), so no byte of the client's framing
 reaches a shared upstream connection. Trailers lose framing, hop-by-hop,
 routing and mesh fields (RFC 9110 §6.5.1). We add ``Via``,
-``X-Forwarded-For``/``-Proto`` and an ``x-request-id`` when the client sent
-none.
+``X-Forwarded-For``/``-Proto`` as the listener's ``Forwarding`` says
+(``forwarding.py``: Envoy's rules) and an ``x-request-id`` when the client
+sent none.
 
 Also here: turning the request target into (authority, origin-form target),
 for both ``http_proxy`` style absolute-form and ``Host``-header requests.
@@ -25,10 +26,10 @@ import os
 from collections.abc import Iterable
 
 from nodeproxy.errors import BadRequest
+from nodeproxy.http1.forwarding import NATIVE, VIA, Forwarding
 
 Header = tuple[bytes, bytes]
 
-VIA = b"1.1 nodeproxy"
 _ALWAYS_HOP = frozenset(
     {
         b"connection",
@@ -171,22 +172,34 @@ def request_authority(target: bytes, headers: Iterable[Header]) -> tuple[bytes, 
 
 
 def upstream_request_headers(
-    headers: Iterable[Header], *, host: bytes, client_ip: str, upgrade: bool
+    headers: Iterable[Header],
+    *,
+    host: bytes,
+    client_ip: str,
+    upgrade: bool,
+    forwarding: Forwarding = NATIVE,
 ) -> tuple[list[Header], str]:
     """Headers to send upstream, and the request id (the client's or a new one).
 
     ``host`` replaces any ``Host`` the client sent (absolute-form wins, RFC 9112 §3.2.2).
+    ``forwarding``: the listener's rules for X-Forwarded-For/-Proto and Via.
     """
     headers = list(headers)
-    out, xff, request_id, connection = _request_pass(headers, _ALWAYS_HOP, host, upgrade)
+    out, xff, proto, request_id, connection = _request_pass(headers, _ALWAYS_HOP, host, upgrade)
     if connection and (drop := _dropped(connection)) is not _ALWAYS_HOP:
-        out, xff, request_id, _ = _request_pass(headers, drop, host, upgrade)
+        out, xff, proto, request_id, _ = _request_pass(headers, drop, host, upgrade)
     if upgrade:
         out.append((b"connection", b"upgrade"))
-    ip = client_ip.encode()
-    out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
-    out.append((b"x-forwarded-proto", b"http"))
-    out.append((b"via", VIA))
+    if forwarding.append_xff:
+        ip = client_ip.encode()
+        out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
+    elif xff is not None:
+        out.append((b"x-forwarded-for", xff))
+    if proto is None or not forwarding.keep_proto:
+        proto = forwarding.scheme
+    out.append((b"x-forwarded-proto", proto))
+    if forwarding.via is not None:
+        out.append((b"via", forwarding.via))
     if request_id is None:
         request_id = new_request_id()
         out.append((b"x-request-id", request_id))
@@ -195,10 +208,12 @@ def upstream_request_headers(
 
 def _request_pass(
     headers: list[Header], drop: frozenset[bytes], host: bytes, upgrade: bool
-) -> tuple[list[Header], bytes | None, bytes | None, list[bytes]]:
-    """(headers kept, client X-Forwarded-For, client request id, Connection values)."""
+) -> tuple[list[Header], bytes | None, bytes | None, bytes | None, list[bytes]]:
+    """(headers kept, client X-Forwarded-For, its first X-Forwarded-Proto, client request
+    id, Connection values)."""
     out: list[Header] = [(b"host", host)]
     xff: bytes | None = None
+    proto: bytes | None = None
     request_id: bytes | None = None
     connection: list[bytes] = []
     framing: Header | None = None
@@ -217,6 +232,9 @@ def _request_pass(
         elif name == b"x-request-id":
             request_id = value
             out.append((name, value))
+        elif name == b"x-forwarded-proto":
+            if proto is None:
+                proto = value
         elif name == b"content-length":  # validated digits (the codec parsed it)
             if framing is None:
                 framing = (b"content-length", value)
@@ -224,13 +242,17 @@ def _request_pass(
             framing = (b"transfer-encoding", b"chunked")
     if framing is not None:
         out.append(framing)
-    return out, xff, request_id, connection
+    return out, xff, proto, request_id, connection
 
 
 def downstream_response_headers(
-    headers: Iterable[Header], *, upgrade: bool = False, close: bool = False
+    headers: Iterable[Header],
+    *,
+    upgrade: bool = False,
+    close: bool = False,
+    via: bytes | None = VIA,
 ) -> list[Header]:
-    """Response headers to send downstream: hop-by-hop removed, ``Via`` added.
+    """Response headers to send downstream: hop-by-hop removed, ``via`` added when set.
 
     ``close`` asks the client to drop the connection after this response
     (draining, or a request body we did not read).
@@ -243,7 +265,8 @@ def downstream_response_headers(
         out.append((b"connection", b"upgrade"))
     elif close:
         out.append((b"connection", b"close"))
-    out.append((b"via", VIA))
+    if via is not None:
+        out.append((b"via", via))
     return out
 
 

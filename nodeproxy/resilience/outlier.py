@@ -72,6 +72,14 @@ class OutlierConfig:
     base_ejection_time: float = 30.0  # Envoy default
     max_ejection_time: float = 300.0  # Envoy default
     max_ejection_percent: float = 50.0  # Envoy: 10, which never ejects in a 2..9 replica service
+    # Envoy's enforcing_* as on/off (0 or 100 %): a detection that is not enforced ejects
+    # nothing. Envoy's default for the gateway one is 0; both 0 is Envoy without
+    # outlier_detection (an Envoy file's cluster without it gets DISABLED).
+    enforcing_consecutive_5xx: float = 100.0
+    enforcing_consecutive_gateway_failure: float = 100.0
+
+
+DISABLED = OutlierConfig(enforcing_consecutive_5xx=0.0, enforcing_consecutive_gateway_failure=0.0)
 
 
 @dataclass(frozen=True)
@@ -182,9 +190,13 @@ class OutlierDetector:
             return None
         host.c5xx += 1
         host.cgw = host.cgw + 1 if status in GATEWAY_STATUSES else 0
-        if host.cgw >= self.config.consecutive_gateway_failure:
+        config = self.config
+        if (
+            host.cgw >= config.consecutive_gateway_failure
+            and config.enforcing_consecutive_gateway_failure
+        ):
             return self._try_eject(ep.address, host, now, "consecutive_gateway_failure")
-        if host.c5xx >= self.config.consecutive_5xx:
+        if host.c5xx >= config.consecutive_5xx and config.enforcing_consecutive_5xx:
             return self._try_eject(ep.address, host, now, "consecutive_5xx")
         return None
 

@@ -31,6 +31,8 @@ class RetryOn(enum.Enum):
     RESET = "reset"
     GATEWAY_ERROR = "gateway-error"
     FIVE_XX = "5xx"
+    RETRIABLE_STATUS_CODES = "retriable-status-codes"  # the statuses in retriable_status_codes
+    RETRIABLE_4XX = "retriable-4xx"  # Envoy's: 409 only
 
 
 class TryFailure(enum.Enum):
@@ -64,6 +66,7 @@ class RetryPolicy:
     backoff_base: float = 0.025  # Envoy's base_interval
     backoff_max: float = 0.250  # Envoy's default: 10 x base
     retries_done: int = 0
+    retriable_status_codes: frozenset[int] = frozenset()
 
     def __repr__(self) -> str:
         on = ",".join(sorted(r.value for r in self.retry_on))
@@ -83,6 +86,10 @@ class RetryPolicy:
         if isinstance(outcome, TryFailure):
             return bool(self.retry_on & _COVERS[outcome])
         if outcome in _GATEWAY and RetryOn.GATEWAY_ERROR in self.retry_on:
+            return True
+        if outcome in self.retriable_status_codes:
+            return RetryOn.RETRIABLE_STATUS_CODES in self.retry_on
+        if outcome == 409 and RetryOn.RETRIABLE_4XX in self.retry_on:
             return True
         return 500 <= outcome <= 599 and RetryOn.FIVE_XX in self.retry_on
 

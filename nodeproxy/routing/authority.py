@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from nodeproxy.errors import BadRequest
 
@@ -23,6 +24,11 @@ _PORT = re.compile(r"[0-9]{1,5}")
 class Authority:
     host: str  # lowercased, IPv6 without brackets
     port: int | None
+
+    @cached_property  # parsed authorities are kept (``parse_authority``): computed once
+    def name(self) -> str:
+        """The host as a ``Host`` header writes it: an IPv6 address in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     def service_key(self, default_namespace: str, cluster_domain: str) -> str | None:
         """Canonical ``svc.ns`` for a Kubernetes service name, else None.

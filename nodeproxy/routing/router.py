@@ -47,6 +47,9 @@ class Router:
     ) -> None:
         self._default_ns = default_namespace
         self._cluster_domain = cluster_domain
+        self._port_match = listener.host_port_match
+        self._native_names = listener.host_port_match == "strip_any"
+        self.listener_port = listener.port  # the bound one once listening (``bound``)
         self._exact: dict[str, VirtualHost] = {}
         self._suffix: list[tuple[str, VirtualHost]] = []  # "*.example.com" -> ".example.com"
         self._prefix: list[tuple[str, VirtualHost]] = []  # "api.*" -> "api."
@@ -84,15 +87,36 @@ class Router:
         wildcards = len(self._suffix) + len(self._prefix) + (self._any is not None)
         return f"<Router [{len(self._exact)} names, {wildcards} wildcards]>"
 
+    def bound(self, port: int) -> None:
+        """The port the listener bound (its config may say 0): ``strip_matching`` compares it."""
+        self.listener_port = port
+
     def virtual_host(self, authority: Authority, raw: str) -> VirtualHost:
+        """The virtual host ``raw`` (``host[:port]``) selects, per ``host_port_match``.
+
+        ``strip_any`` (native) ignores the port and maps every Kubernetes
+        spelling of a service (``svc``, ``svc.ns.svc.cluster.local``) onto its
+        ``svc.ns`` domain; ``exact`` (Envoy's default) matches the authority as
+        written, so ``example.com`` does not take ``example.com:8080``;
+        ``strip_matching`` drops the port only when it is the listener's own.
+        Wildcards then compare against the same name.
+        """
         exact = self._exact
-        vh = exact.get(raw.lower()) or exact.get(authority.host)
-        if vh is not None:
-            return vh
-        key = authority.service_key(self._default_ns, self._cluster_domain)
-        if key is not None and (vh := exact.get(key)) is not None:
-            return vh
-        host = authority.host
+        if self._native_names:
+            vh = exact.get(raw.lower()) or exact.get(authority.name)
+            if vh is not None:
+                return vh
+            key = authority.service_key(self._default_ns, self._cluster_domain)
+            if key is not None and (vh := exact.get(key)) is not None:
+                return vh
+            host = authority.name
+        else:
+            host = raw.lower()
+            if authority.port == self.listener_port and self._port_match == "strip_matching":
+                host = host[: host.rindex(":")]
+            vh = exact.get(host)
+            if vh is not None:
+                return vh
         for suffix, vh in self._suffix:  # the "*" must stand for at least one character
             if host.endswith(suffix) and len(host) > len(suffix):
                 return vh
@@ -102,6 +126,16 @@ class Router:
         if self._any is not None:
             return self._any
         raise UnknownService(f"no service for authority {raw!r}")
+
+    def upstream_host(self, host: bytes) -> bytes:
+        """``host`` without the port ``host_port_match`` strips (Envoy's strip_*_host_port
+        send the stripped Host upstream too; the pipeline asks only when configured)."""
+        name, sep, port = host.rpartition(b":")
+        if not sep or not port.isdigit() or name.endswith(b":") or self._port_match == "exact":
+            return host  # no port (a bare IPv6 address ends in "...:1]", not digits)
+        if self._port_match == "strip_matching" and int(port) != self.listener_port:
+            return host
+        return name
 
     def route(self, authority: Authority, raw: str, path: str, headers: Headers) -> RouteDecision:
         vh = self.virtual_host(authority, raw)

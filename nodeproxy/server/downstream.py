@@ -19,6 +19,7 @@ import trio
 
 from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
+from nodeproxy.http1.forwarding import VIA
 
 
 class ClientGone(Exception):
@@ -155,3 +156,7 @@ class Exchange:
     bytes_sent: int = 0
     response_started: bool = False  # response headers went out: errors now mean "close"
     upgrade: str | None = None  # the protocol(s) of an upgrade request relayed upstream
+    # The client's address when the listener reads it from x-forwarded-for (Envoy's
+    # downstream remote address, http1/forwarding.py); None: the source's.
+    client: str | None = None
+    via: bytes | None = VIA  # the listener's Via for the response (None: none)

@@ -40,6 +40,7 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
+from nodeproxy.http1.forwarding import NATIVE, Forwarding
 from nodeproxy.http1.headers import clean_trailers, requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
@@ -79,14 +80,20 @@ def prepare(
     host: bytes,
     path: bytes,
     upgrades: tuple[str, ...] = DEFAULT_UPGRADES,
+    forwarding: Forwarding = NATIVE,
 ) -> Outgoing:
     """Rewrite the head for upstream and take any body already buffered from the client.
 
     ``upgrades``: the protocols this request may switch to (the route's or listener's).
+    ``forwarding``: the listener's X-Forwarded-*/Via rules (``http1/forwarding.py``).
     """
     upgrade = _upgrade(request, ex, upgrades)
     headers, ex.request_id = upstream_request_headers(
-        request.headers, host=host, client_ip=down.client_ip, upgrade=upgrade
+        request.headers,
+        host=host,
+        client_ip=down.client_ip,
+        upgrade=upgrade,
+        forwarding=forwarding,
     )
     in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
     return Outgoing(in_hand, _take_buffered_body(down, in_hand), upgrade)

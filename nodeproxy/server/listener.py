@@ -154,6 +154,7 @@ async def serve_acceptor(
     loop = acceptor.loop
     sockets = await trio.open_tcp_listeners(listener.port, host=listener.host or None)
     port = int(sockets[0].socket.getsockname()[1])
+    acceptor.loop.pipeline.router.bound(port)  # host_port_match: strip_matching compares it
     log.info("listening", listener=listener.name, host=listener.host, port=port)
     try:
         async with trio.open_nursery() as connections:

@@ -21,6 +21,7 @@ import trio
 
 from nodeproxy.errors import UpstreamProtocolError
 from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
+from nodeproxy.http1.forwarding import VIA
 from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
 from nodeproxy.http1.impl import h11
 from nodeproxy.server.downstream import Downstream, Exchange
@@ -33,8 +34,9 @@ async def relay_informational(down: Downstream, event: h11.InformationalResponse
     """Pass a 1xx on (HTTP/1.0 clients never get one, RFC 9110 §15.2)."""
     if not down.codec.client_http11:
         return
+    via = VIA if down.exchange is None else down.exchange.via
     interim = informational_event(
-        event.status_code, event.reason, downstream_response_headers(event.headers)
+        event.status_code, event.reason, downstream_response_headers(event.headers, via=via)
     )
     await down.send(down.codec.send(interim))
 
@@ -46,7 +48,7 @@ async def relay_response(
     dc, uc = down.codec, conn.codec
     ex.status = response.status_code
     try:
-        headers = downstream_response_headers(response.headers, close=close)
+        headers = downstream_response_headers(response.headers, close=close, via=ex.via)
         head = dc.send(response_event(response.status_code, response.reason, headers))
     except h11.LocalProtocolError as exc:
         raise UpstreamProtocolError(f"cannot relay response head: {exc}") from None
@@ -93,7 +95,7 @@ async def splice(
     if len(chosen) != 1 or chosen[0] not in offered:
         raise UpstreamProtocolError(f"101 to {chosen!r}, which the request did not offer")
     ex.status = 101
-    headers = downstream_response_headers(response.headers, upgrade=True)
+    headers = downstream_response_headers(response.headers, upgrade=True, via=ex.via)
     switch = informational_event(101, response.reason, headers)
     await down.send(down.codec.send(switch))
     ex.response_started = True

@@ -32,6 +32,7 @@ def policy_of(config: RetryConfig) -> RetryPolicy:
         per_try_timeout=config.per_try_timeout,
         backoff_base=config.backoff_base,
         backoff_max=config.backoff_max,
+        retriable_status_codes=frozenset(config.retriable_status_codes),
     )
 
 
