@@ -205,8 +205,10 @@ def direct_response(node: Node) -> DirectResponse:
     status = integer(f.need("status"), 200, 599)
     body = ""
     if (b := f.get("body")) is not None:
-        body = b.fields("inline_string", unknown=UNSUPPORTED).need("inline_string").text(
-            non_empty=False
+        body = (
+            b.fields("inline_string", unknown=UNSUPPORTED)
+            .need("inline_string")
+            .text(non_empty=False)
         )
     return DirectResponse(status=status, body=body)
 

@@ -177,8 +177,12 @@ def _idle_timeout(ctx: EnvoyLoad, common: Node | None, typed: Node | None) -> fl
 
 
 def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | None]]:
-    f = ctx.fields(node, "cluster_name", "endpoints", ignored={
-        "policy": "overprovisioning and drops only act across localities and priorities"})
+    f = ctx.fields(
+        node,
+        "cluster_name",
+        "endpoints",
+        ignored={"policy": "overprovisioning and drops only act across localities and priorities"},
+    )
     f.opt("cluster_name", Node.text, "")  # required by Envoy, only meaningful for EDS
     out: list[tuple[Node, float | None]] = []
     for locality in f.items("endpoints"):
@@ -194,8 +198,11 @@ def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | Non
                            ignored=ENDPOINTS)  # fmt: skip
             e.opt("health_status", lambda n: enum(n, "UNKNOWN", "HEALTHY"), "UNKNOWN")
             weight = e.opt("load_balancing_weight", lambda n: float(integer(n, 1)), None)
-            ep = ctx.fields(e.need("endpoint"), "address", ignored={
-                "hostname": "the endpoint's name is only shown in Envoy's admin"})
+            ep = ctx.fields(
+                e.need("endpoint"),
+                "address",
+                ignored={"hostname": "the endpoint's name is only shown in Envoy's admin"},
+            )
             out.append((ep.need("address"), weight))
     return out
 

@@ -110,9 +110,7 @@ def _condition(how: str, text: str) -> tuple[str | None, str | None, str | None]
 
 
 def query_parameter(node: Node) -> QueryMatch:
-    f = node.fields(
-        "name", "string_match", "present_match", "value", "regex", unknown=UNSUPPORTED
-    )
+    f = node.fields("name", "string_match", "present_match", "value", "regex", unknown=UNSUPPORTED)
     name_node = f.need("name")
     name = name_node.text()
     if (pm := f.get("present_match")) is not None:

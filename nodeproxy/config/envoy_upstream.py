@@ -76,7 +76,9 @@ def outlier_detection(ctx: EnvoyLoad, node: Node, endpoints: int) -> OutlierConf
         max_ejection_percent=f.opt("max_ejection_percent", percent, 10.0),  # Envoy's default
         enforcing_consecutive_5xx=f.opt("enforcing_consecutive_5xx", _on_off, 100.0),
         enforcing_consecutive_gateway_failure=f.opt(
-            "enforcing_consecutive_gateway_failure", _on_off, 0.0  # Envoy's default: 0 %
+            "enforcing_consecutive_gateway_failure",
+            _on_off,
+            0.0,  # Envoy's default: 0 %
         ),
     )
 
