@@ -2,7 +2,7 @@
 
     nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
                   [--kubeconfig F]     discover services from that cluster's API
-    nodeproxy check-config FILE        validate and summarise, start nothing
+    nodeproxy check-config FILE...     validate and summarise (and warn), start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
 
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--context", help="kubeconfig context (with --kubeconfig)")
     check = sub.add_parser("check-config", help="validate a config file without starting")
-    check.add_argument("config")
+    check.add_argument("config", nargs="+", help="one or more config files")
     demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
     demo.add_argument("--port", type=int, default=4140, help="outbound listener port")
     demo.add_argument("--admin-port", type=int, default=9901)
@@ -110,22 +110,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.port, args.admin_port, args.replicas)
     if args.command == "ca":
         return run_ca_command(args)
-    path = args.config
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"nodeproxy: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"nodeproxy: cannot read config {path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
     if args.command == "check-config":
-        print(summarise(config))
-        return 0
+        return check_config(args.config)
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
     config = _with_log_overrides(config, args.log_format, args.log_level)
     if args.kubeconfig:
         config = with_kubeconfig(config, args.kubeconfig, args.context)
     return serve(config)
+
+
+def _load(path: str) -> Config | None:
+    """The config at ``path``, or None after printing why not."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"nodeproxy: config error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"nodeproxy: cannot read config {path}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def check_config(paths: Sequence[str]) -> int:
+    """Validate each file: its summary and its warnings (fields accepted that change
+    nothing, Envoy files), each line prefixed by the file when there are several."""
+    code = 0
+    for path in paths:
+        config = _load(path)
+        if config is None:
+            code = EXIT_CONFIG
+            continue
+        prefix = f"{path}: " if len(paths) > 1 else ""
+        print(prefix + summarise(config))
+        for warning in config.warnings:
+            print(f"{prefix}warning: {warning}")
+    return code
 
 
 def with_kubeconfig(config: Config, path: str, context: str | None = None) -> Config:
@@ -154,6 +174,12 @@ def serve(config: Config) -> int:
     from nodeproxy.logs import configure_logging
 
     configure_logging(config.log)
+    if config.warnings:
+        import structlog
+
+        log = structlog.get_logger("nodeproxy.config")
+        for warning in config.warnings:
+            log.warning("config_field_ignored", detail=warning, file=config.source_path)
     code = 0
     try:
         trio.run(run_app, config)

@@ -10,7 +10,9 @@ setting or refused by name.
 
 from __future__ import annotations
 
+NO_WARNING = "(no warning) "  # a label Envoy requires or every file has: accepted silently
 _STATS = "statistics naming only; nodeproxy labels its metrics by listener and cluster"
+_LABEL = NO_WARNING + "a name or statistics prefix; nodeproxy labels by listener and cluster"
 _TRACING = "tracing: nodeproxy sends no spans (trace headers pass through unchanged)"
 _METADATA = "metadata only matters to filters and subsets nodeproxy does not run"
 _H2 = "HTTP/2 settings: nodeproxy speaks HTTP/1.1 on both sides"
@@ -37,18 +39,18 @@ BOOTSTRAP = {
     "typed_dns_resolver_config": _DNS,
 }
 NODE = {
-    "cluster": "a label for the control plane; nodeproxy has none",
+    "cluster": NO_WARNING + "a label for the control plane; nodeproxy has none",
     "metadata": _METADATA,
     "locality": "a label for the control plane; nodeproxy has none",
     "user_agent_name": "reported to a control plane only",
 }
 ADMIN = {
-    "access_log_path": "admin requests are logged on nodeproxy's own log stream",
+    "access_log_path": NO_WARNING + "admin requests are logged on nodeproxy's log stream",
     "access_log": "admin requests are logged on nodeproxy's own log stream",
     "profile_path": "CPU profiles: nodeproxy's admin has no profiler",
 }
 LISTENER = {
-    "stat_prefix": _STATS,
+    "stat_prefix": _LABEL,
     "traffic_direction": "a label (INBOUND/OUTBOUND) for stats and tracing",
     "per_connection_buffer_limit_bytes": _BUFFER,
     "metadata": _METADATA,
@@ -64,11 +66,11 @@ LISTENER = {
     "nodeproxy's one chain takes them all",
 }
 FILTER_CHAIN = {
-    "name": "a filter chain's name is a label",
+    "name": _LABEL,
     "metadata": _METADATA,
 }
 HCM = {
-    "stat_prefix": _STATS,
+    "stat_prefix": _LABEL,
     "tracing": _TRACING,
     "generate_request_id": "x-request-id: nodeproxy passes the client's through and adds none",
     "preserve_external_request_id": "x-request-id: nodeproxy passes the client's through",
@@ -88,7 +90,7 @@ HCM = {
     "proxy_100_continue": "nodeproxy always relays 100 Continue as Envoy's default does",
 }
 ROUTE_CONFIG = {
-    "name": "a route table's name is a label",
+    "name": _LABEL,
     "validate_clusters": "nodeproxy always checks route targets when it loads the file",
     "max_direct_response_body_size_bytes": "direct_response bodies are inline strings here",
 }
@@ -100,7 +102,7 @@ VIRTUAL_HOST = {
     "metadata": _METADATA,
 }
 ROUTE = {
-    "name": "a route's name is a label",
+    "name": _LABEL,
     "decorator": _TRACING,
     "tracing": _TRACING,
     "metadata": _METADATA,

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nodeproxy.config.checks import check_regex
+from nodeproxy.config.envoy_ignored import NO_WARNING
 from nodeproxy.config.model import ClusterConfig
 from nodeproxy.config.yamlsrc import Fields, Node
 
@@ -70,7 +71,7 @@ class EnvoyLoad:
         a warning giving its reason; any other key is refused by name."""
         f = node.fields(*allowed, *ignored, unknown=UNSUPPORTED)
         for key, why in ignored.items():
-            if (value := f.get(key)) is not None:
+            if (value := f.get(key)) is not None and not why.startswith(NO_WARNING):
                 self.ignore(value, why)
         return f
 
