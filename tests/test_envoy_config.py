@@ -42,6 +42,7 @@ SEED_LISTENER = ListenerConfig(
     use_remote_address=False,
     via=None,
     host_port_match="exact",
+    trust_forwarded_proto=False,  # Envoy's x-forwarded-proto rule (kept: no use_remote_address)
 )
 SEED_CLUSTER = ClusterConfig(
     name="local_service",

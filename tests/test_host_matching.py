@@ -11,6 +11,7 @@ maps every Kubernetes spelling of a service name onto its ``svc.ns`` domain.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from nodeproxy.routing.router import Router
 from tests.helpers.backends import backend, run_proxy
 
 LISTENER_PORT = 8080
+DATA = Path(__file__).parent / "data"
 
 
 def vhost(name: str, *domains: str) -> VirtualHost:
@@ -159,3 +161,19 @@ def test_native_host_port_match_field() -> None:
     assert (exact.host_port_match, exact.strip_port_upstream) == ("exact", True)
     with pytest.raises(ConfigError, match="host_port_match"):
         load_config_text(text.replace("exact", "ignore"), {}, source="t.yaml")
+
+
+@pytest.mark.parametrize(
+    ("hcm_line", "mode", "strip"),
+    [
+        ("", "exact", False),
+        ("strip_any_host_port: true", "strip_any", True),
+        ("strip_matching_host_port: true", "strip_matching", True),
+    ],
+)
+def test_envoy_file_host_port_fields(hcm_line: str, mode: str, strip: bool) -> None:
+    text = (DATA / "seed-envoy-v3.yaml").read_text()
+    text = text.replace("codec_type: AUTO", f"codec_type: AUTO\n          {hcm_line}")
+    (listener,) = load_config_text(text, {}, source="envoy.yaml").listeners
+    assert (listener.host_port_match, listener.strip_port_upstream) == (mode, strip)
+    assert not listener.trust_forwarded_proto  # Envoy's x-forwarded-proto rule

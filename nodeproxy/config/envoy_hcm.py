@@ -107,6 +107,9 @@ def _forwarding(h: Fields) -> dict[str, Any]:
         "xff_num_trusted_hops": h.opt("xff_num_trusted_hops", integer, 0),
         "via": via or None,
         "host_port_match": port_match,
+        # Envoy's x-forwarded-proto rule, and its strip_*_host_port also strip the upstream Host
+        "trust_forwarded_proto": False,
+        "strip_port_upstream": any_port or matching_port,
     }
 
 
