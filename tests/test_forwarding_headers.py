@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import Config, ListenerConfig
@@ -135,6 +136,26 @@ async def test_native_adds_proto_when_absent() -> None:
     async with backend() as b:
         seen, _ = await exchange(config_for(b.address), {})
         assert values(seen, "x-forwarded-proto") == ["http"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "client"),
+    [
+        ({}, None),  # native: the peer (the access line's source), no client field
+        (ENVOY, "203.0.113.7"),  # Envoy's default trusts the last XFF entry
+        ({**ENVOY, "use_remote_address": True}, None),  # the edge: the peer is the client
+        ({**ENVOY, "use_remote_address": True, "xff_num_trusted_hops": 1}, "203.0.113.7"),
+    ],
+)
+async def test_access_line_names_the_client_xff_trusted_hops_pick(
+    settings: dict[str, Any], client: str | None
+) -> None:
+    async with backend() as b:
+        with capture_logs() as logs:
+            await exchange(config_for(b.address, **settings), {"x-forwarded-for": "203.0.113.7"})
+    (line,) = [e for e in logs if e["event"] == "access"]
+    assert line.get("client") == client
+    assert line["source"].startswith("127.0.0.1:")
 
 
 # -- the pure parts -----------------------------------------------------------------------

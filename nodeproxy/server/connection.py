@@ -325,6 +325,8 @@ class ConnectionLoop:
             }
             if ex.upgrade is not None:
                 line["upgrade"] = ex.upgrade
+            if ex.client is not None:  # from x-forwarded-for (http1/forwarding.py)
+                line["client"] = ex.client
             access_log.emit(line)
         if ex.upgrade is not None and ex.status == 101:
             self._account_tunnel(ex.upgrade, received, sent)
