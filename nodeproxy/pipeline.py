@@ -3,7 +3,9 @@
     request head  (server/connection.py parsed it with http1/codec.py)
       -> where    http1/headers.py     authority from the absolute-form URI or Host
       -> route    routing/router.py    authority + path + headers -> cluster and
-                                       canary subset (label selector)
+                                       canary subset (label selector); a route
+                                       that answers itself (direct_response,
+                                       redirect: routing/actions.py) stops here
       -> admit    traffic/state.py     the service's circuit breaker (503
                                        circuit_open) and overload guard (503
                                        overloaded), before any byte goes out
@@ -14,7 +16,8 @@
                                        of another node: mTLS to its inbound port
                                        as the calling workload (upstream/peer.py)
       -> upstream upstream/pool.py     a pooled keep-alive connection to it
-      -> send     server/exchange.py   the request up, until the response head
+      -> send     server/exchange.py   the request up (the route's rewrites and
+                                       header edits applied), until the response head
       -> report   traffic/attempt.py   the head's status, or the error, feeds the
                                        balancer, the outlier detector and breaker
       -> relay    server/exchange.py   the response down
@@ -41,19 +44,23 @@ from collections.abc import Collection
 
 import trio
 
-from nodeproxy.config.model import ClusterConfig, ListenerConfig
+from nodeproxy.config.model import ClusterConfig, EndpointConfig, ListenerConfig
 from nodeproxy.errors import NoHealthyUpstream, UnknownService, UpstreamResponseTimeout
+from nodeproxy.http1.codec import request_event
 from nodeproxy.http1.forwarding import Forwarding, forwarded_client
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
 from nodeproxy.mesh.state import Mesh, forget_rule
+from nodeproxy.routing.actions import RouteActions, auto_host
 from nodeproxy.routing.authority import parse_authority
+from nodeproxy.routing.header_edits import client_source, replace_host
 from nodeproxy.routing.router import RouteDecision, Router
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.admission import Admission
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import prepare, relay, send
+from nodeproxy.server.relay import answer_local
 from nodeproxy.server.retrying import Retrier
 from nodeproxy.traffic.attempt import Attempt, Ticket
 from nodeproxy.traffic.state import ClusterTraffic
@@ -86,6 +93,8 @@ class Pipeline:
         # the listener's rate limits and fairness; route buckets are runtime.routes'
         self.admission = Admission(listener, config.fairness, runtime.stats, runtime.routes)
         self._body_timeout = config.limits.downstream_idle_timeout
+        # auto_host_rewrite toward an IP endpoint: ip:port natively, nothing as Envoy.
+        self._auto_host_ip = config.source_format == "native"
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.router!r} [{self.traffic!r}]>"
@@ -103,6 +112,9 @@ class Pipeline:
             ex.client = forwarded_client(request.headers, down.client_ip, self.forwarding)
         if self._strip_port:
             host = self.router.upstream_host(host)
+        actions = decision.actions
+        if actions is not None and actions.local:
+            return await self.answer(down, request, ex, decision, actions)
         ex.cluster = decision.cluster
         self.admission.check_route(decision.rule, down.client_ip)  # 429 before any state
         cluster = self.cluster_of(decision)
@@ -119,6 +131,7 @@ class Pipeline:
                 host=host,
                 path=path,
                 upgrades=upgrades,
+                actions=actions,
                 forwarding=self.forwarding,
             )
             head = out.in_hand[0]
@@ -179,12 +192,50 @@ class Pipeline:
         attempts.append(attempt)  # before the mesh step, which may refuse: closed either way
         ex.upstream = attempt.endpoint.address
         target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
+        if decision.actions is not None and decision.actions.auto_host:
+            upstream_head = self._auto_host(upstream_head, attempt.endpoint)
         if self.outbound_mesh is None:
             return target, upstream_head, attempt
         target, upstream_head = mesh_step(
             self.outbound_mesh, down.client_ip, upstream_head, ex, target
         )
         return target, upstream_head, attempt
+
+    async def answer(
+        self,
+        down: Downstream,
+        request: h11.Request,
+        ex: Exchange,
+        decision: RouteDecision,
+        actions: RouteActions,
+    ) -> bool:
+        """A route's direct response or redirect: no cluster, no upstream (cluster "-")."""
+        self.admission.check_route(decision.rule, down.client_ip)  # 429 first, as any route
+        status, headers, body = actions.local_response(
+            scheme=self._scheme(request.headers),
+            authority=ex.authority,
+            target=ex.path,
+            source=client_source(ex.source, ex.client),
+        )
+        return await answer_local(
+            down, ex, status, headers, body, drain=self.runtime.drain.draining
+        )
+
+    def _scheme(self, headers: h11._headers.Headers) -> str:
+        """The request's scheme for a redirect: an incoming ``x-forwarded-proto`` when the
+        listener keeps it (``http1/forwarding.py``), else the connection's."""
+        if self.forwarding.keep_proto:
+            for name, value in headers:
+                if name == b"x-forwarded-proto" and value.lower() in (b"http", b"https"):
+                    return value.lower().decode()
+        return self.forwarding.scheme.decode()
+
+    def _auto_host(self, head: h11.Request, endpoint: EndpointConfig) -> h11.Request:
+        """``head`` with the Host ``auto_host_rewrite`` gives ``endpoint``."""
+        host = auto_host(endpoint.host, endpoint.port, ip_endpoints=self._auto_host_ip)
+        if host is None:
+            return head
+        return request_event(head.method, head.target, replace_host(head.headers, host))
 
     def route(self, authority: str, path: str, headers: h11._headers.Headers) -> RouteDecision:
         """Which cluster (and canary subset) serves this request (UnknownService / NoRoute)."""

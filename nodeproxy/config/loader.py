@@ -44,6 +44,7 @@ from nodeproxy.config.model import (
     WeightedCluster,
 )
 from nodeproxy.config.resilience import read_fairness, read_rate_limit, read_retries
+from nodeproxy.config.route_actions import ACTION_KEYS, LOCAL_KINDS, read_actions
 from nodeproxy.config.traffic import (
     TRAFFIC_KEYS,
     cluster_traffic,
@@ -290,21 +291,24 @@ class _Service:
     def _rule(self, node: Node, targets: dict[tuple[str, str], str]) -> RouteRule:
         f = node.fields(
             "name", "match", "service", "weighted", "timeout", "retries", "rate_limit", "subset",
-            "upgrades",
+            "upgrades", *ACTION_KEYS,
         )  # fmt: skip
-        kind, target = f.one_of("service", "weighted")
+        kind, target = f.one_of("service", "weighted", *LOCAL_KINDS)
         match = f.opt("match", route_match, RouteMatch(prefix="/"))
+        actions = read_actions(f, kind, target)  # rewrites, header edits, a local answer
         timeout = f.opt("timeout", Node.duration, None)
         name = f.opt("name", Node.text, "")
         retries = f.opt("retries", read_retries, None)
         limit = f.opt("rate_limit", read_rate_limit, None)
         subset = opt_subset(f)
         upgrades = f.opt("upgrades", upgrade_tokens, None)
+        if kind in LOCAL_KINDS:  # answered by the proxy: no service
+            return RouteRule(match=match, name=name, rate_limit=limit, **actions)
         if kind == "service":
             cluster = self._resolve(target, targets)
             return RouteRule(
                 match=match, cluster=cluster, timeout=timeout, name=name, retries=retries,
-                rate_limit=limit, subset=subset, upgrades=upgrades,
+                rate_limit=limit, subset=subset, upgrades=upgrades, **actions,
             )  # fmt: skip
         weighted: list[WeightedCluster] = []
         for item in target.items(non_empty=True):
@@ -314,7 +318,7 @@ class _Service:
             weighted.append(WeightedCluster(cluster, weight, opt_subset(w)))
         return RouteRule(
             match=match, weighted=tuple(weighted), timeout=timeout, name=name, retries=retries,
-            rate_limit=limit, subset=subset, upgrades=upgrades,
+            rate_limit=limit, subset=subset, upgrades=upgrades, **actions,
         )  # fmt: skip
 
     def _resolve(self, node: Node, targets: dict[tuple[str, str], str]) -> str:

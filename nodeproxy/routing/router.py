@@ -3,7 +3,9 @@
 Pure and synchronous. Built once per listener from the config; a lookup is a
 few dict probes plus an ordered scan of one virtual host's rules, like
 Envoy's: the first matching rule wins. Unknown authority -> ``UnknownService``;
-a known service whose rules all miss -> ``NoRoute``.
+a known service whose rules all miss -> ``NoRoute``. A rule's actions
+(rewrites, header edits, a direct response or redirect: ``routing/actions.py``)
+are compiled here once and ride on the decision.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nodeproxy.config.model import (
     WeightedCluster,
 )
 from nodeproxy.errors import NoRoute, UnknownService
+from nodeproxy.routing.actions import RouteActions, compile_actions
 from nodeproxy.routing.authority import Authority
 from nodeproxy.routing.match import path_and_query_ok, patterns
 
@@ -35,6 +38,9 @@ class RouteDecision:
     cluster: str
     # Canary: only endpoints with all these labels (the weighted branch's, else the rule's).
     subset: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    # The rule's rewrites, header edits or local answer (routing/actions.py); None: none.
+    # A local answer (``actions.local``) has cluster "": nothing goes upstream.
+    actions: RouteActions | None = None
 
 
 class Router:
@@ -60,6 +66,7 @@ class Router:
         # request. Keyed by id(): the rules live in the config as long as we do,
         # and hashing a frozen rule would walk all its fields each time.
         self._fixed: dict[int, RouteDecision] = {}
+        self._actions: dict[int, RouteActions] = {}  # rules with actions only, by id()
         for vh in listener.virtual_hosts:
             for domain in vh.domains:
                 d = domain.lower()
@@ -72,8 +79,12 @@ class Router:
                 else:
                     self._exact.setdefault(d, vh)
             for rule in vh.routes:
-                if rule.cluster is not None:
-                    self._fixed[id(rule)] = RouteDecision(vh, rule, rule.cluster, rule.subset)
+                actions = compile_actions(rule)
+                if actions is not None:
+                    self._actions[id(rule)] = actions
+                if rule.cluster is not None or (actions is not None and actions.local):
+                    cluster = rule.cluster or ""
+                    self._fixed[id(rule)] = RouteDecision(vh, rule, cluster, rule.subset, actions)
                 for h in rule.match.headers:
                     if h.regex is not None:
                         self._regex[h.regex] = re.compile(h.regex)
@@ -155,13 +166,14 @@ class Router:
             fixed = self._fixed.get(id(rule))
             if fixed is not None and fixed.virtual_host is vh:
                 return fixed
-            if rule.cluster is not None:
-                return RouteDecision(vh, rule, rule.cluster, rule.subset)
+            actions = self._actions.get(id(rule)) if self._actions else None
+            if rule.cluster is not None or (actions is not None and actions.local):
+                return RouteDecision(vh, rule, rule.cluster or "", rule.subset, actions)
             if rule.cluster_from_authority:
                 cluster = self.service_cluster(authority, raw)
-                return RouteDecision(vh, rule, cluster, rule.subset)
+                return RouteDecision(vh, rule, cluster, rule.subset, actions)
             branch = self._target(rule)
-            return RouteDecision(vh, rule, branch.cluster, branch.subset or rule.subset)
+            return RouteDecision(vh, rule, branch.cluster, branch.subset or rule.subset, actions)
         raise NoRoute(f"no route in {vh.name!r} for {path_only!r}")
 
     def service_cluster(self, authority: Authority, raw: str) -> str:

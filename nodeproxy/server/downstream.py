@@ -20,6 +20,7 @@ import trio
 from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 from nodeproxy.http1.forwarding import VIA
+from nodeproxy.routing.header_edits import HeaderEdits
 
 
 class ClientGone(Exception):
@@ -160,3 +161,4 @@ class Exchange:
     # downstream remote address, http1/forwarding.py); None: the source's.
     client: str | None = None
     via: bytes | None = VIA  # the listener's Via for the response (None: none)
+    response_edits: HeaderEdits | None = None  # the route's response_headers_to_add/remove

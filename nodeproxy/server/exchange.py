@@ -44,6 +44,8 @@ from nodeproxy.http1.forwarding import NATIVE, Forwarding
 from nodeproxy.http1.headers import clean_trailers, requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
+from nodeproxy.routing.actions import RouteActions
+from nodeproxy.routing.header_edits import client_source
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.relay import relay_informational, relay_response, splice
@@ -81,13 +83,20 @@ def prepare(
     path: bytes,
     upgrades: tuple[str, ...] = DEFAULT_UPGRADES,
     forwarding: Forwarding = NATIVE,
+    actions: RouteActions | None = None,
 ) -> Outgoing:
     """Rewrite the head for upstream and take any body already buffered from the client.
 
     ``upgrades``: the protocols this request may switch to (the route's or listener's).
     ``forwarding``: the listener's X-Forwarded-*/Via rules (``http1/forwarding.py``).
+    ``actions``: the route's rewrites and header edits, applied after the proxy's own
+    header rewriting (``auto_host_rewrite`` waits for the endpoint: the pipeline's pick).
     """
     upgrade = _upgrade(request, ex, upgrades)
+    if actions is not None:
+        if actions.rewrites:
+            path = actions.path(path.decode("latin-1")).encode("latin-1")
+        host = actions.host or host
     headers, ex.request_id = upstream_request_headers(
         request.headers,
         host=host,
@@ -95,6 +104,10 @@ def prepare(
         upgrade=upgrade,
         forwarding=forwarding,
     )
+    if actions is not None:
+        if actions.request is not None:
+            headers = actions.request.apply(headers, client_source(ex.source, ex.client))
+        ex.response_edits = actions.response
     in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
     return Outgoing(in_hand, _take_buffered_body(down, in_hand), upgrade)
 

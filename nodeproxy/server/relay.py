@@ -2,7 +2,9 @@
 
 The response body is copied one upstream read at a time and everything parsed
 from that read (head, data, end of message) leaves in one downstream write, so
-a small response costs exactly one ``send_all``. Once the response head has
+a small response costs exactly one ``send_all``. A route's response header
+edits apply to the relayed head; a route's own answer (``answer_local``)
+goes out the same way, without any upstream. Once the response head has
 been written ``ex.response_started`` is set: from then on any failure can only
 be reported by closing the client connection, which the caller does.
 
@@ -16,6 +18,7 @@ tunnel with no byte either way for ``stream_idle_timeout`` is closed.
 from __future__ import annotations
 
 from contextlib import suppress
+from http import HTTPStatus
 
 import trio
 
@@ -24,10 +27,13 @@ from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.forwarding import VIA
 from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
 from nodeproxy.http1.impl import h11
+from nodeproxy.routing.header_edits import client_source
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
 
 _END = h11.EndOfMessage()  # end of a body without trailers
+_KNOWN = frozenset(s.value for s in HTTPStatus)
+Header = tuple[bytes, bytes]
 
 
 async def relay_informational(down: Downstream, event: h11.InformationalResponse) -> None:
@@ -49,6 +55,8 @@ async def relay_response(
     ex.status = response.status_code
     try:
         headers = downstream_response_headers(response.headers, close=close, via=ex.via)
+        if ex.response_edits is not None:  # the route's response_headers_to_add/remove
+            headers = ex.response_edits.apply(headers, client_source(ex.source, ex.client))
         head = dc.send(response_event(response.status_code, response.reason, headers))
     except h11.LocalProtocolError as exc:
         raise UpstreamProtocolError(f"cannot relay response head: {exc}") from None
@@ -78,6 +86,42 @@ async def relay_response(
             uc.receive(data)  # b"" at EOF: the codec decides if the body was complete
         else:
             raise UpstreamProtocolError(f"unexpected {event!r} in the response body")
+
+
+async def answer_local(
+    down: Downstream, ex: Exchange, status: int, headers: list[Header], body: bytes, *, drain: bool
+) -> bool:
+    """Answer from the proxy itself (a route's direct response or redirect).
+
+    The request body already buffered is skipped; a body still on its way closes
+    the connection after the answer, as the error answers do. True: keep-alive.
+    """
+    codec = down.codec
+    close = drain or not _skip_buffered_body(down)
+    if close:
+        headers.append((b"connection", b"close"))
+    reason = HTTPStatus(status).phrase.encode() if status in _KNOWN else b""
+    data = codec.send(response_event(status, reason, headers))
+    if body and codec.method != b"HEAD":
+        data += codec.send(h11.Data(data=body))
+    data += codec.send(_END)
+    ex.status = status
+    ex.response_started = True
+    await down.send(data)
+    if close:
+        await down.linger()
+        return False
+    return codec.keep_alive
+
+
+def _skip_buffered_body(down: Downstream) -> bool:
+    """Consume request body already parsed; True when the request is complete."""
+    codec = down.codec
+    while not codec.request_complete:
+        event = codec.next_event()
+        if type(event) is not h11.Data and type(event) is not h11.EndOfMessage:
+            return False
+    return True
 
 
 def _chunked(response: h11.Response) -> bool:

@@ -11,6 +11,10 @@ request has used yet gets no state (the report shows a scratch one, as the
 first request would find it), and no endpoint is adopted into the load
 table or the outlier detector.
 
+A route that answers itself (``direct_response``, ``redirect``) reports the
+answer it would give (status, headers, the redirect's ``Location``); a route
+with rewrites reports the target it would send upstream.
+
 Note the router's weighted split is random: each call draws a branch, as a
 request would (``rule.weighted`` lists all branches).
 """
@@ -63,6 +67,19 @@ def explain(
         out["error"] = {"status": err.status, "cause": err.cause, "detail": str(err)}
         return out
     rule = decision.rule
+    actions = decision.actions
+    if actions is not None and actions.local:
+        status, answer, _ = actions.local_response(
+            scheme="http", authority=authority, target=path, source=source or "0.0.0.0:0"
+        )
+        kind = "direct_response" if actions.direct is not None else "redirect"
+        out["route"] = {"virtual_host": decision.virtual_host.name, "rule": rule.name or None}
+        out["decision"] = f"{status} {kind}: answered by the proxy, no upstream"
+        out["response"] = {
+            "status": status,
+            "headers": [[k.decode(), v.decode("latin-1")] for k, v in answer],
+        }
+        return out
     out["route"] = {
         "virtual_host": decision.virtual_host.name,
         "rule": rule.name or None,
@@ -74,6 +91,11 @@ def explain(
         ],
         "timeout": rule.timeout,
     }
+    if actions is not None:  # what the route changes on the way up
+        out["route"]["upstream_target"] = actions.path(path) if actions.rewrites else path
+        out["route"]["host_rewrite"] = rule.host_rewrite or (
+            "auto (the endpoint)" if rule.auto_host_rewrite else None
+        )
     if cluster is None:
         out["error"] = {"status": 503, "cause": "no_healthy_upstream", "detail": "not configured"}
         return out

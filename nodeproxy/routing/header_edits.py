@@ -1,0 +1,161 @@
+"""Header edits of a route (Envoy's ``headers_to_add`` / ``headers_to_remove``), pure.
+
+Envoy's order: removals first, then additions in the order written;
+``append: false`` replaces every value of the name, an empty value adds
+nothing. Names that frame a message, describe one connection, pick the
+upstream's Host or carry a node proxy's own identity are refused: the proxy
+writes those itself (``FORBIDDEN``). A value may use ``%%`` for a percent
+sign and the variables in ``VARIABLES``; any other ``%NAME%`` is refused when
+the config loads (``check_header_value``). Built once per rule
+(``HeaderEdits.build``); a value without variables is stored as final bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from nodeproxy.config.model import HeaderMutation
+
+Header = tuple[bytes, bytes]
+
+# Framing, hop-by-hop, Host (host_rewrite sets it) and what only a node proxy may say.
+FORBIDDEN = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-forwarded-client-cert",
+    }
+)
+FORBIDDEN_PREFIX = "x-nodeproxy-"
+VARIABLES = ("DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
+VISIBLE = re.compile(r"[\x21-\x7e\x80-\xff]([\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
+
+
+def check_header_name(name: str) -> str:
+    """A header name a route may add or remove, lowercased."""
+    lower = name.lower()
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if lower in FORBIDDEN or lower.startswith(FORBIDDEN_PREFIX):
+        why = "set it with host_rewrite" if lower == "host" else "the proxy writes it itself"
+        raise ValueError(f"header {lower!r} cannot be added or removed by a route ({why})")
+    return lower
+
+
+def check_header_value(value: str) -> str:
+    """A header value template: visible characters, ``%%`` and ``%VARIABLE%`` (VARIABLES)."""
+    _template(value)
+    return value
+
+
+@lru_cache(maxsize=256)
+def _template(value: str) -> tuple[bytes | str, ...]:
+    """Literal bytes and variable names (str), in order; ValueError for a bad value."""
+    if value and not VISIBLE.fullmatch(value):
+        raise ValueError(
+            f"invalid header value {value!r} (visible characters, no leading or trailing space)"
+        )
+    parts: list[bytes | str] = []
+    literal: list[str] = []
+    i = 0
+    while (j := value.find("%", i)) >= 0:
+        literal.append(value[i:j])
+        k = value.find("%", j + 1)
+        if k == j + 1:
+            literal.append("%")
+        elif k < 0 or value[j + 1 : k] not in VARIABLES:
+            name = value[j:] if k < 0 else value[j : k + 1]
+            raise ValueError(
+                f"unsupported variable {name!r} in {value!r} (supported: "
+                f"{', '.join(f'%{v}%' for v in VARIABLES)}; write %% for a percent sign)"
+            )
+        else:
+            if literal:
+                parts.append("".join(literal).encode("latin-1"))
+                literal = []
+            parts.append(value[j + 1 : k])
+        i = k + 1
+    literal.append(value[i:])
+    if "".join(literal):
+        parts.append("".join(literal).encode("latin-1"))
+    return tuple(parts)
+
+
+def client_source(source: str, client: str | None) -> str:
+    """Envoy's downstream remote address as ``ip:port``: the connection's ``source``, or
+    the ``client`` a listener read from x-forwarded-for (port 0, as Envoy parses it)."""
+    if client is None or source.rpartition(":")[0] == client:
+        return source
+    return f"{client}:0"
+
+
+def _variable(name: str, source: str) -> bytes:
+    """One variable's value for a request from ``source`` (``ip:port``, IPv6 unbracketed)."""
+    ip, _, port = source.rpartition(":")
+    if name == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
+        return ip.encode()
+    return (f"[{ip}]:{port}" if ":" in ip else source).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    name: bytes
+    parts: tuple[bytes | str, ...]
+    fixed: bytes | None  # the value when it has no variable
+    append: bool
+
+    def value(self, source: str) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
+        return b"".join(p if type(p) is bytes else _variable(str(p), source) for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """One route's edits of a header list (request or response)."""
+
+    remove: frozenset[bytes]
+    add: tuple[_Add, ...]
+
+    @classmethod
+    def build(cls, add: Iterable[HeaderMutation], remove: Iterable[str]) -> HeaderEdits | None:
+        adds = []
+        for m in add:
+            parts = _template(check_header_value(m.value))
+            fixed = b"".join(p for p in parts if type(p) is bytes)
+            no_vars = all(type(p) is bytes for p in parts)
+            name = check_header_name(m.name).encode()
+            adds.append(_Add(name, parts, fixed if no_vars else None, m.append))
+        gone = frozenset(check_header_name(n).encode() for n in remove)
+        return cls(gone, tuple(adds)) if adds or gone else None
+
+    def apply(self, headers: Iterable[Header], source: str) -> list[Header]:
+        """``headers`` with the removals, then the additions, applied."""
+        remove = self.remove
+        out = [h for h in headers if h[0] not in remove] if remove else list(headers)
+        for add in self.add:
+            value = add.value(source)
+            if not value:
+                continue  # Envoy drops a header whose value is empty
+            if not add.append:
+                out = [h for h in out if h[0] != add.name]
+            out.append((add.name, value))
+        return out
+
+
+def replace_host(headers: Iterable[Header], host: bytes) -> list[Header]:
+    """``headers`` with every Host value replaced by ``host`` (one Host)."""
+    return [(b"host", host)] + [h for h in headers if h[0] != b"host"]
