@@ -13,11 +13,10 @@ only when the cluster sets one, its ``retry_budget``.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Container
-from typing import Any
+from collections.abc import Callable, Container
+from typing import Any, TypeVar
 
-from nodeproxy.config.checks import header_name, upgrade_token
+from nodeproxy.config.checks import upgrade_token
 from nodeproxy.config.envoy_ignored import ROUTE_ACTION
 from nodeproxy.config.envoy_values import (
     UNSUPPORTED,
@@ -35,6 +34,13 @@ from nodeproxy.config.model import (
     WeightedCluster,
 )
 from nodeproxy.config.yamlsrc import Node
+from nodeproxy.routing.actions import (
+    check_host_value,
+    check_local_status,
+    check_redirect,
+    check_substitution,
+)
+from nodeproxy.routing.header_edits import check_header_name, check_header_value
 
 ACTION_KEYS = (
     "cluster", "weighted_clusters", "timeout", "retry_policy", "upgrade_configs",
@@ -49,7 +55,8 @@ REDIRECT_CODES = {
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
             "retriable-4xx")  # fmt: skip
 RETRY_ON_NOOP = ("refused-stream", "http3-post-connect-failure", "reset-before-request")
-_COMMAND = re.compile(r"%[A-Z_]+(\(.*?\))?(:[0-9]+)?%")
+T = TypeVar("T")
+SUBSETS = ROUTE_ACTION["metadata_match"]
 NO_BUDGET = (1.0, 3)  # retries <= requests in flight: always true, i.e. no budget
 
 
@@ -75,7 +82,7 @@ def route_action(ctx: EnvoyLoad, node: Node, cluster_names: Container[str]) -> d
     if "host_rewrite_literal" in r and "host_rewrite" in r:
         raise r.need("host_rewrite").error("use host_rewrite_literal or host_rewrite, not both")
     host = r.get("host_rewrite_literal") or r.get("host_rewrite")
-    out["host_rewrite"] = None if host is None else host.text()
+    out["host_rewrite"] = None if host is None else checked(host, check_host_value, host.text())
     if r.opt("auto_host_rewrite", Node.flag, False):
         if host is not None:
             raise r.need("auto_host_rewrite").error("conflicts with host_rewrite_literal")
@@ -104,7 +111,7 @@ def _weighted(
     w = ctx.fields(node, "clusters", "total_weight", ignored={"runtime_key_prefix": "no runtime"})
     weighted: list[WeightedCluster] = []
     for item in w.need("clusters").items(non_empty=True):
-        c = ctx.fields(item, "name", "weight", ignored={"metadata_match": "subsets: not used"})
+        c = ctx.fields(item, "name", "weight", ignored={"metadata_match": SUBSETS})
         weight = integer(c.need("weight"), 0)
         weighted.append(WeightedCluster(cluster_ref(c.need("name"), cluster_names), weight))
     total = sum(x.weight for x in weighted)
@@ -122,10 +129,21 @@ def upgrade_override(node: Node) -> tuple[str, bool]:
     return upgrade_token(f.need("upgrade_type")), f.opt("enabled", Node.flag, True)
 
 
+def checked(node: Node, check: Callable[..., T], *args: object) -> T:
+    """``check(*args)`` (a ``routing/`` checker); its ``ValueError`` names ``node``."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise node.error(str(exc)) from None
+
+
 def regex_rewrite(node: Node) -> tuple[str, str]:
+    """``{pattern: {regex}, substitution}``: RE2's ``\\1`` groups, on the path only."""
     f = node.fields("pattern", "substitution", unknown=UNSUPPORTED)
-    sub = f.need("substitution").text(non_empty=False)
-    return regex(f.need("pattern")), sub
+    pattern = regex(f.need("pattern"))
+    sub = f.need("substitution")
+    checked(sub, check_substitution, pattern, sub.text(non_empty=False))
+    return pattern, sub.text(non_empty=False)
 
 
 def retry_policy(ctx: EnvoyLoad, node: Node, targets: list[str]) -> RetryConfig:
@@ -189,7 +207,7 @@ def redirect(node: Node) -> Redirect:
     if f.opt("https_redirect", Node.flag, False):
         scheme = "https"
     code = f.opt("response_code", lambda n: enum(n, *REDIRECT_CODES), "MOVED_PERMANENTLY")
-    return Redirect(
+    out = Redirect(
         scheme=scheme,
         host=f.opt("host_redirect", Node.text, None),
         port=f.opt("port_redirect", lambda n: integer(n, 1, 65535), None),
@@ -198,11 +216,13 @@ def redirect(node: Node) -> Redirect:
         response_code=REDIRECT_CODES[code],
         strip_query=f.opt("strip_query", Node.flag, False),
     )
+    checked(node, check_redirect, out)
+    return out
 
 
 def direct_response(node: Node) -> DirectResponse:
     f = node.fields("status", "body", unknown=UNSUPPORTED)
-    status = integer(f.need("status"), 200, 599)
+    status = integer(f.need("status"), 100, 999)
     body = ""
     if (b := f.get("body")) is not None:
         body = (
@@ -210,6 +230,7 @@ def direct_response(node: Node) -> DirectResponse:
             .need("inline_string")
             .text(non_empty=False)
         )
+    checked(f.get("body") or f.need("status"), check_local_status, status, body)
     return DirectResponse(status=status, body=body)
 
 
@@ -220,10 +241,10 @@ def headers_to_add(node: Node) -> tuple[HeaderMutation, ...]:
         f = item.fields("header", "append", "append_action", "keep_empty_value",
                         unknown=UNSUPPORTED)  # fmt: skip
         h = f.need("header").fields("key", "value", unknown=UNSUPPORTED)
-        name = header_name(h.need("key"))
-        value = h.opt("value", lambda n: n.text(non_empty=False), "")
-        if _COMMAND.search(value.replace("%%", "")):
-            raise h.need("value").error("Envoy's %COMMAND% values are not supported")
+        name = checked(h.need("key"), check_header_name, h.need("key").text())
+        value = h.opt(
+            "value", lambda n: checked(n, check_header_value, n.text(non_empty=False)), ""
+        )
         append = f.opt("append", Node.flag, True)
         if (aa := f.get("append_action")) is not None:
             action = enum(aa, "APPEND_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS_OR_ADD")
@@ -235,4 +256,4 @@ def headers_to_add(node: Node) -> tuple[HeaderMutation, ...]:
 
 
 def headers_to_remove(node: Node) -> tuple[str, ...]:
-    return tuple(header_name(item) for item in node.items())
+    return tuple(checked(item, check_header_name, item.text()) for item in node.items())

@@ -19,6 +19,7 @@ _H2 = "HTTP/2 settings: nodeproxy speaks HTTP/1.1 on both sides"
 _THREADS = "Envoy's worker threads and socket tuning; nodeproxy is one event loop"
 _BUFFER = "buffer sizing: nodeproxy streams bodies in limits.stream_chunk_bytes pieces"
 _DNS = "nodeproxy resolves a hostname endpoint when it connects, with the system resolver"
+_REQUEST_ID = "x-request-id: nodeproxy keeps the client's and adds one when there is none"
 _NO_FILTER = "only used by an HTTP filter that is not configured (so Envoy ignores it too)"
 
 BOOTSTRAP = {
@@ -72,9 +73,8 @@ FILTER_CHAIN = {
 HCM = {
     "stat_prefix": _LABEL,
     "tracing": _TRACING,
-    "generate_request_id": "x-request-id: nodeproxy passes the client's through and adds none",
-    "preserve_external_request_id": "x-request-id: nodeproxy passes the client's through",
-    "always_set_request_id_in_response": "x-request-id: nodeproxy passes the client's through",
+    "preserve_external_request_id": _REQUEST_ID,
+    "always_set_request_id_in_response": _REQUEST_ID,
     "http2_protocol_options": _H2,
     "http3_protocol_options": _H2,
     "server_name": "the Server header: nodeproxy relays the upstream's",
@@ -87,7 +87,7 @@ HCM = {
     "forward_client_cert_details": "x-forwarded-client-cert: no TLS on Envoy listeners here",
     "set_current_client_cert_details": "x-forwarded-client-cert: no TLS on Envoy listeners here",
     "represent_ipv4_remote_address_as_ipv4_mapped_ipv6": "an address format for stats",
-    "proxy_100_continue": "nodeproxy always relays 100 Continue as Envoy's default does",
+    "proxy_100_continue": "Expect: 100-continue: the client gets its 100 Continue either way",
 }
 ROUTE_CONFIG = {
     "name": _LABEL,
@@ -115,6 +115,8 @@ ROUTE_ACTION = {
     "include_vh_rate_limits": _NO_FILTER + " (envoy.filters.http.ratelimit)",
     "cors": _NO_FILTER + " (envoy.filters.http.cors)",
     "hash_policy": "only read by the RING_HASH and MAGLEV balancers, which are not used",
+    "metadata_match": "subsets need the cluster's lb_subset_config, which is not supported "
+    "(Envoy ignores metadata_match without it too)",
 }
 ROUTER_FILTER = {
     "dynamic_stats": _STATS,

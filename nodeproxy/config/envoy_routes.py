@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeproxy.config.envoy_actions import (
+    checked,
     direct_response,
     headers_to_add,
     headers_to_remove,
@@ -31,6 +32,7 @@ from nodeproxy.config.envoy_match import route_match
 from nodeproxy.config.envoy_values import EnvoyLoad, enum
 from nodeproxy.config.model import RateLimitConfig, RouteRule, VirtualHost
 from nodeproxy.config.yamlsrc import Fields, Node
+from nodeproxy.routing.actions import compile_actions
 
 MUTATION_KEYS = (
     "request_headers_to_add", "request_headers_to_remove",
@@ -126,10 +128,14 @@ def _route(ctx: EnvoyLoad, node: Node, cluster_names: Container[str], outer: _Ou
     limit = f.opt("typed_per_filter_config", lambda n: per_filter_rate_limit(ctx, n), None)
     kw["rate_limit"] = limit or outer.rate_limit
     kind, action = f.one_of("route", "redirect", "direct_response")
-    if kind == "redirect":
-        return RouteRule(match=match, redirect=redirect(action), **kw)
-    if kind == "direct_response":
-        return RouteRule(match=match, direct_response=direct_response(action), **kw)
+    if kind != "route":  # answered here: nothing goes upstream, request edits do not apply
+        for key in ("request_headers_to_add", "request_headers_to_remove"):
+            del kw[key]
+        if kind == "redirect":
+            kw["redirect"] = redirect(action)
+        else:
+            kw["direct_response"] = direct_response(action)
+        return _checked(node, RouteRule(match=match, **kw))
     kw.update(route_action(ctx, action, cluster_names))
     if "retries" not in kw and outer.retry is not None:
         targets = [kw["cluster"]] if "cluster" in kw else [w.cluster for w in kw["weighted"]]
@@ -142,7 +148,13 @@ def _route(ctx: EnvoyLoad, node: Node, cluster_names: Container[str], outer: _Ou
             elif not enabled and token in allowed:
                 allowed.remove(token)
         kw["upgrades"] = tuple(allowed)
-    return RouteRule(match=match, **kw)
+    return _checked(node, RouteRule(match=match, **kw))
+
+
+def _checked(node: Node, rule: RouteRule) -> RouteRule:
+    """The rule as the router will compile it (``routing/actions.py``), checked now."""
+    checked(node, compile_actions, rule)
+    return rule
 
 
 def _mutations(f: Fields) -> Mutations:
