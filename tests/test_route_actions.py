@@ -610,3 +610,44 @@ def test_local_rules_built_by_hand_are_checked_too() -> None:
                 cluster="c",
             )
         )
+
+
+ENVOY_HOST_EDIT = """\
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: in
+          route_config:
+            virtual_hosts:
+            - name: web
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: web}
+                request_headers_to_add:
+                - header: {key: host, value: other.example}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: web
+    load_assignment:
+      cluster_name: web
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}
+"""
+
+
+def test_every_loaded_rule_is_checked_whatever_the_format() -> None:
+    """A rule the data path would refuse is a ConfigError at load, never a crash at start."""
+    with pytest.raises(ConfigError, match="set it with host_rewrite") as info:
+        load_config_text(ENVOY_HOST_EDIT, {}, source="envoy.yaml")
+    assert "routes[0]" in info.value.field

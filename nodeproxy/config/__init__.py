@@ -51,8 +51,10 @@ def load_config_text(
     # ``nodeproxy.config.model`` must not pull the whole loader in (an import cycle).
     from nodeproxy.config.envoy import load_envoy
     from nodeproxy.config.loader import load_native
+    from nodeproxy.config.route_actions import check_rules
 
     config = load_native(root) if fmt == "native" else load_envoy(root)
+    check_rules(config)  # route actions, as the router compiles them (either format)
     if src.expanded:  # what came from the environment stays out of /config_dump
         config = dataclasses.replace(config, env_values=frozenset(src.expanded))
     return config

@@ -13,14 +13,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nodeproxy.config.checks import check_regex, url_path
-from nodeproxy.config.model import DirectResponse, HeaderMutation, Redirect
+from nodeproxy.config.model import Config, DirectResponse, HeaderMutation, Redirect
 from nodeproxy.config.yamlsrc import Fields, Node
+from nodeproxy.errors import ConfigError
 from nodeproxy.routing.actions import (
     REDIRECT_CODES,
     check_host_value,
     check_local_status,
     check_redirect,
     check_substitution,
+    compile_actions,
 )
 from nodeproxy.routing.header_edits import check_header_name, check_header_value
 
@@ -72,6 +74,19 @@ def read_actions(f: Fields, kind: str, target: Node) -> dict[str, Any]:
         request_headers_to_remove=_removes(f.get("request_headers_to_remove")),
     )
     return out
+
+
+def check_rules(config: Config) -> None:
+    """Every rule's actions compile as the router will compile them, whichever front end
+    built them: a ``ConfigError`` naming the route, never a ``ValueError`` at start."""
+    for listener in config.listeners:
+        for vh in listener.virtual_hosts:
+            for i, rule in enumerate(vh.routes):
+                try:
+                    compile_actions(rule)
+                except ValueError as exc:
+                    where = f"virtual_hosts[{vh.name}].routes[{i}]"
+                    raise ConfigError(where, str(exc), None, config.source_path) from None
 
 
 def _check(node: Node, check: Callable[..., T], *args: object) -> T:

@@ -176,8 +176,8 @@ def _check_combinations(rule: RouteRule, local: bool) -> None:
         raise ValueError("regex_rewrite: use one of prefix_rewrite or regex_rewrite, not both")
     if rule.host_rewrite is not None and rule.auto_host_rewrite:
         raise ValueError("auto_host_rewrite: use one of host_rewrite or auto_host_rewrite")
-    if rule.prefix_rewrite is not None and not rule.prefix_rewrite.startswith("/"):
-        raise ValueError(f"prefix_rewrite: must start with '/', got {rule.prefix_rewrite!r}")
+    if rule.prefix_rewrite and not VISIBLE.fullmatch(rule.prefix_rewrite):
+        raise ValueError(f"prefix_rewrite: invalid path {rule.prefix_rewrite!r}")
     if not local:
         return
     if rule.direct_response is not None and rule.redirect is not None:
@@ -205,7 +205,7 @@ def check_redirect(r: Redirect) -> None:
     if r.path is not None and r.prefix_rewrite is not None:
         raise ValueError("use one of path or prefix_rewrite, not both")
     for name, path in (("path", r.path), ("prefix_rewrite", r.prefix_rewrite)):
-        if path is not None and not VISIBLE.fullmatch(path):
+        if path and not VISIBLE.fullmatch(path):
             raise ValueError(f"{name}: invalid path {path!r}")
     if r.scheme is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*", r.scheme):
         raise ValueError(f"scheme: invalid scheme {r.scheme!r}")
