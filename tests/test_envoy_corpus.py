@@ -4,7 +4,8 @@
 repositories (provenance and licences in its README). ``EXPECTED`` is what we
 promise for each: ``LOADS``, or the field path whose refusal names what
 nodeproxy does not do (a prefix of ``ConfigError.field`` once ``compact``
-drops list indices and shortens the connection manager's path to ``hcm``). A
+drops list indices and shortens a listener's network filter config to
+``filter`` and its virtual hosts to ``vhost``). A
 change in the loader that moves a file shows here as a failure; when it is an
 improvement, paste the table that ``python -m tests.test_envoy_corpus --table``
 prints over ``EXPECTED``. Without ``--table`` that command prints the counts
@@ -50,50 +51,87 @@ LOADS = "loads"
 # What each file does today, by verdict: LOADS, or the compact field path that refuses it.
 VERDICTS: dict[str, tuple[str, ...]] = {
     LOADS: (
+        "envoyproxy__envoy__configs_front-proxy_envoy.yaml",
+        "envoyproxy__envoy__examples_cache_service-envoy.yaml",
+        "envoyproxy__envoy__examples_datadog-tracing_front-envoy-datadog.yaml",
+        "envoyproxy__envoy__examples_front-proxy_service-envoy-2.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy.yaml",
         "envoyproxy__envoy__examples_jaeger-native-tracing_front-envoy-jaeger.yaml",
+        "envoyproxy__envoy__examples_jaeger-native-tracing_service2-envoy-jaeger.yaml",
+        "envoyproxy__envoy__examples_jaeger-tracing_front-envoy-jaeger.yaml",
         "envoyproxy__envoy__examples_jaeger-tracing_service1-envoy-jaeger.yaml",
+        "envoyproxy__envoy__examples_skywalking_envoy-2.yaml",
+        "envoyproxy__envoy__examples_skywalking_envoy-front-proxy.yaml",
         "envoyproxy__envoy__examples_websocket_envoy-ws-route.yaml",
         "envoyproxy__envoy__examples_websocket_envoy-ws.yaml",
+        "envoyproxy__envoy__examples_zipkin-tracing_service1-envoy-zipkin.yaml",
+        "envoyproxy__envoy__examples_zipkin-tracing_service2-envoy-zipkin.yaml",
+        "envoyproxy__examples__load-reporting-service_envoy.yaml",
         "envoyproxy__ratelimit__examples_envoy_mock.yaml",
     ),
-    "hcm.http_filters[].typed_config.@type": (
+    "filter.http_filters[].typed_config.@type": (
         "envoyproxy__envoy__examples_cache_front-envoy.yaml",
         "envoyproxy__envoy__examples_csrf_samesite_front-envoy.yaml",
         "envoyproxy__envoy__examples_ext_authz_config_http-service.yaml",
+        "envoyproxy__envoy__examples_ext_authz_config_opa-service_v2.yaml",
+        "envoyproxy__envoy__examples_golang-http_envoy.yaml",
         "envoyproxy__envoy__examples_gzip_gzip-envoy.yaml",
         "envoyproxy__envoy__examples_lua_envoy.yaml",
+        "envoyproxy__examples__jaeger-tracing_envoy.yaml",
         "envoyproxy__ratelimit__examples_envoy_proxy.yaml",
+        "tetratelabs__proxy-wasm-go-sdk__examples_helloworld_envoy.yaml",
         "tetratelabs__proxy-wasm-go-sdk__examples_http_headers_envoy.yaml",
         "tetratelabs__proxy-wasm-go-sdk__examples_http_routing_envoy.yaml",
     ),
-    "hcm.http_filters[].name": (
+    "filter.http_filters[].name": (
+        "envoyproxy__envoy-wasm__examples_wasm_envoy.yaml",
+        "envoyproxy__envoy__examples_cors_backend_front-envoy.yaml",
         "envoyproxy__envoy__examples_cors_frontend_front-envoy.yaml",
         "envoyproxy__envoy__examples_grpc-bridge_client_envoy-proxy.yaml",
         "grpc__grpc-web__net_grpc_gateway_examples_echo_envoy.yaml",
         "grpc__grpc-web__net_grpc_gateway_examples_helloworld_envoy.yaml",
         "grpc__grpc-web__test_interop_envoy.yaml",
     ),
+    "clusters[].transport_socket.typed_config.@type": (
+        "envoyproxy__envoy__configs_envoy-demo.yaml",
+        "envoyproxy__envoy__configs_google_com_proxy.v2.yaml",
+        "envoyproxy__envoy__examples_double-proxy_envoy-frontend.yaml",
+        "envoyproxy__envoy__examples_tls_envoy-http-https.yaml",
+    ),
+    "listeners": (
+        "proxy-wasm__proxy-wasm-rust-sdk__examples_hello_world_envoy.yaml",
+        "proxy-wasm__proxy-wasm-rust-sdk__examples_http_auth_random_envoy.yaml",
+        "proxy-wasm__proxy-wasm-rust-sdk__examples_http_headers_envoy.yaml",
+    ),
     "clusters[].load_assignment.endpoints[].lb_endpoints[].endpoint.health_check_config": (
         "envoyproxy__envoy__examples_healthchecks_front-envoy.yaml",
         "envoyproxy__envoy__examples_locality-load-balancing_envoy-proxy.yaml",
     ),
-    "clusters[].transport_socket.typed_config.@type": (
-        "envoyproxy__envoy__configs_envoy-demo.yaml",
-        "envoyproxy__envoy__configs_google_com_proxy.v2.yaml",
+    "filter.@type": (
+        "envoyproxy__envoy__examples_mysql_envoy.yaml",
+        "envoyproxy__envoy__examples_tls_envoy-https-passthrough.yaml",
     ),
     "layered_runtime.layers[].static_layer.envoy": (
         "envoyproxy__envoy__examples_front-proxy_front-envoy.yaml",
         "ioggstream__envoy-ratelimit-quickstart__front-envoy.yaml",
     ),
-    "listeners": (
-        "proxy-wasm__proxy-wasm-rust-sdk__examples_hello_world_envoy.yaml",
-        "proxy-wasm__proxy-wasm-rust-sdk__examples_http_headers_envoy.yaml",
+    "clusters[].lb_policy": ("envoyproxy__envoy__examples_redis_envoy.yaml",),
+    "clusters[].type": ("envoyproxy__envoy__configs_original-dst-cluster_proxy_config.yaml",),
+    "filter.http_filters[].typed_config.response_headers_to_add": (
+        "envoyproxy__envoy__examples_local_ratelimit_ratelimit-envoy.yaml",
     ),
     "listeners[].freebind": ("envoyproxy__envoy__configs_freebind_freebind.yaml",),
     "runtime": ("envoyproxy__envoy__examples_fault-injection_envoy.yaml",),
+    "stats_flush_on_admin": ("envoyproxy__envoy__examples_grpc-s2s_hello_envoy-proxy.yaml",),
+    "vhost.response_headers_to_add[].header.value": (
+        "envoyproxy__envoy__examples_zipkin-tracing_front-envoy-zipkin.yaml",
+    ),
     "vhost.routes[].direct_response.body.filename": (
         "envoyproxy__envoy-perf__siege_front-proxy.yaml",
+    ),
+    "vhost.routes[].match.connect_matcher": ("envoyproxy__envoy__configs_proxy_connect.yaml",),
+    "vhost.routes[].match.grpc": (
+        "envoyproxy__envoy__examples_grpc-bridge_server_envoy-proxy.yaml",
     ),
     "vhost.routes[].route.request_mirror_policies": (
         "envoyproxy__envoy__examples_route-mirror_envoy.yaml",
@@ -130,10 +168,12 @@ def survey() -> dict[str, Outcome]:
 
 
 def compact(path: str) -> str:
-    """A field path without list indices, the connection manager's long prefix shortened."""
+    """A field path without list indices; a listener's network filter config is ``filter``."""
     key = re.sub(r"\[\d+\]", "[]", path).replace("static_resources.", "")
-    key = re.sub(r"^listeners\[\]\.filter_chains\[\]\.filters\[\]\.(typed_)?config\b", "hcm", key)
-    return key.replace("hcm.route_config.virtual_hosts[]", "vhost")
+    key = re.sub(
+        r"^listeners\[\]\.filter_chains\[\]\.filters\[\]\.(typed_)?config\b", "filter", key
+    )
+    return key.replace("filter.route_config.virtual_hosts[]", "vhost")
 
 
 def group(path: str, message: str) -> str:
