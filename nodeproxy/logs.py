@@ -83,6 +83,12 @@ def drop_access_events(logger: WrappedLogger, method_name: str, event_dict: Even
     return event_dict
 
 
+def flush_access_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Write any batched access lines before this (rarer) event, so the order holds."""
+    access_log.flush()
+    return event_dict
+
+
 def resolve_format(fmt: str, stream: TextIO) -> str:
     """``auto`` -> ``console`` on a TTY, else ``json``; other values pass through."""
     if fmt != "auto":
@@ -94,6 +100,7 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
 def build_processors(cfg: LogConfig, fmt: str, *, colors: bool = False) -> list[Processor]:
     """The processor chain for ``cfg`` rendered as ``fmt`` (``json`` or ``console``)."""
     processors: list[Processor] = [
+        flush_access_first,
         structlog.contextvars.merge_contextvars,
         add_logger_name,
     ]
