@@ -229,9 +229,7 @@ MAPPINGS: list[tuple[str, dict[str, Any], Callable[[Config], Any], Any]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("what", "kw", "get", "expected"), MAPPINGS, ids=[m[0] for m in MAPPINGS]
-)
+@pytest.mark.parametrize(("what", "kw", "get", "expected"), MAPPINGS, ids=[m[0] for m in MAPPINGS])
 def test_envoy_field_maps_onto_nodeproxy(
     what: str, kw: dict[str, Any], get: Callable[[Config], Any], expected: Any
 ) -> None:

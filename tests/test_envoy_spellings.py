@@ -100,6 +100,10 @@ SPELLINGS = [
     ("v2 hosts: instead of load_assignment", LOAD_ASSIGNMENT, HOSTS),
     ("case_sensitive: true (Envoy's default)", 'prefix: "/hello"',
      'prefix: "/hello"\n                  case_sensitive: true'),
+    ("one value where a list is expected (protobuf's JSON parser takes it)",
+     '              domains:\n              - "*"', '              domains: "*"'),
+    ("one listener as a mapping, not a list", "  listeners:\n  - address:",
+     "  listeners:\n    address:"),
 ]  # fmt: skip
 
 
@@ -111,7 +115,7 @@ def test_every_spelling_loads_as_the_canonical_file(what: str, old: str, new: st
 
 
 def test_the_v2_http_connection_manager_with_config() -> None:
-    text = ARTICLE.replace("typed_config:\n          \"@type\": " + V2_HCM, "config:")
+    text = ARTICLE.replace('typed_config:\n          "@type": ' + V2_HCM, "config:")
     assert text != ARTICLE
     same(load_config_text(text, {}), load_config_text(canonical(), {}))
 

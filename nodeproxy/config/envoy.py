@@ -13,6 +13,8 @@ target is checked against them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Container
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -21,10 +23,11 @@ from nodeproxy.config.checks import Binds, check_unique_binds
 from nodeproxy.config.envoy_clusters import admin_config, clusters, socket_address
 from nodeproxy.config.envoy_hcm import NETWORK_FILTERS, http_connection_manager
 from nodeproxy.config.envoy_ignored import BOOTSTRAP, FILTER_CHAIN, LISTENER, NODE
-from nodeproxy.config.envoy_values import UNSUPPORTED, EnvoyLoad, extension
+from nodeproxy.config.envoy_values import UNSUPPORTED, EnvoyLoad, EnvoyNode, extension
 from nodeproxy.config.model import AdminConfig, Config, Limits, ListenerConfig, LogConfig
 from nodeproxy.config.yamlsrc import Node
 
+_LISTENER_LIMIT = re.compile(r"envoy\.resource_limits\.listener\.([^.]+)\.connection_limit")
 ENVOY_DOWNSTREAM_IDLE = 3600.0  # Envoy's connection manager idle_timeout default (1 h)
 LISTENER_FILTERS = {
     "inspector": (
@@ -45,12 +48,12 @@ _RAW = {
 def load_envoy(root: Node) -> Config:
     """Build a ``Config`` from the root node of an Envoy bootstrap document."""
     ctx = EnvoyLoad()
+    root = EnvoyNode.of(root)
     f = ctx.fields(
         root, "static_resources", "admin", "node", "layered_runtime", "overload_manager",
         ignored=BOOTSTRAP,
     )  # fmt: skip
     node_name = f.opt("node", lambda n: _node_id(ctx, n), "")
-    f.opt("layered_runtime", _runtime, None)
     if (om := f.get("overload_manager")) is not None:
         ctx.ignore(om, "resource-pressure actions: nodeproxy bounds its load with limits")
     binds: Binds = []
@@ -64,6 +67,8 @@ def load_envoy(root: Node) -> Config:
             clusters(ctx, cl)
         listeners = _listeners(ctx, s.items("listeners"), binds)
     check_unique_binds(binds)
+    names = {lc.name for lc, _, _ in listeners}
+    f.opt("layered_runtime", lambda n: _runtime(ctx, n, names), None)
     logged = [fmts for _, fmts, _ in listeners if fmts]
     if logged and len(logged) < len(listeners):
         silent = next(n for _, fmts, n in listeners if not fmts)
@@ -88,15 +93,32 @@ def _node_id(ctx: EnvoyLoad, node: Node) -> str:
     return f.opt("id", Node.text, "")
 
 
-def _runtime(node: Node) -> None:
-    """``layered_runtime``: layers that set nothing (admin, empty static) are fine."""
+def _runtime(ctx: EnvoyLoad, node: Node, listeners: Container[str]) -> None:
+    """``layered_runtime``: layers that change nothing (an admin layer, an empty static
+    layer, a connection limit for a listener that does not exist) load; a runtime key
+    that would change what Envoy does is refused: nodeproxy has no runtime."""
     f = node.fields("layers", unknown=UNSUPPORTED)
     for layer in f.items("layers"):
         lf = layer.fields("name", "static_layer", "admin_layer", unknown=UNSUPPORTED)
-        if (static := lf.get("static_layer")) is not None and static.entries():
-            key = next(iter(static.entries().values()))
-            raise key.error("runtime keys change Envoy's behaviour; nodeproxy has no runtime")
         lf.opt("admin_layer", lambda n: n.fields(unknown=UNSUPPORTED), None)
+        for key, value in _flatten(lf.get("static_layer"), ""):
+            m = _LISTENER_LIMIT.fullmatch(key)
+            if m is None or m.group(1) in listeners:
+                raise value.error(f"runtime key {key!r}: nodeproxy has no runtime")
+            ctx.ignore(value, "a runtime limit for a listener that does not exist "
+                       "(Envoy ignores it too)")  # fmt: skip
+
+
+def _flatten(node: Node | None, prefix: str) -> list[tuple[str, Node]]:
+    """A runtime layer's nested mapping -> (dotted key, value), as Envoy reads it."""
+    if node is None:
+        return []
+    if not node.is_map():
+        return [(prefix, node)]
+    out: list[tuple[str, Node]] = []
+    for key, value in node.entries().items():
+        out += _flatten(value, f"{prefix}.{key}" if prefix else key)
+    return out
 
 
 def _listeners(
@@ -135,7 +157,7 @@ def _listeners(
         if (match := c.get("filter_chain_match")) is not None and match.entries():
             raise match.error("filter_chain_match is not supported (one chain takes everything)")
         if (ts := c.get("transport_socket")) is not None:
-            extension(ts, _RAW, "transport socket (TLS listeners are not supported)")
+            extension(ts, _RAW, "listener transport socket")
         if c.opt("use_proxy_proto", Node.flag, False):
             raise c.need("use_proxy_proto").error("the PROXY protocol is not supported")
         filters = c.need("filters").items(non_empty=True)

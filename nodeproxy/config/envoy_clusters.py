@@ -100,14 +100,15 @@ def _cluster(ctx: EnvoyLoad, node: Node) -> ClusterConfig:
     f.opt("dns_lookup_family", lambda n: enum(n, *DNS_FAMILIES), "AUTO")  # resolver's order
     if "load_assignment" in f and "hosts" in f:
         raise f.need("hosts").error("use load_assignment or hosts, not both")
-    addresses: list[tuple[Node, float | None]] = []
+    addresses: list[tuple[Node, float | None, Node | None]] = []
     if (la := f.get("load_assignment")) is not None:
         addresses = _load_assignment(ctx, la)
     elif (hosts := f.get("hosts")) is not None:
-        addresses = [(h, None) for h in hosts.items()]
+        addresses = [(h, None, None) for h in hosts.items()]
     endpoints: list[EndpointConfig] = []
     seen: dict[str, str] = {}
-    for addr, weight in addresses:
+    checked_ports: list[tuple[Node, int]] = []
+    for addr, weight, hc in addresses:
         host, port = socket_address(addr)
         if kind == "STATIC" and not _is_ip(host):
             raise addr.error(f"STATIC clusters need IP addresses, got {host!r} (use STRICT_DNS)")
@@ -116,18 +117,23 @@ def _cluster(ctx: EnvoyLoad, node: Node) -> ClusterConfig:
             raise addr.error(f"duplicate endpoint {ep.address} (also {seen[ep.address]})")
         seen[ep.address] = addr.path
         endpoints.append(ep)
+        if hc is not None:
+            checked_ports.append((hc, port))
     lb = _lb_policy(ctx, f.get("lb_policy") or node, policy, endpoints)
     for key in ("least_request_lb_config", "round_robin_lb_config"):
         if (cfg := f.get(key)) is not None:
             c = cfg.fields("choice_count", unknown=UNSUPPORTED)
             c.opt("choice_count", lambda n: integer(n, 2, 2), 2)  # P2C, Envoy's default
     if (ts := f.get("transport_socket")) is not None:
-        extension(ts, _RAW, "transport socket (upstream TLS is not supported)")
+        extension(ts, _RAW, "upstream transport socket")
     overload, per_host = None, None
     if (cb := f.get("circuit_breakers")) is not None:
         overload, per_host = circuit_breakers(ctx, cb, name)
     cap = per_host or (overload or OverloadLimits()).max_connections
     outlier = f.opt("outlier_detection", lambda n: outlier_detection(ctx, n, len(endpoints)), None)
+    health = f.opt("health_checks", lambda n: health_checks(ctx, n), None)
+    for hc, port in checked_ports:
+        _health_check_config(ctx, hc, port, checked=health is not None)
     return ClusterConfig(
         name=name,
         endpoints=tuple(endpoints),
@@ -139,8 +145,25 @@ def _cluster(ctx: EnvoyLoad, node: Node) -> ClusterConfig:
         ),
         outlier=DISABLED if outlier is None else outlier,  # Envoy: no detector, no ejection
         overload=overload,
-        health_check=f.opt("health_checks", lambda n: health_checks(ctx, n), None),
+        health_check=health,
     )
+
+
+def _health_check_config(ctx: EnvoyLoad, node: Node, port: int, *, checked: bool) -> None:
+    """An endpoint's ``health_check_config``: where Envoy would probe it."""
+    f = node.fields(
+        "port_value", "hostname", "address", "disable_active_health_check", unknown=UNSUPPORTED
+    )
+    if not checked:
+        ctx.ignore(node, "the cluster has no health_checks (Envoy ignores it too)")
+        return
+    if f.opt("port_value", integer, port) not in (0, port) or "address" in f:
+        where = f.get("address") or f.need("port_value")
+        raise where.error("nodeproxy probes the endpoint's own address and port")
+    if f.opt("disable_active_health_check", Node.flag, False):
+        raise f.need("disable_active_health_check").error("only false is supported")
+    if (h := f.get("hostname")) is not None:
+        ctx.ignore(h, "the probe's Host is the endpoint's address")
 
 
 def _lb_policy(ctx: EnvoyLoad, node: Node, policy: str, endpoints: list[EndpointConfig]) -> str:
@@ -176,7 +199,7 @@ def _idle_timeout(ctx: EnvoyLoad, common: Node | None, typed: Node | None) -> fl
     return ENVOY_IDLE_TIMEOUT if idle is None else idle
 
 
-def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | None]]:
+def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | None, Node | None]]:
     f = ctx.fields(
         node,
         "cluster_name",
@@ -184,7 +207,7 @@ def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | Non
         ignored={"policy": "overprovisioning and drops only act across localities and priorities"},
     )
     f.opt("cluster_name", Node.text, "")  # required by Envoy, only meaningful for EDS
-    out: list[tuple[Node, float | None]] = []
+    out: list[tuple[Node, float | None, Node | None]] = []
     for locality in f.items("endpoints"):
         lf = ctx.fields(locality, "lb_endpoints", "priority", "load_balancing_weight",
                         ignored=ENDPOINTS)  # fmt: skip
@@ -201,9 +224,10 @@ def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | Non
             ep = ctx.fields(
                 e.need("endpoint"),
                 "address",
+                "health_check_config",
                 ignored={"hostname": "the endpoint's name is only shown in Envoy's admin"},
             )
-            out.append((ep.need("address"), weight))
+            out.append((ep.need("address"), weight, ep.get("health_check_config")))
     return out
 
 

@@ -27,6 +27,7 @@ BOOTSTRAP = {
     "stats_config": _STATS,
     "stats_flush_interval": _STATS,
     "stats_server_version_override": _STATS,
+    "stats_flush_on_admin": _STATS,
     "enable_dispatcher_stats": _STATS,
     "tracing": _TRACING,
     "watchdog": _THREADS,

@@ -149,8 +149,6 @@ def health_checks(ctx: EnvoyLoad, node: Node) -> HealthCheckConfig | None:
         ignored={
             "host": "the probe's Host is the endpoint's address",
             "expected_statuses": "nodeproxy counts any 2xx or 3xx answer as healthy",
-            "service_name_matcher": "nodeproxy does not check x-envoy-upstream-healthchecked-"
-            "cluster",
             "request_headers_to_remove": "the probe carries only Host and User-Agent",
         },
     )  # fmt: skip

@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import yaml
+
 from nodeproxy.config.checks import check_regex
 from nodeproxy.config.envoy_ignored import NO_WARNING
 from nodeproxy.config.model import ClusterConfig
@@ -30,6 +32,26 @@ DOCS = "docs/configuration.md, 'Envoy bootstrap'"
 UNSUPPORTED = f"unsupported field: nodeproxy does not implement it (see {DOCS})"
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+class EnvoyNode(Node):
+    """A ``Node`` that, like protobuf's JSON parser, takes one value where a list is
+    expected (``listeners: {address: ...}`` is a list of one listener)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, node: Node) -> EnvoyNode:
+        return cls(node.node, node.path, node.source)
+
+    def child(self, node: yaml.Node, key: str | int) -> Node:
+        return EnvoyNode.of(super().child(node, key))
+
+    def items(self, *, non_empty: bool = False) -> list[Node]:
+        single = isinstance(self.node, yaml.MappingNode) or (
+            isinstance(self.node, yaml.ScalarNode) and self.node.tag != "tag:yaml.org,2002:null"
+        )
+        return [self] if single else super().items(non_empty=non_empty)
 
 
 @dataclass
