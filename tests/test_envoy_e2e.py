@@ -180,3 +180,17 @@ async def test_the_local_rate_limit_filter() -> None:
             statuses = [(await c.get("x"))[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
     assert r.requests == 2
+
+
+async def test_run_logs_each_ignored_field_once_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(on_loopback(1) + "tracing: {}\nstats_flush_interval: 5s\n")
+    async with running_nodeproxy("run", "--config", str(config), "--log-format", "json") as proxy:
+        ignored = [line for line in proxy.lines if line["event"] == "config_field_ignored"]
+        proxy.signal()
+        assert await proxy.wait_exit() == 0
+    assert [line["detail"].split(" (line")[0] for line in ignored] == [
+        "tracing",
+        "stats_flush_interval",
+    ]
+    assert all(line["level"] == "warning" for line in ignored)

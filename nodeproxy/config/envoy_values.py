@@ -81,12 +81,13 @@ class EnvoyLoad:
         self._ignored.setdefault(key, []).append(node)
 
     def warnings(self) -> tuple[str, ...]:
+        """One line per (field, reason), in the order of the file."""
         out = []
         for (_, why), nodes in self._ignored.items():
-            first = nodes[0]
+            first = min(nodes, key=lambda n: n.line)
             more = f" (and {len(nodes) - 1} more)" if len(nodes) > 1 else ""
-            out.append(f"{first.path} (line {first.line}){more}: ignored: {why}")
-        return tuple(out)
+            out.append((first.line, f"{first.path} (line {first.line}){more}: ignored: {why}"))
+        return tuple(line for _, line in sorted(out))
 
     def fields(self, node: Node, *allowed: str, ignored: Mapping[str, str] = {}) -> Fields:
         """``node.fields(...)`` where the keys of ``ignored`` are also accepted, each with
