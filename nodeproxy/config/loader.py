@@ -38,6 +38,7 @@ from nodeproxy.config.model import (
     Limits,
     ListenerConfig,
     LogConfig,
+    QueryMatch,
     RouteMatch,
     RouteRule,
     VirtualHost,
@@ -356,15 +357,30 @@ def _endpoint(node: Node) -> EndpointConfig:
 
 
 def route_match(node: Node) -> RouteMatch:
-    """``{prefix | path, headers}``; neither prefix nor path matches every path."""
-    f = node.fields("prefix", "path", "headers")
-    if "prefix" in f and "path" in f:
-        raise node.error("use one of prefix or path, not both")
+    """``{prefix | path | regex, headers, query}``; none of the three matches every path."""
+    f = node.fields("prefix", "path", "regex", "headers", "query")
+    if len([k for k in ("prefix", "path", "regex") if k in f]) > 1:
+        raise node.error("use one of prefix, path or regex, not several")
     return RouteMatch(
         prefix=f.opt("prefix", url_path, None),
         path=f.opt("path", url_path, None),
+        regex=f.opt("regex", lambda n: check_regex(n, n.text()), None),
         headers=f.opt("headers", lambda n: tuple(_header(h) for h in n.items()), ()),
+        query=f.opt("query", lambda n: tuple(_query(q) for q in n.items()), ()),
     )
+
+
+def _query(node: Node) -> QueryMatch:
+    """``{name, exact | prefix | regex | present}``: the parameter's first value."""
+    f = node.fields("name", "exact", "prefix", "regex", "present")
+    name = f.need("name").text()
+    kind, value = f.one_of("exact", "prefix", "regex", "present")
+    if kind == "present":
+        return QueryMatch(name=name, present=value.flag())
+    text = value.text(non_empty=False)
+    if kind == "regex":
+        return QueryMatch(name=name, regex=check_regex(value, text))
+    return QueryMatch(name=name, exact=text) if kind == "exact" else QueryMatch(name, prefix=text)
 
 
 def _header(node: Node) -> HeaderMatch:
