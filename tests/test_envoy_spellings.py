@@ -88,6 +88,8 @@ SPELLINGS = [
      "filters.http.router.v3.Router\n              value: {}"),
     ("the v2 router with v2 config:", "- name: envoy.router\n            typed_config: {}",
      "- name: envoy.router\n            config: {}"),
+    ("a field with no value is a field not set", ROUTER_V2,
+     "- name: envoy.router\n            typed_config:"),
     ("the connection manager under any name, said by @type",
      "name: envoy.http_connection_manager", "name: hcm"),
     ("the connection manager by its v3 name with a v2 @type",

@@ -31,12 +31,14 @@ from nodeproxy.config.yamlsrc import Fields, Node
 DOCS = "docs/configuration.md, 'Envoy bootstrap'"
 UNSUPPORTED = f"unsupported field: nodeproxy does not implement it (see {DOCS})"
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NULL = "tag:yaml.org,2002:null"
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 
 
 class EnvoyNode(Node):
-    """A ``Node`` that, like protobuf's JSON parser, takes one value where a list is
-    expected (``listeners: {address: ...}`` is a list of one listener)."""
+    """A ``Node`` read as protobuf's JSON parser (Envoy's loader) reads it: one value
+    where a list is expected is a list of one (``listeners: {address: ...}``), and a
+    field written with no value (``typed_config:``) is a field not set."""
 
     __slots__ = ()
 
@@ -49,9 +51,14 @@ class EnvoyNode(Node):
 
     def items(self, *, non_empty: bool = False) -> list[Node]:
         single = isinstance(self.node, yaml.MappingNode) or (
-            isinstance(self.node, yaml.ScalarNode) and self.node.tag != "tag:yaml.org,2002:null"
+            isinstance(self.node, yaml.ScalarNode) and self.node.tag != _NULL
         )
         return [self] if single else super().items(non_empty=non_empty)
+
+    def fields(self, *allowed: str, unknown: str = "unknown field") -> Fields:
+        f = super().fields(*allowed, unknown=unknown)
+        present = {key: value for key in allowed if (value := f.get(key)) is not None}
+        return Fields(self, {k: v for k, v in present.items() if v.node.tag != _NULL})
 
 
 @dataclass
