@@ -183,3 +183,15 @@ def test_check_config_prints_each_warning(tmp_path: Path) -> None:
     assert lines[1].startswith("warning: stats_flush_interval (line ")
     assert lines[2].startswith("warning: tracing (line ")
     assert len(lines) == 3
+
+
+def test_check_config_takes_both_examples_at_once() -> None:
+    examples = sorted(str(p) for p in (ROOT / "examples" / "envoy").glob("*.yaml"))
+    assert len(examples) == 2
+    done = subprocess.run(
+        [sys.executable, "-m", "nodeproxy", "check-config", *examples],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line.split(": ", 1)[0] for line in done.stdout.splitlines()] == examples
+    assert all(": ok: envoy config" in line for line in done.stdout.splitlines())
