@@ -359,8 +359,8 @@ def _endpoint(node: Node) -> EndpointConfig:
 def route_match(node: Node) -> RouteMatch:
     """``{prefix | path | regex, headers, query}``; none of the three matches every path."""
     f = node.fields("prefix", "path", "regex", "headers", "query")
-    if len([k for k in ("prefix", "path", "regex") if k in f]) > 1:
-        raise node.error("use one of prefix, path or regex, not several")
+    if len(given := [k for k in ("prefix", "path", "regex") if k in f]) > 1:
+        raise node.error(f"use one of {given[0]} or {given[1]}, not both")
     return RouteMatch(
         prefix=f.opt("prefix", url_path, None),
         path=f.opt("path", url_path, None),
