@@ -23,7 +23,6 @@ path above sees the same ``UpstreamConnection`` either way.
 
 from __future__ import annotations
 
-import select
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -49,6 +48,8 @@ from nodeproxy.errors import (
 from nodeproxy.http1.codec import H11ClientCodec
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.runtime import Runtime
+from nodeproxy.upstream.connection import UpstreamConnection as UpstreamConnection
+from nodeproxy.upstream.connection import stirred
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
 from nodeproxy.upstream.peer import PeerEndpoint, open_peer_stream
 
@@ -68,55 +69,6 @@ class Target:
     cluster: ClusterConfig
     endpoint: Endpoint
     timeout: float  # response headers must arrive this long after the request is sent
-
-
-class UpstreamConnection:
-    """One socket to an endpoint plus its client codec; lent to one request at a time."""
-
-    __slots__ = ("_poller", "bytes_in", "codec", "guard", "pool_key", "reused", "stream")
-
-    def __init__(self, stream: trio.SocketStream, codec: H11ClientCodec, key: _Key) -> None:
-        self.stream = stream
-        self.codec = codec
-        self.pool_key = key
-        self.reused = False  # True once it has served a request and come back from idle
-        self.bytes_in = 0
-        self.guard: OverloadGuard | None = None  # holds a max_connections slot until closed
-        self._poller: select.poll | None = None  # made at the first reuse, kept for the next
-
-    def __repr__(self) -> str:
-        return f"<UpstreamConnection {self.pool_key[1]} [{'reused' if self.reused else 'new'}]>"
-
-    @property
-    def endpoint(self) -> str:
-        return self.pool_key[1]
-
-    def close(self) -> None:
-        """Close the socket and give back its ``max_connections`` slot (once)."""
-        self.stream.socket.close()
-        guard, self.guard = self.guard, None
-        if guard is not None:
-            guard.release(Resource.CONNECTIONS)
-
-
-def _stirred(conn: UpstreamConnection) -> bool:
-    """An idle connection that became readable (bytes or EOF) while nobody asked it anything.
-
-    Whatever arrived is not the answer to the request we are about to send: a
-    late body after a HEAD/204/304 answer, extra bytes after a Content-Length
-    body, or the server closing. Reusing it would hand those bytes to the next
-    client (Envoy closes a connection that receives data with no request
-    outstanding), so it is closed and a new one opened in its slot. One
-    ``poll(0)`` syscall per reuse; the poll object lives with the connection.
-    """
-    poller = conn._poller
-    if poller is None:
-        poller = conn._poller = select.poll()
-        try:
-            poller.register(conn.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
-        except (OSError, ValueError):  # already closed
-            return True
-    return bool(poller.poll(0))
 
 
 @dataclass
@@ -188,7 +140,7 @@ class Upstreams:
             conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout, guard)
         for old in expired:
             old.close()
-        if conn is not None and (fresh or _stirred(conn)):
+        if conn is not None and (fresh or stirred(conn)):
             conn.close()
             conn = None  # keep the slot, open a new socket in it
         if conn is not None:
