@@ -139,6 +139,26 @@ class FairnessConfig:
 
 
 @dataclass(frozen=True)
+class CorsPolicy:
+    """A route's CORS policy (Envoy's ``CorsPolicy``; matching in routing/cors.py).
+
+    ``origins`` are ("exact" | "prefix" | "regex", value) conditions; the header
+    values are sent as written. None / "" means not set (a virtual host's value
+    then applies, field by field, as in Envoy).
+    """
+
+    origins: tuple[tuple[str, str], ...] = ()
+    allow_methods: str = ""
+    allow_headers: str = ""
+    expose_headers: str = ""
+    max_age: str = ""
+    allow_credentials: bool | None = None
+    enabled: bool = True
+    forward_not_matching_preflights: bool = True
+    per_filter: bool = False  # from typed_per_filter_config (Envoy then ignores ``cors``)
+
+
+@dataclass(frozen=True)
 class DirectResponse:
     """Answer from the proxy itself (Envoy's ``direct_response``)."""
 
@@ -203,6 +223,7 @@ class RouteRule:
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderMutation, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
+    cors: CorsPolicy | None = None  # answered/added in pipeline.py, routing/cors.py
 
 
 @dataclass(frozen=True)
