@@ -43,6 +43,13 @@ IGNORED = [
         "resource_limits": {"listener": {"example_listener_name": {"connection_limit": 9}}}}}}]}}},
      "layered_runtime.layers[0].static_layer.envoy.resource_limits.listener."
      "example_listener_name.connection_limit", "does not exist"),
+    ({"listener": {"freebind": True}}, "static_resources.listeners[0].freebind",
+     "binds only addresses already on the host"),
+    ({"root": {"runtime": {"symlink_root": "/srv/runtime/current", "subdirectory": "envoy",
+                           "override_subdirectory": "o"}}}, "runtime", "no runtime"),
+    ({"root": {"layered_runtime": {"layers": [{"name": "d", "disk_layer": {
+        "symlink_root": "/srv/rt", "subdirectory": "envoy"}}]}}},
+     "layered_runtime.layers[0].disk_layer", "reads no keys"),
     ({"first": {"load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8001}},
         "health_check_config": {"port_value": 9000}}}]}]}}},

@@ -51,7 +51,7 @@ def load_envoy(root: Node) -> Config:
     root = EnvoyNode.of(root)
     f = ctx.fields(
         root, "static_resources", "admin", "node", "layered_runtime", "overload_manager",
-        ignored=BOOTSTRAP,
+        "runtime", ignored=BOOTSTRAP,
     )  # fmt: skip
     node_name = f.opt("node", lambda n: _node_id(ctx, n), "")
     if (om := f.get("overload_manager")) is not None:
@@ -69,6 +69,7 @@ def load_envoy(root: Node) -> Config:
     check_unique_binds(binds)
     names = {lc.name for lc, _, _ in listeners}
     f.opt("layered_runtime", lambda n: _runtime(ctx, n, names), None)
+    f.opt("runtime", lambda n: _disk_layer(ctx, n), None)
     logged = [fmts for _, fmts, _ in listeners if fmts]
     if logged and len(logged) < len(listeners):
         silent = next(n for _, fmts, n in listeners if not fmts)
@@ -99,14 +100,30 @@ def _runtime(ctx: EnvoyLoad, node: Node, listeners: Container[str]) -> None:
     that would change what Envoy does is refused: nodeproxy has no runtime."""
     f = node.fields("layers", unknown=UNSUPPORTED)
     for layer in f.items("layers"):
-        lf = layer.fields("name", "static_layer", "admin_layer", unknown=UNSUPPORTED)
+        lf = layer.fields("name", "static_layer", "admin_layer", "disk_layer",
+                          unknown=UNSUPPORTED)  # fmt: skip
         lf.opt("admin_layer", lambda n: n.fields(unknown=UNSUPPORTED), None)
+        lf.opt("disk_layer", lambda n: _disk_layer(ctx, n), None)
         for key, value in _flatten(lf.get("static_layer"), ""):
             m = _LISTENER_LIMIT.fullmatch(key)
             if m is None or m.group(1) in listeners:
                 raise value.error(f"runtime key {key!r}: nodeproxy has no runtime")
             ctx.ignore(value, "a runtime limit for a listener that does not exist "
                        "(Envoy ignores it too)")  # fmt: skip
+
+
+def _disk_layer(ctx: EnvoyLoad, node: Node) -> None:
+    """A runtime read from a directory (v2 top-level ``runtime``, a ``disk_layer``): the
+    file names no key value, so it loads with a warning; nodeproxy reads no runtime keys."""
+    node.fields(
+        "symlink_root",
+        "subdirectory",
+        "override_subdirectory",
+        "append_service_cluster",
+        unknown=UNSUPPORTED,
+    )
+    ctx.ignore(node, "a runtime directory: nodeproxy has no runtime and reads no keys from it "
+               "(the file gives no key values)")  # fmt: skip
 
 
 def _flatten(node: Node | None, prefix: str) -> list[tuple[str, Node]]:
@@ -135,9 +152,12 @@ def _listeners(
         if name in names:
             raise item.error(f"duplicate listener name {name!r} (also {names[name]})")
         names[name] = item.path
-        for key in ("use_original_dst", "transparent", "freebind"):
+        for key in ("use_original_dst", "transparent"):
             if f.opt(key, Node.flag, False):
                 raise f.need(key).error(f"only false is supported for {key}")
+        if f.opt("freebind", Node.flag, False):
+            ctx.ignore(f.need("freebind"), "nodeproxy binds only addresses already on the host "
+                       "(a missing one fails at start with a clear error)")  # fmt: skip
         if not f.opt("bind_to_port", Node.flag, True):
             raise f.need("bind_to_port").error("only true is supported (no original_dst)")
         for lf in f.items("listener_filters"):
