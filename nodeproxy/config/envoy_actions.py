@@ -35,6 +35,7 @@ from nodeproxy.config.model import (
 )
 from nodeproxy.config.yamlsrc import Node
 from nodeproxy.routing.actions import (
+    MAX_BODY,
     check_host_value,
     check_local_status,
     check_redirect,
@@ -225,13 +226,32 @@ def direct_response(node: Node) -> DirectResponse:
     status = integer(f.need("status"), 100, 999)
     body = ""
     if (b := f.get("body")) is not None:
-        body = (
-            b.fields("inline_string", unknown=UNSUPPORTED)
-            .need("inline_string")
-            .text(non_empty=False)
-        )
+        bf = b.fields("inline_string", "filename", unknown=UNSUPPORTED)
+        if (fn := bf.get("filename")) is not None:
+            if bf.get("inline_string") is not None:
+                raise b.error("use one of inline_string or filename")
+            body = _body_file(fn)
+        else:
+            body = bf.need("inline_string").text(non_empty=False)
     checked(f.get("body") or f.need("status"), check_local_status, status, body)
     return DirectResponse(status=status, body=body)
+
+
+def _body_file(node: Node) -> str:
+    """``body.filename``: read once at load, as Envoy does (relative to the working
+    directory), bounded by Envoy's default 4096-byte limit on a direct response body."""
+    path = node.text()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BODY + 1)
+    except OSError as exc:
+        raise node.error(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BODY:
+        raise node.error(f"{path!r} is over {MAX_BODY} bytes (Envoy's default limit)")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise node.error(f"{path!r} is not UTF-8 text") from None
 
 
 def headers_to_add(node: Node) -> tuple[HeaderMutation, ...]:

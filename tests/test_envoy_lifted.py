@@ -1,0 +1,75 @@
+"""Envoy fields that used to be refused and now load, each with Envoy's behaviour:
+``direct_response.body.filename``, ``match.grpc``, the local rate limit's
+``response_headers_to_add``, ``%REQ()%``/``%RESPONSE_CODE%`` in header edits, and a
+health check's ``service_name`` / ``service_name_matcher``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodeproxy.config.model import Config, DirectResponse
+from nodeproxy.errors import ConfigError
+from tests.helpers.envoy_docs import bootstrap, load
+
+HCM = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+ROUTE = HCM + ".route_config.virtual_hosts[0].routes[0]"
+CLUSTER = "static_resources.clusters[0]"
+
+
+def rule(c: Config) -> Any:
+    return c.listeners[0].virtual_hosts[0].routes[0]
+
+
+def body_file(path: str) -> dict[str, Any]:
+    return {"route": None, "direct_response": {"status": 200, "body": {"filename": path}}}
+
+
+# --- direct_response.body.filename ----------------------------------------------------
+
+
+def test_a_body_file_is_read_at_load(tmp_path: Path) -> None:
+    (tmp_path / "page.txt").write_text("hello from a file\n")
+    c = load(bootstrap(route=body_file(str(tmp_path / "page.txt"))))
+    assert rule(c).direct_response == DirectResponse(200, "hello from a file\n")
+
+
+def test_a_relative_body_file_is_read_from_the_working_directory_as_envoy_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lorem.txt").write_text("lorem")
+    monkeypatch.chdir(tmp_path)
+    assert rule(load(bootstrap(route=body_file("./lorem.txt")))).direct_response.body == "lorem"
+
+
+BAD_BODY_FILES = [
+    ("missing", None, "cannot read"),
+    ("big", b"x" * 4097, "over 4096 bytes"),
+    ("binary", b"\xff\xfe", "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"), BAD_BODY_FILES, ids=[b[0] for b in BAD_BODY_FILES]
+)
+def test_a_body_file_that_cannot_be_served_is_refused_naming_the_field(
+    tmp_path: Path, name: str, data: bytes | None, words: str
+) -> None:
+    path = tmp_path / name
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load(bootstrap(route=body_file(str(path))))
+    assert err.value.field == ROUTE + ".direct_response.body.filename"
+    assert words in err.value.message
+
+
+def test_a_body_file_of_exactly_4096_bytes_loads(tmp_path: Path) -> None:
+    (tmp_path / "max").write_bytes(b"y" * 4096)
+    assert (
+        len(rule(load(bootstrap(route=body_file(str(tmp_path / "max"))))).direct_response.body)
+        == 4096
+    )
