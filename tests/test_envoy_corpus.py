@@ -58,6 +58,7 @@ VERDICTS: dict[str, tuple[str, ...]] = {
         "envoyproxy__envoy__examples_datadog-tracing_front-envoy-datadog.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy-2.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy.yaml",
+        "envoyproxy__envoy__examples_grpc-bridge_server_envoy-proxy.yaml",
         "envoyproxy__envoy__examples_jaeger-native-tracing_front-envoy-jaeger.yaml",
         "envoyproxy__envoy__examples_jaeger-native-tracing_service2-envoy-jaeger.yaml",
         "envoyproxy__envoy__examples_jaeger-tracing_front-envoy-jaeger.yaml",
@@ -137,9 +138,6 @@ VERDICTS: dict[str, tuple[str, ...]] = {
         "envoyproxy__envoy-perf__siege_front-proxy.yaml",
     ),
     "vhost.routes[].match.connect_matcher": ("envoyproxy__envoy__configs_proxy_connect.yaml",),
-    "vhost.routes[].match.grpc": (
-        "envoyproxy__envoy__examples_grpc-bridge_server_envoy-proxy.yaml",
-    ),
     "vhost.routes[].route.request_mirror_policies": (
         "envoyproxy__envoy__examples_route-mirror_envoy.yaml",
     ),
@@ -381,7 +379,13 @@ def route_matches(match: dict[str, Any], probe: Probe) -> bool | None:
         else:
             got = value is not None
         ok = ok and bool(got)
-    if "grpc" in match or "runtime_fraction" in match or "tls_context" in match:
+    if "grpc" in match:  # exactly application/grpc, or application/grpc+<codec>
+        ok = (
+            ok
+            and re.fullmatch(r"application/grpc(\+.*)?", headers.get("content-type", ""))
+            is not None
+        )
+    if "runtime_fraction" in match or "tls_context" in match:
         return None
     return ok
 
@@ -402,6 +406,8 @@ def probe_for(match: dict[str, Any], host: str) -> Probe | None:
             method = value
         elif value is not None and not name.startswith(":") and name != "host":
             headers.append((name, value))
+    if "grpc" in match:
+        headers.append(("content-type", "application/grpc"))
     query = []
     for qm in as_list(match.get("query_parameters")):
         sm = qm.get("string_match", {})

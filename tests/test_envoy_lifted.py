@@ -13,7 +13,10 @@ import pytest
 
 from nodeproxy.config.model import Config, DirectResponse
 from nodeproxy.errors import ConfigError
-from tests.helpers.envoy_docs import bootstrap, load
+from nodeproxy.routing.match import grpc_ok
+from tests.helpers.backends import run_proxy
+from tests.helpers.envoy_docs import bootstrap, cluster, load
+from tests.helpers.replicas import Replica, keep_alive, replicas
 
 HCM = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 ROUTE = HCM + ".route_config.virtual_hosts[0].routes[0]"
@@ -73,3 +76,48 @@ def test_a_body_file_of_exactly_4096_bytes_loads(tmp_path: Path) -> None:
         len(rule(load(bootstrap(route=body_file(str(tmp_path / "max"))))).direct_response.body)
         == 4096
     )
+
+
+# --- match.grpc ---------------------------------------------------------------------------
+
+GRPC_CONTENT_TYPES = [
+    ([(b"content-type", b"application/grpc")], True),
+    ([(b"content-type", b"application/grpc+proto")], True),
+    ([(b"content-type", b"application/grpc+json")], True),
+    ([(b"content-type", b"application/grpc-web")], False),
+    ([(b"content-type", b"application/grpc-web-text")], False),
+    ([(b"content-type", b"application/json")], False),
+    ([(b"content-type", b"Application/gRPC")], False),  # Envoy compares case-sensitively
+    ([(b"accept", b"application/grpc")], False),
+    ([], False),
+]
+
+
+@pytest.mark.parametrize(("headers", "want"), GRPC_CONTENT_TYPES)
+def test_what_envoy_calls_a_grpc_request(headers: list[tuple[bytes, bytes]], want: bool) -> None:
+    assert grpc_ok(headers) is want
+
+
+def test_match_grpc_loads_onto_the_route_match() -> None:
+    assert rule(load(bootstrap(match={"grpc": {}}))).match.grpc is True
+    assert rule(load(bootstrap())).match.grpc is False
+
+
+async def test_a_grpc_route_takes_only_grpc_requests() -> None:
+    grpc, other = Replica("grpc"), Replica("other")
+    async with replicas(grpc, other):
+        routes = [
+            {"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "a"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "b"}},
+        ]
+        config = load(
+            bootstrap(
+                ports=(grpc.port,), vhost={"routes": routes}, clusters=(cluster("b", other.port),)
+            )
+        )
+        async with run_proxy(config) as p, keep_alive(p.port) as c:
+            picks = []
+            for ct in ("application/grpc", "application/grpc+proto", "application/grpc-web", None):
+                headers: list[tuple[str, str]] = [] if ct is None else [("content-type", ct)]
+                picks.append((await c.get("x", "/svc/Call", headers))[1]["x-replica"])
+    assert picks == ["grpc", "grpc", "other", "other"]

@@ -113,7 +113,7 @@ REFUSED = [
      "unsupported field"),
     ({"action": {"request_mirror_policies": [{"cluster": "a"}]}},
      ROUTE + ".route.request_mirror_policies", "unsupported field"),
-    ({"match": {"grpc": {}}}, ROUTE + ".match.grpc", "gRPC"),
+    ({"match": {"grpc": {"x": 1}}}, ROUTE + ".match.grpc.x", "unsupported field"),
     ({"match": {"headers": [{"name": "x", "range_match": {"start": 1, "end": 3}}]}},
      ROUTE + ".match.headers[0].range_match", "range_match"),
     ({"route": {"request_headers_to_add": [{"header": {"key": "x-up", "value":

@@ -36,21 +36,23 @@ _HEADER_KEYS = (
 def route_match(ctx: EnvoyLoad, node: Node) -> RouteMatch:
     f = ctx.fields(node, *PATH_KEYS, "case_sensitive", "headers", "query_parameters", "grpc")
     if (grpc := f.get("grpc")) is not None:
-        raise grpc.error("gRPC matching is not supported: nodeproxy speaks HTTP/1.1 only")
+        grpc.fields(unknown=UNSUPPORTED)  # GrpcRouteMatchOptions has no fields
+    is_grpc = grpc is not None
     kind, value = f.one_of(*PATH_KEYS)
     case_sensitive = f.opt("case_sensitive", Node.flag, True)
     headers = tuple(header(h) for h in f.items("headers"))
     query = tuple(query_parameter(q) for q in f.items("query_parameters"))
     if kind in ("safe_regex", "regex"):
         pattern = regex(value) if kind == "safe_regex" else _raw_regex(value)
-        return RouteMatch(headers=headers, query=query, regex=pattern)
+        return RouteMatch(headers=headers, query=query, regex=pattern, grpc=is_grpc)
     # an empty prefix matches every path, as "/" does (origin-form targets start with it)
     text = "/" if kind == "prefix" and not value.text(non_empty=False) else url_path(value)
     if kind == "path_separated_prefix":  # "/api" matches /api and /api/..., not /apix
         if text.endswith("/") or "?" in text or "#" in text:
             raise value.error("must not end with '/' nor hold '?' or '#'")
         flags = "" if case_sensitive else "(?i)"
-        return RouteMatch(headers=headers, query=query, regex=f"{flags}{re.escape(text)}(/.*)?")
+        pattern = f"{flags}{re.escape(text)}(/.*)?"
+        return RouteMatch(headers=headers, query=query, regex=pattern, grpc=is_grpc)
     if not case_sensitive:
         text = text.lower()
     return RouteMatch(
@@ -59,6 +61,7 @@ def route_match(ctx: EnvoyLoad, node: Node) -> RouteMatch:
         headers=headers,
         query=query,
         case_sensitive=case_sensitive,
+        grpc=is_grpc,
     )
 
 

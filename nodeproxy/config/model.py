@@ -85,6 +85,7 @@ class RouteMatch:
     query: tuple[QueryMatch, ...] = ()
     regex: str | None = None  # Envoy's safe_regex: the path (without query) fully matches
     case_sensitive: bool = True  # Envoy's case_sensitive: False compares prefix/path lowercased
+    grpc: bool = False  # Envoy's match.grpc: content-type application/grpc or application/grpc+...
 
 
 @dataclass(frozen=True)

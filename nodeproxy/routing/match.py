@@ -1,4 +1,5 @@
-"""The less common parts of a route match: regex paths, case-insensitive paths, query parameters.
+"""The less common parts of a route match: regex paths, case-insensitive paths, query
+parameters, gRPC requests.
 
 Why apart from ``router.py``: most rules are a plain prefix or path, and the
 router's loop keeps those to one string comparison. A rule that needs more
@@ -13,6 +14,7 @@ has the value ``""``, and a condition looks at the parameter's first value.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from nodeproxy.config.model import QueryMatch, RouteMatch
 
@@ -56,6 +58,15 @@ def query_ok(q: QueryMatch, query: str, compiled: dict[str, re.Pattern[str]]) ->
     if q.regex is not None:
         return compiled[q.regex].fullmatch(value) is not None
     return True
+
+
+def grpc_ok(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Envoy's ``match.grpc``: the (first) content-type is exactly ``application/grpc``
+    or starts with ``application/grpc+`` (so ``application/grpc-web`` is not gRPC)."""
+    for name, value in headers:
+        if name == b"content-type":
+            return value == b"application/grpc" or value.startswith(b"application/grpc+")
+    return False
 
 
 def patterns(m: RouteMatch) -> list[str]:

@@ -26,7 +26,7 @@ from nodeproxy.config.model import (
 from nodeproxy.errors import NoRoute, UnknownService
 from nodeproxy.routing.actions import RouteActions, compile_actions
 from nodeproxy.routing.authority import Authority
-from nodeproxy.routing.match import path_and_query_ok, patterns
+from nodeproxy.routing.match import grpc_ok, path_and_query_ok, patterns
 
 Headers = Sequence[tuple[bytes, bytes]]  # lowercased names, as h11 gives them
 
@@ -162,6 +162,8 @@ class Router:
             elif m.prefix is not None and not path_only.startswith(m.prefix):
                 continue
             if m.headers and not all(self._header_ok(h, headers) for h in m.headers):
+                continue
+            if m.grpc and not grpc_ok(headers):  # routing/match.py
                 continue
             fixed = self._fixed.get(id(rule))
             if fixed is not None and fixed.virtual_host is vh:
