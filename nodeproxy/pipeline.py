@@ -5,7 +5,9 @@
       -> route    routing/router.py    authority + path + headers -> cluster and
                                        canary subset (label selector); a route
                                        that answers itself (direct_response,
-                                       redirect: routing/actions.py) stops here
+                                       redirect: routing/actions.py) stops here,
+                                       and so does a CORS preflight the route's
+                                       policy allows (routing/cors.py)
       -> admit    traffic/state.py     the service's circuit breaker (503
                                        circuit_open) and overload guard (503
                                        overloaded), before any byte goes out
@@ -52,6 +54,7 @@ from nodeproxy.http1.headers import request_authority
 from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
 from nodeproxy.mesh.state import Mesh, forget_rule
+from nodeproxy.routing import cors
 from nodeproxy.routing.actions import RouteActions, auto_host
 from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.header_edits import client_source, replace_host
@@ -112,6 +115,12 @@ class Pipeline:
             ex.client = forwarded_client(request.headers, down.client_ip, self.forwarding)
         if self._strip_port:
             host = self.router.upstream_host(host)
+        if decision.rule.cors is not None:  # routing/cors.py: preflight answered here
+            verdict, origin = cors.classify(decision.rule.cors, request.method, request.headers)
+            if verdict is cors.Verdict.ACTUAL:
+                ex.cors = cors.response_headers(decision.rule.cors, origin)
+            elif verdict is not cors.Verdict.NONE:
+                return await self.answer_preflight(down, request, ex, decision, verdict, origin)
         actions = decision.actions
         if actions is not None and actions.local:
             return await self.answer(down, request, ex, decision, actions)
@@ -217,9 +226,30 @@ class Pipeline:
             target=ex.path,
             source=client_source(ex.source, ex.client),
         )
+        if ex.cors is not None:
+            headers = cors.apply(headers, ex.cors)
         return await answer_local(
             down, ex, status, headers, body, drain=self.runtime.drain.draining
         )
+
+    async def answer_preflight(
+        self,
+        down: Downstream,
+        request: h11.Request,
+        ex: Exchange,
+        decision: RouteDecision,
+        verdict: cors.Verdict,
+        origin: bytes,
+    ) -> bool:
+        """A CORS preflight for an allowed origin (200), or one refused (403): no upstream."""
+        assert decision.rule.cors is not None
+        self.admission.check_route(decision.rule, down.client_ip)  # 429 first, as any route
+        if verdict is cors.Verdict.PREFLIGHT:
+            status = 200
+            headers = cors.preflight_headers(decision.rule.cors, origin, request.headers)
+        else:
+            status, headers = 403, [(b"content-length", b"0")]
+        return await answer_local(down, ex, status, headers, b"", drain=self.runtime.drain.draining)
 
     def _scheme(self, headers: h11._headers.Headers) -> str:
         """The request's scheme for a redirect: an incoming ``x-forwarded-proto`` when the

@@ -192,9 +192,9 @@ REJECTED = [
      "    lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{max_requests: 0}]}\n",
      "static_resources.clusters[0].circuit_breakers.thresholds[0].max_requests", "must be >= 1",
      "circuit_breakers"),
-    ("          - name: envoy.router", "          - name: envoy.filters.http.cors\n"
+    ("          - name: envoy.router", "          - name: envoy.filters.http.lua\n"
      "          - name: envoy.router", HCM + ".http_filters[0].name",
-     "unsupported HTTP filter 'envoy.filters.http.cors'", "cors"),
+     "unsupported HTTP filter 'envoy.filters.http.lua'", "lua"),
     ("      - name: envoy.http_connection_manager", "      - name: envoy.tcp_proxy",
      "static_resources.listeners[0].filter_chains[0].filters[0].name",
      "unsupported network filter 'envoy.tcp_proxy'", "tcp_proxy"),

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Container
 from typing import Any, TypeVar
 
+from nodeproxy.config import envoy_cors
 from nodeproxy.config.checks import upgrade_token
 from nodeproxy.config.envoy_ignored import ROUTE_ACTION
 from nodeproxy.config.envoy_values import (
@@ -63,7 +64,8 @@ NO_BUDGET = (1.0, 3)  # retries <= requests in flight: always true, i.e. no budg
 
 def route_action(ctx: EnvoyLoad, node: Node, cluster_names: Container[str]) -> dict[str, Any]:
     """``RouteRule`` keyword arguments from a route's ``route:``."""
-    r = ctx.fields(node, *ACTION_KEYS, ignored=ROUTE_ACTION)
+    r = ctx.fields(node, *ACTION_KEYS, ignored=envoy_cors.ignored(ctx, ROUTE_ACTION))
+    out_cors = envoy_cors.policy(ctx, r.get("cors"))  # None without the CORS filter
     out: dict[str, Any] = {}
     kind, target = r.one_of("cluster", "weighted_clusters")
     if kind == "cluster":
@@ -92,6 +94,8 @@ def route_action(ctx: EnvoyLoad, node: Node, cluster_names: Container[str]) -> d
         else:  # Envoy: "has no effect" unless the cluster is STRICT_DNS or LOGICAL_DNS
             ctx.ignore(r.need("auto_host_rewrite"), "only STRICT_DNS/LOGICAL_DNS clusters "
                        "have a host name to rewrite to (Envoy ignores it too)")  # fmt: skip
+    if out_cors is not None:
+        out["cors"] = out_cors
     r.opt("priority", lambda n: enum(n, "DEFAULT"), "DEFAULT")
     if r.opt("append_x_forwarded_host", Node.flag, False):
         raise r.need("append_x_forwarded_host").error("only false is supported")

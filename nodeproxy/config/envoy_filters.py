@@ -21,6 +21,7 @@ Envoy, no access line is written.
 
 from __future__ import annotations
 
+from nodeproxy.config import envoy_cors
 from nodeproxy.config.envoy_ignored import ROUTER_FILTER
 from nodeproxy.config.envoy_values import (
     UNSUPPORTED,
@@ -44,6 +45,7 @@ HTTP_FILTERS = {
         ("envoy.local_rate_limit", "envoy.filters.http.local_ratelimit"),
         (_E + "filters.http.local_ratelimit.v3.LocalRateLimit",),
     ),
+    "cors": envoy_cors.FILTER,
 }
 ACCESS_LOGGERS = {
     "file": (
@@ -70,7 +72,7 @@ def http_filters(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:
     """The listener's rate limit (if any); sets ``ctx.local_ratelimit_filter``."""
     items = node.items(non_empty=True)
     limit = None
-    ctx.local_ratelimit_filter = False
+    ctx.local_ratelimit_filter = ctx.cors_filter = False
     for i, item in enumerate(items):
         kind, cfg, f = extension(item, HTTP_FILTERS, "HTTP filter")
         if f.opt("disabled", Node.flag, False):
@@ -85,6 +87,8 @@ def http_filters(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:
                 ctx.fields(cfg, "@type", ignored=ROUTER_FILTER)
         elif last:
             raise item.error("the last HTTP filter must be the router (envoy.filters.http.router)")
+        elif kind == "cors":
+            ctx.cors_filter = envoy_cors.cors_filter(cfg)
         else:
             ctx.local_ratelimit_filter = True
             limit = local_rate_limit(ctx, cfg) if cfg is not None else None
@@ -124,6 +128,8 @@ def per_filter_rate_limit(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:
     """A route's or virtual host's ``typed_per_filter_config``: only the local rate limit."""
     limit = None
     for name, cfg in node.entries().items():
+        if envoy_cors.per_filter(ctx, name, cfg):
+            continue  # read by envoy_cors.typed_policy
         type_url = cfg.entries().get("@type") if cfg.is_map() else None
         known = HTTP_FILTERS["local_ratelimit"]
         ok = name in known[0] if type_url is None else type_name(type_url.text()) in known[1]

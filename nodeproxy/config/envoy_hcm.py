@@ -78,7 +78,7 @@ def http_connection_manager(
     out: dict[str, Any] = _forwarding(h)
     out["rate_limit"] = h.opt("http_filters", lambda n: http_filters(ctx, n), None)
     if "http_filters" not in h:
-        ctx.local_ratelimit_filter = False
+        ctx.local_ratelimit_filter = ctx.cors_filter = False
     overrides = [upgrade_override(u) for u in h.items("upgrade_configs")]
     for u in h.items("upgrade_configs"):
         if (filters := u.entries().get("filters")) is not None:

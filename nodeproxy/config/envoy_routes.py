@@ -17,6 +17,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
+from nodeproxy.config import envoy_cors
 from nodeproxy.config.envoy_actions import (
     checked,
     direct_response,
@@ -86,7 +87,8 @@ def _virtual_host(
     f = ctx.fields(
         node, "name", "domains", "routes", "require_tls", "retry_policy",
         "typed_per_filter_config", "include_request_attempt_count",
-        "include_attempt_count_in_response", *MUTATION_KEYS, ignored=VIRTUAL_HOST,
+        "include_attempt_count_in_response", *MUTATION_KEYS,
+        ignored=envoy_cors.ignored(ctx, VIRTUAL_HOST),
     )  # fmt: skip
     f.opt("require_tls", lambda n: enum(n, "NONE"), "NONE")
     for key in ("include_request_attempt_count", "include_attempt_count_in_response"):
@@ -101,6 +103,7 @@ def _virtual_host(
         rate_limit=f.opt("typed_per_filter_config", lambda n: per_filter_rate_limit(ctx, n), None),
     )
     routes = tuple(_route(ctx, r, cluster_names, inner) for r in f.items("routes"))
+    routes = envoy_cors.with_virtual_host(ctx, routes, f)  # the route's fields first
     return VirtualHost(name=f.need("name").text(), domains=domains, routes=routes)
 
 
@@ -127,6 +130,7 @@ def _route(ctx: EnvoyLoad, node: Node, cluster_names: Container[str], outer: _Ou
         kw[key] = tuple(x for level in levels for x in level.get(key, ()))
     limit = f.opt("typed_per_filter_config", lambda n: per_filter_rate_limit(ctx, n), None)
     kw["rate_limit"] = limit or outer.rate_limit
+    kw["cors"] = typed_cors = envoy_cors.typed_policy(ctx, f)  # over the action's ``cors``
     kind, action = f.one_of("route", "redirect", "direct_response")
     if kind != "route":  # answered here: nothing goes upstream, request edits do not apply
         for key in ("request_headers_to_add", "request_headers_to_remove"):
@@ -137,6 +141,7 @@ def _route(ctx: EnvoyLoad, node: Node, cluster_names: Container[str], outer: _Ou
             kw["direct_response"] = direct_response(action)
         return _checked(node, RouteRule(match=match, **kw))
     kw.update(route_action(ctx, action, cluster_names))
+    kw["cors"] = typed_cors or kw["cors"]
     if "retries" not in kw and outer.retry is not None:
         targets = [kw["cluster"]] if "cluster" in kw else [w.cluster for w in kw["weighted"]]
         kw["retries"] = retry_policy(ctx, outer.retry, targets)

@@ -68,6 +68,7 @@ class EnvoyLoad:
     clusters: dict[str, ClusterConfig] = field(default_factory=dict)
     dns_clusters: set[str] = field(default_factory=set)  # STRICT_DNS and LOGICAL_DNS ones
     local_ratelimit_filter: bool = False  # the listener being read has that HTTP filter
+    cors_filter: bool = False  # ... and envoy.filters.http.cors (envoy_cors.py)
     # cluster name -> (budget ratio, min retry concurrency) from circuit_breakers.retry_budget
     retry_budgets: dict[str, tuple[float, int]] = field(default_factory=dict)
     limits: dict[str, tuple[float, Node]] = field(default_factory=dict)  # Limits overrides

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nodeproxy.config.checks import check_regex, url_path
+from nodeproxy.config.cors import read_cors
 from nodeproxy.config.model import Config, DirectResponse, HeaderMutation, Redirect
 from nodeproxy.config.yamlsrc import Fields, Node
 from nodeproxy.errors import ConfigError
@@ -35,7 +36,7 @@ FORWARD_KEYS = (
 )  # fmt: skip
 ACTION_KEYS = (
     *FORWARD_KEYS, "direct_response", "redirect",
-    "response_headers_to_add", "response_headers_to_remove",
+    "response_headers_to_add", "response_headers_to_remove", "cors",
 )  # fmt: skip
 LOCAL_KINDS = ("direct_response", "redirect")
 
@@ -47,6 +48,7 @@ def read_actions(f: Fields, kind: str, target: Node) -> dict[str, Any]:
     out: dict[str, Any] = {
         "response_headers_to_add": _adds(f.get("response_headers_to_add")),
         "response_headers_to_remove": _removes(f.get("response_headers_to_remove")),
+        "cors": f.opt("cors", read_cors, None),  # config/cors.py
     }
     if kind in LOCAL_KINDS:
         for key in (*FORWARD_KEYS, "timeout", "retries", "subset", "upgrades"):

@@ -162,3 +162,4 @@ class Exchange:
     client: str | None = None
     via: bytes | None = VIA  # the listener's Via for the response (None: none)
     response_edits: HeaderEdits | None = None  # the route's response_headers_to_add/remove
+    cors: list[tuple[bytes, bytes]] | None = None  # CORS response headers (routing/cors.py)

@@ -27,6 +27,7 @@ from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.forwarding import VIA
 from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
 from nodeproxy.http1.impl import h11
+from nodeproxy.routing.cors import apply as cors_apply
 from nodeproxy.routing.header_edits import client_source
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.upstream.pool import UpstreamConnection
@@ -56,7 +57,10 @@ async def relay_response(
     try:
         headers = downstream_response_headers(response.headers, close=close, via=ex.via)
         if ex.response_edits is not None:  # the route's response_headers_to_add/remove
-            headers = ex.response_edits.apply(headers, client_source(ex.source, ex.client))
+            source = client_source(ex.source, ex.client)
+            headers = ex.response_edits.apply(headers, source, response.status_code)
+        if ex.cors is not None:  # the route's CORS policy allowed the request's Origin
+            headers = cors_apply(headers, ex.cors)
         head = dc.send(response_event(response.status_code, response.reason, headers))
     except h11.LocalProtocolError as exc:
         raise UpstreamProtocolError(f"cannot relay response head: {exc}") from None
