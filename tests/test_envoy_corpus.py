@@ -53,8 +53,11 @@ VERDICTS: dict[str, tuple[str, ...]] = {
     LOADS: (
         "envoyproxy__envoy__configs_freebind_freebind.yaml",
         "envoyproxy__envoy__configs_front-proxy_envoy.yaml",
+        "envoyproxy__envoy__docs_root_configuration_http_http_conn_man__include_header_formatters.yaml",
         "envoyproxy__envoy__docs_root_intro_arch_overview_upstream__include_load-assignment.yaml",
         "envoyproxy__envoy__examples_cache_service-envoy.yaml",
+        "envoyproxy__envoy__examples_cors_backend_front-envoy.yaml",
+        "envoyproxy__envoy__examples_cors_frontend_front-envoy.yaml",
         "envoyproxy__envoy__examples_datadog-tracing_front-envoy-datadog.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy-2.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy.yaml",
@@ -67,6 +70,7 @@ VERDICTS: dict[str, tuple[str, ...]] = {
         "envoyproxy__envoy__examples_skywalking_envoy-front-proxy.yaml",
         "envoyproxy__envoy__examples_websocket_envoy-ws-route.yaml",
         "envoyproxy__envoy__examples_websocket_envoy-ws.yaml",
+        "envoyproxy__envoy__examples_zipkin-tracing_front-envoy-zipkin.yaml",
         "envoyproxy__envoy__examples_zipkin-tracing_service1-envoy-zipkin.yaml",
         "envoyproxy__envoy__examples_zipkin-tracing_service2-envoy-zipkin.yaml",
         "envoyproxy__examples__load-reporting-service_envoy.yaml",
@@ -92,8 +96,6 @@ VERDICTS: dict[str, tuple[str, ...]] = {
     ),
     "filter.http_filters[].name": (
         "envoyproxy__envoy-wasm__examples_wasm_envoy.yaml",
-        "envoyproxy__envoy__examples_cors_backend_front-envoy.yaml",
-        "envoyproxy__envoy__examples_cors_frontend_front-envoy.yaml",
         "envoyproxy__envoy__examples_fault-injection_envoy.yaml",
         "envoyproxy__envoy__examples_grpc-bridge_client_envoy-proxy.yaml",
         "grpc__grpc-web__net_grpc_gateway_examples_echo_envoy.yaml",
@@ -125,14 +127,8 @@ VERDICTS: dict[str, tuple[str, ...]] = {
     "filter.local_reply_config": (
         "envoyproxy__envoy__docs_root_configuration_http_http_conn_man__include_local-reply.yaml",
     ),
-    "filter.route_config.request_headers_to_add[].header.value": (
-        "envoyproxy__envoy__docs_root_configuration_http_http_conn_man__include_header_formatters.yaml",
-    ),
     "listeners[].filter_chains[].transport_socket.typed_config.@type": (
         "envoyproxy__envoy__examples_front-proxy_front-envoy.yaml",
-    ),
-    "vhost.response_headers_to_add[].header.value": (
-        "envoyproxy__envoy__examples_zipkin-tracing_front-envoy-zipkin.yaml",
     ),
     "vhost.routes[].direct_response.body.filename": (
         "envoyproxy__envoy-perf__siege_front-proxy.yaml",

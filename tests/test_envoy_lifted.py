@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from nodeproxy.config.model import Config, DirectResponse
+from nodeproxy.config.model import Config, DirectResponse, HeaderMutation
 from nodeproxy.errors import ConfigError
+from nodeproxy.routing.header_edits import Header, HeaderEdits
 from nodeproxy.routing.match import grpc_ok
-from tests.helpers.backends import run_proxy
+from tests.helpers.backends import backend, run_proxy
 from tests.helpers.envoy_docs import bootstrap, cluster, load
 from tests.helpers.replicas import Replica, keep_alive, replicas
 
@@ -121,3 +123,102 @@ async def test_a_grpc_route_takes_only_grpc_requests() -> None:
                 headers: list[tuple[str, str]] = [] if ct is None else [("content-type", ct)]
                 picks.append((await c.get("x", "/svc/Call", headers))[1]["x-replica"])
     assert picks == ["grpc", "grpc", "other", "other"]
+
+
+# --- %REQ(name)% and %RESPONSE_CODE% in header edits ---------------------------------
+
+REQUEST = [(b"host", b"svc"), (b"x-in", b"one"), (b"x-in", b"two"), (b"x-gone", b"g")]
+VARIABLE_EDITS = [
+    # (value, request edit adds, response edit (status 503, the request above) adds)
+    ("%REQ(x-in)%", b"one", b"one"),  # the first value, as Envoy's header formatter
+    ("%REQ(X-In)%", b"one", b"one"),  # names are case-insensitive
+    ("%REQ(x-absent)%", None, None),  # "" when absent: no header at all
+    ("%REQ(x-gone)%", None, b"g"),  # a request edit reads after its removals
+    ("%REQ(x-new)%", None, None),  # ... and before its own additions
+    ("id=%REQ(x-in)%;%%", b"id=one;%", b"id=one;%"),
+    ("%RESPONSE_CODE%", None, b"503"),  # "" in a request edit: no response yet
+    ("%RESPONSE_CODE%/%REQ(x-in)%", b"/one", b"503/one"),
+]
+
+
+@pytest.mark.parametrize(("value", "on_request", "on_response"), VARIABLE_EDITS)
+def test_header_value_variables_as_envoy_formats_them(
+    value: str, on_request: bytes | None, on_response: bytes | None
+) -> None:
+    edits = HeaderEdits.build(
+        [HeaderMutation("x-out", value), HeaderMutation("x-new", "n")], ["x-gone"]
+    )
+    assert edits is not None
+    req = dict(edits.apply(REQUEST, "10.0.0.1:5"))
+    assert req.get(b"x-out") == on_request
+    response: list[Header] = [(b"content-length", b"0")]
+    resp = dict(edits.for_request(REQUEST).apply(response, "10.0.0.1:5", 503))
+    assert resp.get(b"x-out") == on_response
+
+
+def test_edits_without_a_request_variable_are_not_copied_per_request() -> None:
+    edits = HeaderEdits.build(
+        [HeaderMutation("x-a", "%RESPONSE_CODE% %DOWNSTREAM_REMOTE_ADDRESS%")], []
+    )
+    assert edits is not None
+    assert not edits.reads_request
+    assert edits.for_request(REQUEST) is edits
+
+
+@pytest.mark.parametrize(
+    "value", ["%REQ(x-a?x-b)%", "%REQ(x-a):10%", "%REQ()%", "%REQ(x a)%", "%RESP(x-a)%"]
+)
+def test_other_formatter_forms_are_refused_naming_the_field(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(
+            bootstrap(vhost={"response_headers_to_add": [{"header": {"key": "x", "value": value}}]})
+        )
+    assert err.value.field.endswith("response_headers_to_add[0].header.value")
+    assert "unsupported variable" in err.value.message
+
+
+def test_a_local_answer_cannot_read_the_request_in_its_response_edits() -> None:
+    edit = {"header": {"key": "x", "value": "%REQ(x-a)%"}}
+    route = {"route": None, "direct_response": {"status": 200}, "response_headers_to_add": [edit]}
+    with pytest.raises(ConfigError, match="not supported on a direct_response"):
+        load(bootstrap(route=route))
+
+
+async def test_request_and_response_edits_read_the_request_and_the_status() -> None:
+    def add(key: str, value: str) -> dict[str, Any]:
+        return {"header": {"key": key, "value": value}}
+
+    async with backend() as b:
+        config = load(
+            bootstrap(
+                ports=(b.port,),
+                route={
+                    "request_headers_to_add": [
+                        add("x-copy", "%REQ(x-b3-traceid)%"),
+                        add("x-rc", "%RESPONSE_CODE%"),
+                    ]
+                },
+                vhost={
+                    "response_headers_to_add": [
+                        add("x-b3-traceid", "%REQ(x-b3-traceid)%"),
+                        add("x-copied", "%REQ(x-copy)%"),
+                        add("x-code", "code %RESPONSE_CODE%"),
+                    ]
+                },
+            )
+        )
+        async with (
+            run_proxy(config) as p,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{p.port}") as c,
+        ):
+            traced = await c.get("/status/201", headers={"x-b3-traceid": "abc"})
+            plain = await c.get("/status/404")
+    seen = dict(traced.json()["headers"])
+    assert seen["x-copy"] == "abc"
+    assert "x-rc" not in seen  # no response yet: no header
+    assert traced.headers["x-b3-traceid"] == "abc"
+    assert traced.headers["x-copied"] == "abc"  # the request as sent upstream
+    assert traced.headers["x-code"] == "code 201"
+    assert "x-b3-traceid" not in plain.headers
+    assert "x-copied" not in plain.headers
+    assert plain.headers["x-code"] == "code 404"

@@ -220,7 +220,7 @@ def test_names_the_proxy_writes_itself_are_refused(name: str) -> None:
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        ("%REQ(x-a)%", "unsupported variable '%REQ(x-a)%'"),
+        ("%REQ(x-a?x-b)%", "unsupported variable '%REQ(x-a?x-b)%'"),
         ("%UPSTREAM_HOST%", "unsupported variable"),
         ("50%", "write %% for a percent sign"),
         (" padded", "no leading or trailing space"),

@@ -113,7 +113,7 @@ class RouteActions:
         if status not in (204, 304):
             headers.append((b"content-length", str(len(body)).encode()))
         if self.response is not None:
-            headers = self.response.apply(headers, source)
+            headers = self.response.apply(headers, source, status)
         return status, headers, body
 
 
@@ -155,6 +155,11 @@ def compile_actions(rule: RouteRule) -> RouteActions | None:
         rule.response_headers_to_add,
         rule.response_headers_to_remove,
     )
+    if local and response_edits is not None and response_edits.reads_request:
+        raise ValueError(
+            "response_headers_to_add: %REQ()% is not supported on a direct_response or "
+            "redirect route"
+        )
     return RouteActions(
         match=rule.match,
         local=local,

@@ -5,16 +5,21 @@ Envoy's order: removals first, then additions in the order written;
 nothing. Names that frame a message, describe one connection, pick the
 upstream's Host or carry a node proxy's own identity are refused: the proxy
 writes those itself (``FORBIDDEN``). A value may use ``%%`` for a percent
-sign and the variables in ``VARIABLES``; any other ``%NAME%`` is refused when
-the config loads (``check_header_value``). Built once per rule
+sign, the variables in ``VARIABLES`` and ``%REQ(name)%``; any other ``%NAME%`` is
+refused when the config loads (``check_header_value``). Built once per rule
 (``HeaderEdits.build``); a value without variables is stored as final bytes.
+
+As Envoy formats them: ``%REQ(name)%`` is the request's first ``name`` value (the
+request as sent upstream, read after the removals and before any addition),
+``""`` when absent; ``%RESPONSE_CODE%`` is the response's status, ``""`` in a
+request edit (no response yet). An empty result adds no header.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from nodeproxy.config.model import HeaderMutation
@@ -39,7 +44,9 @@ FORBIDDEN = frozenset(
     }
 )
 FORBIDDEN_PREFIX = "x-nodeproxy-"
-VARIABLES = ("DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT")
+VARIABLES = ("DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "RESPONSE_CODE")
+_REQ = re.compile(r"REQ\(([!#$%&'*+.^_`|~0-9a-zA-Z-]+)\)")
+_NO_REQUEST: Sequence[Header] = ()
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
 VISIBLE = re.compile(r"[\x21-\x7e\x80-\xff]([\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
 
@@ -76,17 +83,19 @@ def _template(value: str) -> tuple[bytes | str, ...]:
         k = value.find("%", j + 1)
         if k == j + 1:
             literal.append("%")
-        elif k < 0 or value[j + 1 : k] not in VARIABLES:
+        elif k < 0 or (value[j + 1 : k] not in VARIABLES and not _REQ.fullmatch(value, j + 1, k)):
             name = value[j:] if k < 0 else value[j : k + 1]
             raise ValueError(
                 f"unsupported variable {name!r} in {value!r} (supported: "
-                f"{', '.join(f'%{v}%' for v in VARIABLES)}; write %% for a percent sign)"
+                f"{', '.join(f'%{v}%' for v in VARIABLES)}, %REQ(header-name)%; "
+                "write %% for a percent sign)"
             )
         else:
             if literal:
                 parts.append("".join(literal).encode("latin-1"))
                 literal = []
-            parts.append(value[j + 1 : k])
+            name = value[j + 1 : k]
+            parts.append(name if name in VARIABLES else "REQ:" + name[4:-1].lower())
         i = k + 1
     literal.append(value[i:])
     if "".join(literal):
@@ -102,8 +111,14 @@ def client_source(source: str, client: str | None) -> str:
     return f"{client}:0"
 
 
-def _variable(name: str, source: str) -> bytes:
-    """One variable's value for a request from ``source`` (``ip:port``, IPv6 unbracketed)."""
+def _variable(name: str, source: str, request: Sequence[Header], status: int) -> bytes:
+    """One variable's value for a request from ``source`` (``ip:port``, IPv6 unbracketed),
+    whose headers are ``request``, answered with ``status`` (0: no response yet)."""
+    if name.startswith("REQ:"):
+        wanted = name[4:].encode()
+        return next((v for k, v in request if k == wanted), b"")
+    if name == "RESPONSE_CODE":
+        return str(status).encode() if status else b""
     ip, _, port = source.rpartition(":")
     if name == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
         return ip.encode()
@@ -117,10 +132,13 @@ class _Add:
     fixed: bytes | None  # the value when it has no variable
     append: bool
 
-    def value(self, source: str) -> bytes:
+    def value(self, source: str, request: Sequence[Header], status: int) -> bytes:
         if self.fixed is not None:
             return self.fixed
-        return b"".join(p if type(p) is bytes else _variable(str(p), source) for p in self.parts)
+        return b"".join(
+            p if type(p) is bytes else _variable(str(p), source, request, status)
+            for p in self.parts
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +147,8 @@ class HeaderEdits:
 
     remove: frozenset[bytes]
     add: tuple[_Add, ...]
+    reads_request: bool = False  # some value uses %REQ(...)%
+    request: Sequence[Header] | None = None  # response edits: the request (``for_request``)
 
     @classmethod
     def build(cls, add: Iterable[HeaderMutation], remove: Iterable[str]) -> HeaderEdits | None:
@@ -140,16 +160,41 @@ class HeaderEdits:
             name = check_header_name(m.name).encode()
             adds.append(_Add(name, parts, fixed if no_vars else None, m.append))
         gone = frozenset(check_header_name(n).encode() for n in remove)
-        return cls(gone, tuple(adds)) if adds or gone else None
+        reads = any(type(p) is str and p.startswith("REQ:") for a in adds for p in a.parts)
+        return cls(gone, tuple(adds), reads) if adds or gone else None
 
-    def apply(self, headers: Iterable[Header], source: str) -> list[Header]:
-        """``headers`` with the removals, then the additions, applied."""
+    def for_request(self, request: Sequence[Header]) -> HeaderEdits:
+        """Response edits that read ``request`` (the request as sent upstream) for
+        ``%REQ()%``; itself when none does, so a plain route allocates nothing."""
+        return replace(self, request=request) if self.reads_request else self
+
+    def apply(self, headers: Iterable[Header], source: str, status: int = 0) -> list[Header]:
+        """``headers`` with the removals, then the additions, applied; ``status`` is the
+        response's (0 for request edits)."""
         remove = self.remove
         out = [h for h in headers if h[0] not in remove] if remove else list(headers)
+        if self.reads_request:
+            return self._apply_reading(out, source, status)
         for add in self.add:
-            value = add.value(source)
+            value = add.value(source, _NO_REQUEST, status)
             if not value:
                 continue  # Envoy drops a header whose value is empty
+            if not add.append:
+                out = [h for h in out if h[0] != add.name]
+            out.append((add.name, value))
+        return out
+
+    def _apply_reading(self, out: list[Header], source: str, status: int) -> list[Header]:
+        """``apply`` for values with ``%REQ()%``: all are read before any is added, as
+        Envoy does; a request edit reads the request it edits (after the removals)."""
+        if self.request is not None:
+            seen: Sequence[Header] = self.request
+        else:
+            seen = _NO_REQUEST if status else out  # a response edit without its request
+        values = [(a, a.value(source, seen, status)) for a in self.add]
+        for add, value in values:
+            if not value:
+                continue
             if not add.append:
                 out = [h for h in out if h[0] != add.name]
             out.append((add.name, value))

@@ -107,7 +107,8 @@ def prepare(
     if actions is not None:
         if actions.request is not None:
             headers = actions.request.apply(headers, client_source(ex.source, ex.client))
-        ex.response_edits = actions.response
+        if actions.response is not None:  # %REQ()% reads the request as sent upstream
+            ex.response_edits = actions.response.for_request(headers)
     in_hand: list[h11.Event] = [request_event(request.method, path, headers)]
     return Outgoing(in_hand, _take_buffered_body(down, in_hand), upgrade)
 
