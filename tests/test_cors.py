@@ -372,3 +372,47 @@ def test_envoy_fractional_filter_enabled_is_refused() -> None:
     with pytest.raises(ConfigError, match="only 0 %") as info:
         _envoy(9, text)
     assert "cors.filter_enabled" in info.value.field
+
+
+async def test_local_answers_and_refused_preflights() -> None:
+    """A direct response gets the headers too; forward_not_matching_preflights: false
+    answers a preflight from another origin 403 without the service."""
+    text = textwrap.dedent(
+        """\
+        services:
+          - name: api
+            endpoints: ["127.0.0.1:{port}"]
+            routes:
+              - match: {{prefix: /here}}
+                direct_response: {{status: 200, body: hi}}
+                cors: {{allow_origins: ["https://app.example"], expose_headers: [x-a]}}
+              - service: api
+                cors:
+                  allow_origins: ["https://app.example"]
+                  forward_not_matching_preflights: false
+        """
+    )
+    async with backend() as b:
+        config = load_config_text(text.format(port=b.port), {}, source="cors.yaml")
+        async with run_proxy(config) as p, httpx.AsyncClient(base_url=p.url, trust_env=False) as c:
+            here = await c.get(
+                "/here", headers={"host": "api.default", "origin": "https://app.example"}
+            )
+            assert here.text == "hi"
+            assert here.headers["access-control-allow-origin"] == "https://app.example"
+            assert here.headers["access-control-expose-headers"] == "x-a"
+            refused = await c.options(
+                "/x",
+                headers={
+                    "host": "api.default",
+                    "origin": "https://evil.example",
+                    "access-control-request-method": "GET",
+                },
+            )
+            assert refused.status_code == 403
+            assert "access-control-allow-origin" not in refused.headers
+            other = await c.get(
+                "/x", headers={"host": "api.default", "origin": "https://evil.example"}
+            )
+            assert other.status_code == 200  # only preflights are refused
+            assert len(b.requests) == 1
