@@ -10,7 +10,10 @@ response exactly once, at the downstream connection boundary.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from nodeproxy.routing.header_edits import HeaderEdits
 
 ERROR_HEADER = "x-nodeproxy-error"
 
@@ -184,9 +187,12 @@ class RateLimited(ProxyError):
     cause = "rate_limited"
     body = "local_rate_limited"  # Envoy's local rate limit body
 
-    def __init__(self, detail: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self, detail: str = "", retry_after: float | None = None, headers: HeaderEdits | None = None
+    ) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.headers = headers  # the limit's response_headers_to_add, applied to the 429
 
 
 # -- mesh (node-to-node mTLS, docs/security.md) -------------------------------

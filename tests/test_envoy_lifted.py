@@ -222,3 +222,77 @@ async def test_request_and_response_edits_read_the_request_and_the_status() -> N
     assert "x-b3-traceid" not in plain.headers
     assert "x-copied" not in plain.headers
     assert plain.headers["x-code"] == "code 404"
+
+
+# --- local_ratelimit response_headers_to_add -----------------------------------------
+
+LIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+
+
+def limit(max_tokens: int, *headers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "@type": LIMIT_TYPE,
+        "stat_prefix": "rl",
+        "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": 1, "fill_interval": "60s"},
+        "filter_enabled": ALWAYS,
+        "filter_enforced": ALWAYS,
+        "response_headers_to_add": list(headers),
+    }
+
+
+def limited_config(port: int, route_limit: dict[str, Any] | None = None) -> Config:
+    filters = [
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": limit(2, OVERWRITE)},
+        {"name": "envoy.filters.http.router"},
+    ]
+    route = None
+    if route_limit is not None:
+        route = {"typed_per_filter_config": {"envoy.filters.http.local_ratelimit": route_limit}}
+    return load(bootstrap(ports=(port,), hcm={"http_filters": filters}, route=route))
+
+
+OVERWRITE = {"append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+             "header": {"key": "x-local-rate-limit", "value": "true"}}  # fmt: skip
+CODE = {"header": {"key": "x-limited", "value": "code %RESPONSE_CODE%"}}
+V2_REPLACE = {"append": False, "header": {"key": "content-type", "value": "text/x-limited"}}
+
+
+async def test_the_limit_adds_its_response_headers_to_the_429_only() -> None:
+    async with (
+        backend() as b,
+        run_proxy(limited_config(b.port)) as p,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{p.port}") as c,
+    ):
+        answers = [await c.get("/") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert [r.headers.get("x-local-rate-limit") for r in answers] == [None, None, "true"]
+    assert answers[2].text == "local_rate_limited\n"
+
+
+async def test_a_route_limit_adds_its_own_headers_as_envoys_per_route_config() -> None:
+    per_route = limit(1, CODE, V2_REPLACE)
+    async with (
+        backend() as b,
+        run_proxy(limited_config(b.port, per_route)) as p,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{p.port}") as c,
+    ):
+        answers = [await c.get("/") for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 429]
+    limited = answers[1].headers
+    assert limited["x-limited"] == "code 429"
+    assert limited.get_list("content-type") == ["text/x-limited"]  # append: false replaces
+    assert "x-local-rate-limit" not in limited  # the route's config replaces the filter's
+
+
+def test_rate_limit_headers_load_onto_the_limit() -> None:
+    c = limited_config(8001)
+    (m,) = c.listeners[0].rate_limit.response_headers_to_add
+    assert (m.name, m.value, m.append) == ("x-local-rate-limit", "true", False)
+
+
+def test_rate_limit_headers_cannot_read_the_request() -> None:
+    bad = {"header": {"key": "x", "value": "%REQ(x-a)%"}}
+    with pytest.raises(ConfigError) as err:
+        limited_config(8001, limit(1, bad))
+    assert err.value.field.endswith("local_ratelimit.response_headers_to_add")

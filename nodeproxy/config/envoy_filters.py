@@ -22,6 +22,7 @@ Envoy, no access line is written.
 from __future__ import annotations
 
 from nodeproxy.config import envoy_cors
+from nodeproxy.config.envoy_actions import headers_to_add
 from nodeproxy.config.envoy_ignored import ROUTER_FILTER
 from nodeproxy.config.envoy_values import (
     UNSUPPORTED,
@@ -32,8 +33,9 @@ from nodeproxy.config.envoy_values import (
     integer,
     type_name,
 )
-from nodeproxy.config.model import BucketConfig, RateLimitConfig
+from nodeproxy.config.model import BucketConfig, HeaderMutation, RateLimitConfig
 from nodeproxy.config.yamlsrc import Node
+from nodeproxy.routing.header_edits import HeaderEdits
 
 _E = "envoy.extensions."
 HTTP_FILTERS = {
@@ -64,7 +66,7 @@ ACCESS_LOGGERS = {
 _STREAMS = ("/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2")
 _LOCAL_RATELIMIT_KEYS = (
     "@type", "stat_prefix", "token_bucket", "filter_enabled", "filter_enforced", "status",
-    "local_rate_limit_per_downstream_connection",
+    "local_rate_limit_per_downstream_connection", "response_headers_to_add",
 )  # fmt: skip
 
 
@@ -111,6 +113,8 @@ def local_rate_limit(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:
     for key, share in (("filter_enabled", enabled), ("filter_enforced", enforced)):
         if share not in (0.0, 1.0):
             raise f.need(key).error("only 0 % or 100 % are supported")
+    no_headers: tuple[HeaderMutation, ...] = ()
+    added = f.opt("response_headers_to_add", _limited_headers, no_headers)
     if bucket is None:
         return None
     b = bucket.fields("max_tokens", "tokens_per_fill", "fill_interval", unknown=UNSUPPORTED)
@@ -121,7 +125,18 @@ def local_rate_limit(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:
         ctx.ignore(bucket, "filter_enabled and filter_enforced are not both 100 %: "
                    "the limit only counts, as in Envoy")  # fmt: skip
         return None
-    return RateLimitConfig(total=BucketConfig(per_fill / interval, burst))
+    return RateLimitConfig(
+        total=BucketConfig(per_fill / interval, burst), response_headers_to_add=added
+    )
+
+
+def _limited_headers(node: Node) -> tuple[HeaderMutation, ...]:
+    """``response_headers_to_add``: headers on the 429 the limit answers."""
+    added = headers_to_add(node)
+    edits = HeaderEdits.build(added, ())
+    if edits is not None and edits.reads_request:
+        raise node.error("%REQ()% is not supported in a rate limit's response headers")
+    return added
 
 
 def per_filter_rate_limit(ctx: EnvoyLoad, node: Node) -> RateLimitConfig | None:

@@ -126,6 +126,7 @@ class RateLimitConfig:
 
     total: BucketConfig | None = None
     per_source: BucketConfig | None = None
+    response_headers_to_add: tuple[HeaderMutation, ...] = ()  # on the 429 (Envoy's filter)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from nodeproxy.errors import (
 from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.http1.impl import h11
 from nodeproxy.pipeline import Pipeline
+from nodeproxy.routing.header_edits import client_source
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
 # After these the stream cannot be trusted to frame a next request (bad framing,
@@ -274,8 +275,11 @@ class ConnectionLoop:
             (b"content-length", str(len(body)).encode()),
             (ERROR_HEADER.encode(), err.cause.encode()),
         ]
-        if isinstance(err, RateLimited) and err.retry_after is not None:
-            headers.append((b"retry-after", _retry_after(err.retry_after)))
+        if isinstance(err, RateLimited):
+            if err.retry_after is not None:
+                headers.append((b"retry-after", _retry_after(err.retry_after)))
+            if err.headers is not None:  # the limit's response_headers_to_add (Envoy's)
+                headers = err.headers.apply(headers, client_source(ex.source, ex.client), 429)
         if close:
             headers.append((b"connection", b"close"))
         reason = HTTPStatus(err.status).phrase.encode()

@@ -22,6 +22,7 @@ from nodeproxy.errors import RateLimited
 from nodeproxy.resilience.budget import RetryBudget
 from nodeproxy.resilience.ratelimit import KeyedBuckets, TokenBucket
 from nodeproxy.resilience.retry import RetryPolicy
+from nodeproxy.routing.header_edits import HeaderEdits
 
 
 def policy_of(config: RetryConfig) -> RetryPolicy:
@@ -39,7 +40,7 @@ def policy_of(config: RetryConfig) -> RetryPolicy:
 class Limiter:
     """The buckets of one ``rate_limit`` section: one shared, and/or one per source."""
 
-    __slots__ = ("per_source", "total")
+    __slots__ = ("headers", "per_source", "total")
 
     def __init__(self, config: RateLimitConfig, now: float) -> None:
         total = config.total
@@ -48,6 +49,7 @@ class Limiter:
             self.total = TokenBucket(total.burst, total.requests_per_second, now)
         per = config.per_source
         self.per_source = None if per is None else KeyedBuckets(per.burst, per.requests_per_second)
+        self.headers = HeaderEdits.build(config.response_headers_to_add, ())
 
     def __repr__(self) -> str:
         return f"<Limiter total={self.total!r} per_source={self.per_source!r}>"
@@ -57,11 +59,13 @@ class Limiter:
         if self.per_source is not None:
             ok, wait = self.per_source.try_acquire(source, now)
             if not ok:
-                raise RateLimited(f"source {source}: retry in {wait:.3f}s", retry_after=wait)
+                raise RateLimited(
+                    f"source {source}: retry in {wait:.3f}s", retry_after=wait, headers=self.headers
+                )
         if self.total is not None:
             ok, wait = self.total.try_acquire(now)
             if not ok:
-                raise RateLimited(f"retry in {wait:.3f}s", retry_after=wait)
+                raise RateLimited(f"retry in {wait:.3f}s", retry_after=wait, headers=self.headers)
 
 
 class RouteState:
