@@ -63,6 +63,7 @@ VERDICTS: dict[str, tuple[str, ...]] = {
         "envoyproxy__envoy__examples_front-proxy_service-envoy-2.yaml",
         "envoyproxy__envoy__examples_front-proxy_service-envoy.yaml",
         "envoyproxy__envoy__examples_grpc-bridge_server_envoy-proxy.yaml",
+        "envoyproxy__envoy__examples_healthchecks_front-envoy.yaml",
         "envoyproxy__envoy__examples_jaeger-native-tracing_front-envoy-jaeger.yaml",
         "envoyproxy__envoy__examples_jaeger-native-tracing_service2-envoy-jaeger.yaml",
         "envoyproxy__envoy__examples_jaeger-tracing_front-envoy-jaeger.yaml",
@@ -115,9 +116,6 @@ VERDICTS: dict[str, tuple[str, ...]] = {
         "envoyproxy__envoy__examples_tls_envoy-https-passthrough.yaml",
     ),
     "clusters[].common_lb_config": ("envoyproxy__envoy__examples_grpc-s2s_hello_envoy-proxy.yaml",),
-    "clusters[].health_checks[].http_health_check.service_name": (
-        "envoyproxy__envoy__examples_healthchecks_front-envoy.yaml",
-    ),
     "clusters[].lb_policy": ("envoyproxy__envoy__examples_redis_envoy.yaml",),
     "clusters[].load_assignment.endpoints[].priority": (
         "envoyproxy__envoy__examples_locality-load-balancing_envoy-proxy.yaml",

@@ -6,16 +6,22 @@ health check's ``service_name`` / ``service_name_matcher``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
-from nodeproxy.config.model import Config, DirectResponse, HeaderMutation
+from nodeproxy.config.model import Config, DirectResponse, EndpointConfig, HeaderMutation
 from nodeproxy.errors import ConfigError
+from nodeproxy.resilience.health import HealthCheckConfig, passes
 from nodeproxy.routing.header_edits import Header, HeaderEdits
 from nodeproxy.routing.match import grpc_ok
+from nodeproxy.upstream.health_check import probe
 from tests.helpers.backends import backend, run_proxy
 from tests.helpers.envoy_docs import bootstrap, cluster, load
 from tests.helpers.replicas import Replica, keep_alive, replicas
@@ -286,8 +292,9 @@ async def test_a_route_limit_adds_its_own_headers_as_envoys_per_route_config() -
 
 
 def test_rate_limit_headers_load_onto_the_limit() -> None:
-    c = limited_config(8001)
-    (m,) = c.listeners[0].rate_limit.response_headers_to_add
+    limit = limited_config(8001).listeners[0].rate_limit
+    assert limit is not None
+    (m,) = limit.response_headers_to_add
     assert (m.name, m.value, m.append) == ("x-local-rate-limit", "true", False)
 
 
@@ -296,3 +303,88 @@ def test_rate_limit_headers_cannot_read_the_request() -> None:
     with pytest.raises(ConfigError) as err:
         limited_config(8001, limit(1, bad))
     assert err.value.field.endswith("local_ratelimit.response_headers_to_add")
+
+
+# --- health_checks: service_name (v2) / service_name_matcher (v3) ------------------------
+
+HC = b"x-envoy-upstream-healthchecked-cluster"
+SERVICE_NAME_VERDICTS = [
+    # (service_name, status, the answer's header (None: absent), healthy)
+    (None, 200, None, True),
+    (None, 302, None, True),
+    (None, 503, b"svc", False),
+    (("prefix", "svc"), 200, b"svc", True),
+    (("prefix", "svc"), 200, b"svc-canary", True),  # v2 service_name: a prefix match
+    (("prefix", "svc"), 200, b"other", False),
+    (("prefix", "svc"), 200, None, False),  # absent: "" does not start with "svc"
+    (("prefix", "svc"), 503, b"svc", False),  # the status is checked first
+    (("exact", "svc"), 200, b"svc-canary", False),
+    (("regex", "(?i)SVC"), 200, b"svc", True),
+]
+
+
+@pytest.mark.parametrize(("service", "status", "header", "healthy"), SERVICE_NAME_VERDICTS)
+def test_a_probe_answer_must_name_the_checked_service(
+    service: tuple[str, str] | None, status: int, header: bytes | None, healthy: bool
+) -> None:
+    headers = [(b"content-length", b"0")] + ([] if header is None else [(HC, header)])
+    assert passes(HealthCheckConfig(service_name=service), status, headers) is healthy
+
+
+def health_check(**http: Any) -> dict[str, Any]:
+    check = {"timeout": "1s", "interval": "5s", "unhealthy_threshold": 2, "healthy_threshold": 1}
+    return {"health_checks": [{**check, "http_health_check": {"path": "/hc", **http}}]}
+
+
+SERVICE_NAME_SPELLINGS = [
+    ({"service_name": "test-service"}, ("prefix", "test-service")),
+    ({"service_name": ""}, None),  # Envoy checks nothing for an empty name
+    ({"service_name_matcher": {"exact": "svc"}}, ("exact", "svc")),
+    ({"service_name_matcher": {"prefix": "svc"}}, ("prefix", "svc")),
+    ({"service_name_matcher": {"suffix": "svc", "ignore_case": True}}, ("regex", "(?is).*svc")),
+]
+
+
+@pytest.mark.parametrize(("http", "want"), SERVICE_NAME_SPELLINGS)
+def test_both_spellings_of_the_service_name_load(
+    http: dict[str, Any], want: tuple[str, str] | None
+) -> None:
+    check = load(bootstrap(first=health_check(**http))).clusters["a"].health_check
+    assert check is not None
+    assert check.service_name == want
+
+
+def test_service_name_and_its_matcher_together_are_refused() -> None:
+    both = health_check(service_name="a", service_name_matcher={"exact": "a"})
+    with pytest.raises(ConfigError, match="not both"):
+        load(bootstrap(first=both))
+
+
+@asynccontextmanager
+async def answering(header: bytes | None) -> AsyncIterator[EndpointConfig]:
+    """A server answering every request 200, with ``HC: header`` unless None."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(4096)
+            extra = b"" if header is None else HC + b": " + header + b"\r\n"
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + extra + b"\r\n")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        yield EndpointConfig(host="127.0.0.1", port=listeners[0].socket.getsockname()[1])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_probe_checks_the_healthchecked_cluster_header_on_the_wire() -> None:
+    check = load(bootstrap(first=health_check(service_name="test-service"))).clusters["a"]
+    assert check.health_check is not None
+    verdicts = []
+    for header in (b"test-service", b"test-service-v2", b"other", None):
+        async with answering(header) as ep:
+            verdicts.append(await probe(ep, "/hc", 1.0, check.health_check))
+    assert verdicts == [True, True, False, False]
+    async with answering(None) as ep:  # without a service name the header is not needed
+        assert await probe(ep, "/hc", 1.0) is True

@@ -142,8 +142,9 @@ REFUSED = [
      "port_value", "own address and port"),
     ({"first": {"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
                                    "healthy_threshold": 1, "http_health_check": {
-                                       "path": "/", "service_name_matcher": {"exact": "x"}}}]}},
-     CLUSTER + ".health_checks[0].http_health_check.service_name_matcher", "unsupported field"),
+                                       "path": "/", "service_name_matcher": {"contains": "x",
+                                                                             "y": 1}}}]}},
+     CLUSTER + ".health_checks[0].http_health_check.service_name_matcher.y", "unsupported field"),
 ]  # fmt: skip
 
 

@@ -15,7 +15,15 @@ they would eject, accepted when they are only counted.
 from __future__ import annotations
 
 from nodeproxy.config.envoy_ignored import CIRCUIT_BREAKERS, HEALTH_CHECK
-from nodeproxy.config.envoy_values import UNSUPPORTED, EnvoyLoad, duration, enum, integer, percent
+from nodeproxy.config.envoy_values import (
+    UNSUPPORTED,
+    EnvoyLoad,
+    duration,
+    enum,
+    integer,
+    percent,
+    string_matcher,
+)
 from nodeproxy.config.yamlsrc import Node
 from nodeproxy.resilience.health import HealthCheckConfig
 from nodeproxy.resilience.outlier import OutlierConfig
@@ -145,7 +153,7 @@ def health_checks(ctx: EnvoyLoad, node: Node) -> HealthCheckConfig | None:
     if h is None:
         raise items[0].error("only http_health_check is supported (not tcp, grpc or custom)")
     hc = ctx.fields(
-        h, "path", "codec_client_type", "method",
+        h, "path", "codec_client_type", "method", "service_name", "service_name_matcher",
         ignored={
             "host": "the probe's Host is the endpoint's address",
             "expected_statuses": "nodeproxy counts any 2xx or 3xx answer as healthy",
@@ -157,8 +165,16 @@ def health_checks(ctx: EnvoyLoad, node: Node) -> HealthCheckConfig | None:
     path = hc.need("path").text()
     if not path.startswith("/") or any(c.isspace() for c in path):
         raise hc.need("path").error(f"expected an origin-form path like /healthz, got {path!r}")
+    service = None
+    if (sn := hc.get("service_name")) is not None and sn.text(non_empty=False):
+        service = ("prefix", sn.text())  # v2: the header starts with it ("": no check)
+    if (snm := hc.get("service_name_matcher")) is not None:  # v3
+        if sn is not None:
+            raise snm.error("use service_name or service_name_matcher, not both")
+        service = string_matcher(snm)
     return HealthCheckConfig(
         path=path,
+        service_name=service,
         interval=duration(f.need("interval")),
         timeout=duration(f.need("timeout")),
         unhealthy_threshold=integer(f.need("unhealthy_threshold"), 1),

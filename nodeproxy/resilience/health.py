@@ -12,11 +12,17 @@ New endpoints start HEALTHY: Kubernetes readiness already gated them into
 the EndpointSlice, and starting them down would drop traffic after each
 rollout until the first probe. The shell combines this filter with the
 outlier detector's: an endpoint must pass both.
+
+``passes`` is the verdict on one answer: a 2xx/3xx status and, when the check
+names a service (Envoy's ``service_name``/``service_name_matcher``), the
+answer's ``x-envoy-upstream-healthchecked-cluster`` header matching it (an
+absent header is ``""``), as Envoy verifies the identity of what it probed.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +48,26 @@ class HealthCheckConfig:
     timeout: float = 1.0
     unhealthy_threshold: int = 3
     healthy_threshold: int = 1
+    # ("exact" | "prefix" | "regex", value) the answer's HEALTHCHECKED_CLUSTER must match
+    service_name: tuple[str, str] | None = None
+
+
+HEALTHCHECKED_CLUSTER = b"x-envoy-upstream-healthchecked-cluster"
+
+
+def passes(config: HealthCheckConfig, status: int, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether one probe answer (status, lowercased headers) counts as healthy."""
+    if not 200 <= status < 400:
+        return False
+    if config.service_name is None:
+        return True
+    value = next((v for k, v in headers if k == HEALTHCHECKED_CLUSTER), b"").decode("latin-1")
+    kind, want = config.service_name
+    if kind == "exact":
+        return value == want
+    if kind == "prefix":
+        return value.startswith(want)
+    return re.fullmatch(want, value) is not None
 
 
 class _Track:

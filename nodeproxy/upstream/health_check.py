@@ -10,8 +10,9 @@ nursery of its own, and sleeps until the next one is due (at most
 
 A probe is one plain ``GET <path>`` over a fresh connection (``connection:
 close``), bounded by the check's ``timeout`` for connect + response head;
-2xx and 3xx pass (Kubernetes' httpGet probe rule), anything else, a refused
-connection or a timeout fails. At most one probe per endpoint is in flight,
+2xx and 3xx pass (Kubernetes' httpGet probe rule; with a ``service_name``, the
+answer must also name that cluster: ``resilience/health.py`` ``passes``),
+anything else, a refused connection or a timeout fails. At most one probe per endpoint is in flight,
 so the number of probe tasks is bounded by the number of endpoints.
 """
 
@@ -22,6 +23,7 @@ import structlog
 import trio
 
 from nodeproxy.discovery.snapshot import Endpoint
+from nodeproxy.resilience.health import HealthCheckConfig, passes
 from nodeproxy.runtime import Runtime
 from nodeproxy.traffic.state import ClusterTraffic
 
@@ -30,10 +32,14 @@ log = structlog.get_logger("nodeproxy.health")
 _MAX_SLEEP = 1.0  # wake at least this often to notice new clusters and endpoints
 _MAX_HEAD = 16384  # bytes of response head read from a probe before giving up
 _CHUNK = 4096
+_ANY = HealthCheckConfig()
 
 
-async def probe(endpoint: Endpoint, path: str, timeout: float) -> bool:
-    """One ``GET path`` against ``endpoint``: True for a 2xx/3xx head within ``timeout``."""
+async def probe(
+    endpoint: Endpoint, path: str, timeout: float, check: HealthCheckConfig | None = None
+) -> bool:
+    """One ``GET path`` against ``endpoint``: True for a head within ``timeout`` that
+    ``check`` passes (default: any 2xx/3xx)."""
     with trio.move_on_after(timeout):
         try:
             stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
@@ -57,7 +63,7 @@ async def probe(endpoint: Endpoint, path: str, timeout: float) -> bool:
                     if event is h11.NEED_DATA:
                         conn.receive_data(await stream.receive_some(_CHUNK))
                     elif type(event) is h11.Response:
-                        return 200 <= event.status_code < 400
+                        return passes(check or _ANY, event.status_code, event.headers)
                     elif type(event) is h11.ConnectionClosed:
                         return False
             except (OSError, trio.BrokenResourceError, h11.ProtocolError):
@@ -104,7 +110,7 @@ class HealthChecker:
         tracker = state.health
         assert tracker is not None
         try:
-            ok = await probe(ep, tracker.config.path, tracker.config.timeout)
+            ok = await probe(ep, tracker.config.path, tracker.config.timeout, tracker.config)
         finally:
             self._in_flight.discard(key)
         self.probes += 1
