@@ -40,6 +40,14 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
+    """The exceptions inside a (nested) group, for one plain line each."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 def _select_codec(config: Config) -> str | None:
     """Honour the config's ``codec`` unless NODEPROXY_CODEC is set; an error text or None.
 
@@ -188,7 +196,7 @@ def serve(config: Config) -> int:
             print(f"nodeproxy: config error: {error}", file=sys.stderr)
         code = EXIT_CONFIG
     except* OSError as group:  # e.g. address in use: say so plainly, no traceback
-        for exc in group.exceptions:
+        for exc in _leaves(group):  # a listener's bind fails inside nested nurseries
             print(f"nodeproxy: cannot start: {exc}", file=sys.stderr)
         code = 1
     return code

@@ -6,6 +6,8 @@ health check's ``service_name`` / ``service_name_matcher``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import yaml
 
 from nodeproxy.config.model import Config, DirectResponse, EndpointConfig, HeaderMutation
 from nodeproxy.errors import ConfigError
@@ -388,3 +391,26 @@ async def test_a_probe_checks_the_healthchecked_cluster_header_on_the_wire() -> 
     assert verdicts == [True, True, False, False]
     async with answering(None) as ep:  # without a service name the header is not needed
         assert await probe(ep, "/hc", 1.0) is True
+
+
+# --- listeners[].freebind -----------------------------------------------------------------
+
+
+def test_freebind_loads_and_an_address_not_on_the_host_fails_at_start_plainly(
+    tmp_path: Path,
+) -> None:
+    doc = bootstrap(
+        listener={"freebind": True, "address": {"socket_address": {
+            "address": "192.0.2.1", "port_value": 18080}}},  # TEST-NET-1: never local
+        root={"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}},
+    )  # fmt: skip
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    done = subprocess.run(
+        [sys.executable, "-m", "nodeproxy", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert "freebind" in done.stderr + done.stdout  # the warning
+    assert done.returncode == 1
+    (line,) = [ln for ln in done.stderr.splitlines() if "cannot start" in ln]
+    assert line == "nodeproxy: cannot start: [Errno 99] Cannot assign requested address"
