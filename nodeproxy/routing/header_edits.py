@@ -111,14 +111,19 @@ def client_source(source: str, client: str | None) -> str:
     return f"{client}:0"
 
 
-def _variable(name: str, source: str, request: Sequence[Header], status: int) -> bytes:
-    """One variable's value for a request from ``source`` (``ip:port``, IPv6 unbracketed),
-    whose headers are ``request``, answered with ``status`` (0: no response yet)."""
+def _exchange_variable(name: str, source: str, request: Sequence[Header], status: int) -> bytes:
+    """``_variable``, plus those read from the request (``REQ:<name>``) and the status
+    (0: no response yet, so ``""``)."""
     if name.startswith("REQ:"):
         wanted = name[4:].encode()
         return next((v for k, v in request if k == wanted), b"")
     if name == "RESPONSE_CODE":
         return str(status).encode() if status else b""
+    return _variable(name, source)
+
+
+def _variable(name: str, source: str) -> bytes:
+    """One variable's value for a request from ``source`` (``ip:port``, IPv6 unbracketed)."""
     ip, _, port = source.rpartition(":")
     if name == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
         return ip.encode()
@@ -132,11 +137,17 @@ class _Add:
     fixed: bytes | None  # the value when it has no variable
     append: bool
 
-    def value(self, source: str, request: Sequence[Header], status: int) -> bytes:
+    def value(self, source: str) -> bytes:
+        """The value when no part reads the request or the status (``HeaderEdits.plain``)."""
+        if self.fixed is not None:
+            return self.fixed
+        return b"".join(p if type(p) is bytes else _variable(str(p), source) for p in self.parts)
+
+    def render(self, source: str, request: Sequence[Header], status: int) -> bytes:
         if self.fixed is not None:
             return self.fixed
         return b"".join(
-            p if type(p) is bytes else _variable(str(p), source, request, status)
+            p if type(p) is bytes else _exchange_variable(str(p), source, request, status)
             for p in self.parts
         )
 
@@ -148,6 +159,7 @@ class HeaderEdits:
     remove: frozenset[bytes]
     add: tuple[_Add, ...]
     reads_request: bool = False  # some value uses %REQ(...)%
+    plain: bool = True  # no value uses %REQ(...)% or %RESPONSE_CODE%: the cheap loop
     request: Sequence[Header] | None = None  # response edits: the request (``for_request``)
 
     @classmethod
@@ -160,8 +172,10 @@ class HeaderEdits:
             name = check_header_name(m.name).encode()
             adds.append(_Add(name, parts, fixed if no_vars else None, m.append))
         gone = frozenset(check_header_name(n).encode() for n in remove)
-        reads = any(type(p) is str and p.startswith("REQ:") for a in adds for p in a.parts)
-        return cls(gone, tuple(adds), reads) if adds or gone else None
+        names = [p for a in adds for p in a.parts if type(p) is str]
+        reads = any(p.startswith("REQ:") for p in names)
+        plain = not reads and "RESPONSE_CODE" not in names
+        return cls(gone, tuple(adds), reads, plain) if adds or gone else None
 
     def for_request(self, request: Sequence[Header]) -> HeaderEdits:
         """Response edits that read ``request`` (the request as sent upstream) for
@@ -173,10 +187,10 @@ class HeaderEdits:
         response's (0 for request edits)."""
         remove = self.remove
         out = [h for h in headers if h[0] not in remove] if remove else list(headers)
-        if self.reads_request:
+        if not self.plain:
             return self._apply_reading(out, source, status)
         for add in self.add:
-            value = add.value(source, _NO_REQUEST, status)
+            value = add.value(source)
             if not value:
                 continue  # Envoy drops a header whose value is empty
             if not add.append:
@@ -185,13 +199,14 @@ class HeaderEdits:
         return out
 
     def _apply_reading(self, out: list[Header], source: str, status: int) -> list[Header]:
-        """``apply`` for values with ``%REQ()%``: all are read before any is added, as
-        Envoy does; a request edit reads the request it edits (after the removals)."""
+        """``apply`` for values with ``%REQ()%`` or ``%RESPONSE_CODE%``: all are read
+        before any is added, as Envoy does; a request edit reads the request it edits
+        (after the removals)."""
         if self.request is not None:
             seen: Sequence[Header] = self.request
         else:
             seen = _NO_REQUEST if status else out  # a response edit without its request
-        values = [(a, a.value(source, seen, status)) for a in self.add]
+        values = [(a, a.render(source, seen, status)) for a in self.add]
         for add, value in values:
             if not value:
                 continue
