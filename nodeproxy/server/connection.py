@@ -25,16 +25,8 @@ from http import HTTPStatus
 import structlog
 import trio
 
-from nodeproxy import access_log
 from nodeproxy.admin.stats import (
-    BYTES_RECEIVED,
-    BYTES_SENT,
     PROXY_ERRORS,
-    REQUEST_DURATION,
-    REQUESTS,
-    TUNNEL_BYTES,
-    UPGRADES,
-    Labels,
     labels,
 )
 from nodeproxy.errors import (
@@ -49,13 +41,14 @@ from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.http1.impl import h11
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.routing.header_edits import client_source
+from nodeproxy.server.accounting import Accounting
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
-# After these the stream cannot be trusted to frame a next request (bad framing,
-# a head cut short, an unread body): answer, then close.
 # How late a timeout may fire: the sweeper's period (``ConnectionLoop.sweep``).
 SWEEP_INTERVAL = 0.05
 
+# After these the stream cannot be trusted to frame a next request (bad framing,
+# a head cut short, an unread body): answer, then close.
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 431, 501})
 
 log = structlog.get_logger("nodeproxy.server")
@@ -78,8 +71,7 @@ class ConnectionLoop:
         self.live: set[Downstream] = set()  # every open connection (the sweeper reads it)
         self.opening: dict[Downstream, None] = {}
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
-        self._labels: dict[tuple[str | None, int], tuple[Labels, Labels]] = {}
-        self._listener_labels = labels(listener=listener)
+        self.accounting = Accounting(self.runtime.stats, listener, self.access_log_enabled)
         admission = getattr(pipeline, "admission", None)  # the inbound pipeline may have none
         self.admission = admission if admission is not None and admission.enabled else None
 
@@ -149,7 +141,7 @@ class ConnectionLoop:
                     return
                 err = UpstreamResponseTimeout(f"no response headers in {timeout}s")
                 keep = await self._answer_error(down, ex, err)
-                self._account(down, ex)
+                self.accounting.account(down, ex)
                 if not keep or self.runtime.drain.draining:
                     return
                 down.codec.start_next_cycle()
@@ -189,7 +181,7 @@ class ConnectionLoop:
                 await self._answer_error(down, ex, ProxyError(repr(exc)))
                 keep = False
             if ex is not None:
-                self._account(down, ex)
+                self.accounting.account(down, ex)
             if not keep or self.runtime.drain.draining:
                 return
             down.codec.start_next_cycle()
@@ -235,14 +227,6 @@ class ConnectionLoop:
         if type(event) is h11.ConnectionClosed:
             return None
         raise BadRequest(f"unexpected {event!r}")
-
-    def _request_labels(self, cluster: str, status: int) -> tuple[Labels, Labels]:
-        """(requests_total labels, duration labels) for a cluster and status; cached."""
-        code_class = f"{status // 100}xx" if status else "none"
-        return (
-            labels(listener=self.listener, cluster=cluster, code_class=code_class),
-            labels(cluster=cluster),
-        )
 
     def _exchange(
         self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
@@ -294,54 +278,6 @@ class ConnectionLoop:
         if close:
             await down.linger()
         return not close and codec.keep_alive
-
-    def _account(self, down: Downstream, ex: Exchange) -> None:
-        """Stats and the access-log line for one finished request."""
-        stats = self.runtime.stats
-        duration = trio.current_time() - ex.started
-        received = down.bytes_in - ex.bytes_received
-        sent = down.bytes_out - ex.bytes_sent
-        key = (ex.cluster, ex.status)
-        lbls = self._labels.get(key)
-        if lbls is None:
-            lbls = self._labels[key] = self._request_labels(ex.cluster or "", ex.status)
-        requests_lbls, duration_lbls = lbls
-        stats.inc(REQUESTS, requests_lbls)
-        stats.observe(REQUEST_DURATION, duration_lbls, duration)
-        stats.inc(BYTES_RECEIVED, self._listener_labels, received)
-        stats.inc(BYTES_SENT, self._listener_labels, sent)
-        if self.access_log_enabled:
-            line = {
-                "listener": ex.listener,
-                "method": ex.method,
-                "authority": ex.authority,
-                "path": ex.path,
-                "protocol": ex.protocol,
-                "status": ex.status,
-                "duration_ms": round(duration * 1000, 3),
-                "upstream": ex.upstream,
-                "cluster": ex.cluster,
-                "bytes_received": received,
-                "bytes_sent": sent,
-                "request_id": ex.request_id,
-                "cause": ex.cause,
-                "source": ex.source,
-            }
-            if ex.upgrade is not None:
-                line["upgrade"] = ex.upgrade
-            if ex.client is not None:  # from x-forwarded-for (http1/forwarding.py)
-                line["client"] = ex.client
-            access_log.emit(line)
-        if ex.upgrade is not None and ex.status == 101:
-            self._account_tunnel(ex.upgrade, received, sent)
-
-    def _account_tunnel(self, protocol: str, received: int, sent: int) -> None:
-        """Counters of one upgraded connection (its access line is the request's)."""
-        stats = self.runtime.stats
-        stats.inc(UPGRADES, labels(listener=self.listener, protocol=protocol))
-        up = labels(listener=self.listener, direction="upstream")
-        stats.inc(TUNNEL_BYTES, up, received)
-        stats.inc(TUNNEL_BYTES, labels(listener=self.listener, direction="downstream"), sent)
 
 
 def _retry_after(seconds: float) -> bytes:

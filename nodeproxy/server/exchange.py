@@ -11,12 +11,7 @@ while it sat idle), the request is replayed once on a fresh connection, but
 only for a method RFC 9110 §9.2.2 calls idempotent: a POST the upstream may
 have acted on is never sent twice.
 
-A streamed request body is bounded twice: no read may wait longer than
-``stream_idle_timeout`` (the body loop's ``idle`` argument, when shorter), and
-after ``request_body_timeout`` the body must have averaged
-``request_body_min_rate`` bytes/s, so a client trickling a byte a second
-cannot hold a pooled upstream connection for long (408
-``request_body_timeout``). Trailers lose the fields a trailer must not carry.
+A streamed request body is bounded in time and rate (``request_body.py``).
 
 Upgrades: only the protocols the route (or listener) lists are relayed; any
 other is refused 403 before a byte goes upstream; ``h2c`` is dropped from the
@@ -34,14 +29,13 @@ from dataclasses import dataclass
 import trio
 
 from nodeproxy.errors import (
-    RequestBodyTimeout,
     UpgradeNotAllowed,
     UpstreamProtocolError,
     UpstreamResetBeforeHeaders,
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.forwarding import NATIVE, Forwarding
-from nodeproxy.http1.headers import clean_trailers, requested_upgrade, upstream_request_headers
+from nodeproxy.http1.headers import requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
 from nodeproxy.routing.actions import RouteActions
@@ -49,6 +43,7 @@ from nodeproxy.routing.header_edits import client_source
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.relay import relay_informational, relay_response, splice
+from nodeproxy.server.request_body import end_of_body, stream_body
 from nodeproxy.upstream.pool import Target, UpstreamConnection, Upstreams
 
 CONTINUE_WAIT = 1.0  # seconds to wait for an upstream 100 before sending our own
@@ -213,13 +208,6 @@ def _idempotent(in_hand: list[h11.Event]) -> bool:
     return type(head) is h11.Request and head.method.decode("latin-1") in IDEMPOTENT_METHODS
 
 
-def _end(event: h11.EndOfMessage) -> h11.EndOfMessage:
-    """The end of a request body, its trailers cleaned (the parser validated them)."""
-    if not event.headers:
-        return event
-    return h11.EndOfMessage(headers=clean_trailers(event.headers))
-
-
 def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
     """Move body events already parsed from the client into ``events``; True at end."""
     codec = down.codec
@@ -228,7 +216,7 @@ def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
         if type(event) is h11.Data:
             events.append(h11.Data(data=bytes(event.data)))
         elif type(event) is h11.EndOfMessage:
-            events.append(_end(event) if event.headers else event)
+            events.append(end_of_body(event) if event.headers else event)
             return True
         else:
             return False
@@ -254,7 +242,7 @@ async def _send(
             early = await _await_continue(conn, down, target.timeout)
             if early is not None:
                 return early
-        await _stream_body(down, conn, body_timeout)
+        await stream_body(down, conn, body_timeout)
     # Past the deadline the connection loop answers 504 (UpstreamResponseTimeout).
     down.arm(trio.current_time() + target.timeout, response_timeout=target.timeout)
     try:
@@ -284,50 +272,6 @@ async def _await_continue(
     if down.codec.waiting_for_100_continue:
         await relay_informational(down, h11.InformationalResponse(status_code=100, headers=[]))
     return None
-
-
-async def _stream_body(down: Downstream, conn: UpstreamConnection, idle_timeout: float) -> None:
-    """Copy the rest of the request body up, one read at a time, until its end.
-
-    Each read from the client must come within ``idle`` and before the rate
-    deadline: ``request_body_timeout`` after the body started, plus a second
-    for every ``request_body_min_rate`` bytes received. Time spent waiting for
-    the upstream to take a write is not the client's and moves the deadline.
-    """
-    client, upstream = down.codec, conn.codec
-    limits = down.limits
-    idle = min(idle_timeout, limits.stream_idle_timeout)
-    rate = limits.request_body_min_rate
-    start = trio.current_time() + limits.request_body_timeout
-    received = 0
-    with trio.CancelScope() as scope:
-        while True:
-            now = trio.current_time()
-            scope.deadline = min(now + idle, start + received / rate) if rate else now + idle
-            event: Event = await down.next_event()
-            out: list[bytes] = []
-            done = False
-            while event is not NEED_DATA:
-                if type(event) is h11.Data:
-                    received += len(event.data)
-                    out.append(upstream.send(event))
-                elif type(event) is h11.EndOfMessage:
-                    out.append(upstream.send(_end(event)))
-                    done = True
-                    break
-                event = client.next_event()
-            sending = trio.current_time()
-            scope.deadline = sending + idle
-            try:
-                await conn.stream.send_all(b"".join(out))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamResetBeforeHeaders(f"{conn.endpoint}: {exc}") from None
-            if done:
-                return
-            start += trio.current_time() - sending
-    raise RequestBodyTimeout(
-        f"request body stalled or under {rate} B/s after {limits.request_body_timeout}s"
-    )
 
 
 async def _head_event(conn: UpstreamConnection) -> Event:
