@@ -109,3 +109,8 @@ def upgrade_token(node: Node) -> str:
     if not _HEADER_NAME.fullmatch(token):
         raise node.error(f"invalid upgrade token {token!r}")
     return token
+
+
+def upgrade_tokens(node: Node) -> tuple[str, ...]:
+    """A list of Upgrade tokens relayed (``[websocket]``); ``[]`` relays none."""
+    return tuple(upgrade_token(item) for item in node.items())

@@ -12,47 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, cast
 
 from nodeproxy.config.checks import (
     Binds,
     check_host,
-    check_regex,
     check_unique_binds,
     dns_label,
-    header_name,
-    upgrade_token,
-    url_path,
+    upgrade_tokens,
 )
 from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
 from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
     AdminConfig,
-    ClusterConfig,
     Config,
     DiscoveryConfig,
-    EndpointConfig,
-    HeaderMatch,
     Limits,
     ListenerConfig,
     LogConfig,
-    QueryMatch,
-    RouteMatch,
-    RouteRule,
     VirtualHost,
-    WeightedCluster,
 )
-from nodeproxy.config.resilience import read_fairness, read_rate_limit, read_retries
-from nodeproxy.config.route_actions import ACTION_KEYS, LOCAL_KINDS, read_actions
-from nodeproxy.config.traffic import (
-    TRAFFIC_KEYS,
-    cluster_traffic,
-    opt_subset,
-    read_labels,
-    read_weight,
-)
+from nodeproxy.config.native_services import Service
+from nodeproxy.config.resilience import read_fairness, read_rate_limit
 from nodeproxy.config.yamlsrc import Fields, Node
 
 LogFormat = Literal["auto", "json", "console"]
@@ -65,10 +47,6 @@ NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
     "services", "mesh", "discovery", "fairness", "codec",
 )  # fmt: skip
-SERVICE_KEYS = (
-    "name", "namespace", "connect_timeout", "response_timeout", *TRAFFIC_KEYS,
-    "max_connections_per_endpoint", "idle_timeout", "endpoints", "routes",
-)  # fmt: skip
 
 
 def load_native(root: Node) -> Config:
@@ -79,8 +57,8 @@ def load_native(root: Node) -> Config:
     # With Kubernetes discovery the services come from the API: the list may be absent.
     services_node = f.get("services") if discovery.kubernetes else f.need("services")
     services_items = services_node.items() if services_node is not None else []
-    services = [_Service.read(s, default_ns) for s in services_items]
-    by_key: dict[tuple[str, str], _Service] = {}
+    services = [Service.read(s, default_ns) for s in services_items]
+    by_key: dict[tuple[str, str], Service] = {}
     for svc in services:
         if (other := by_key.get(svc.key)) is not None:
             where = f"{svc.key[0]}.{svc.key[1]}"
@@ -205,11 +183,6 @@ def via_value(node: Node) -> str | None:
     return value or None
 
 
-def upgrade_tokens(node: Node) -> tuple[str, ...]:
-    """A list of Upgrade tokens relayed (``[websocket]``); ``[]`` relays none."""
-    return tuple(upgrade_token(item) for item in node.items())
-
-
 def _limits(node: Node) -> Limits:
     f = node.fields(*(fl.name for fl in dataclasses.fields(Limits)))
     d = Limits()
@@ -251,148 +224,3 @@ def _log(node: Node) -> LogConfig:
         level=cast(LogLevel, level),
         access_log=f.opt("access_log", Node.flag, d.access_log),
     )
-
-
-@dataclass
-class _Service:
-    node: Node
-    key: tuple[str, str]  # (name, namespace)
-    cluster: ClusterConfig
-    routes: Node | None
-
-    @classmethod
-    def read(cls, node: Node, default_ns: str) -> _Service:
-        f = node.fields(*SERVICE_KEYS)
-        name = dns_label(f.need("name"))
-        ns = f.opt("namespace", dns_label, default_ns)
-        d = ClusterConfig(name="")
-        cluster = ClusterConfig(
-            name=name if ns == default_ns else f"{name}.{ns}",
-            endpoints=f.opt("endpoints", _endpoints, ()),
-            namespace=ns,
-            connect_timeout=f.opt("connect_timeout", Node.duration, d.connect_timeout),
-            response_timeout=f.opt("response_timeout", Node.duration, d.response_timeout),
-            max_connections_per_endpoint=f.opt(
-                "max_connections_per_endpoint", Node.integer, d.max_connections_per_endpoint
-            ),
-            idle_timeout=f.opt("idle_timeout", Node.duration, d.idle_timeout),
-            **cluster_traffic(f),
-        )
-        return cls(node, (name, ns), cluster, f.get("routes"))
-
-    def virtual_host(self, targets: dict[tuple[str, str], str]) -> VirtualHost:
-        name, ns = self.key
-        if self.routes is None:
-            default = RouteRule(match=RouteMatch(prefix="/"), cluster=self.cluster.name)
-            routes: tuple[RouteRule, ...] = (default,)
-        else:
-            routes = tuple(self._rule(r, targets) for r in self.routes.items(non_empty=True))
-        return VirtualHost(name=self.cluster.name, domains=(f"{name}.{ns}",), routes=routes)
-
-    def _rule(self, node: Node, targets: dict[tuple[str, str], str]) -> RouteRule:
-        f = node.fields(
-            "name", "match", "service", "weighted", "timeout", "retries", "rate_limit", "subset",
-            "upgrades", *ACTION_KEYS,
-        )  # fmt: skip
-        kind, target = f.one_of("service", "weighted", *LOCAL_KINDS)
-        match = f.opt("match", route_match, RouteMatch(prefix="/"))
-        actions = read_actions(f, kind, target)  # rewrites, header edits, a local answer
-        timeout = f.opt("timeout", Node.duration, None)
-        name = f.opt("name", Node.text, "")
-        retries = f.opt("retries", read_retries, None)
-        limit = f.opt("rate_limit", read_rate_limit, None)
-        subset = opt_subset(f)
-        upgrades = f.opt("upgrades", upgrade_tokens, None)
-        if kind in LOCAL_KINDS:  # answered by the proxy: no service
-            return RouteRule(match=match, name=name, rate_limit=limit, **actions)
-        if kind == "service":
-            cluster = self._resolve(target, targets)
-            return RouteRule(
-                match=match, cluster=cluster, timeout=timeout, name=name, retries=retries,
-                rate_limit=limit, subset=subset, upgrades=upgrades, **actions,
-            )  # fmt: skip
-        weighted: list[WeightedCluster] = []
-        for item in target.items(non_empty=True):
-            w = item.fields("service", "weight", "subset")
-            cluster = self._resolve(w.need("service"), targets)
-            weight = w.need("weight").integer(1)
-            weighted.append(WeightedCluster(cluster, weight, opt_subset(w)))
-        return RouteRule(
-            match=match, weighted=tuple(weighted), timeout=timeout, name=name, retries=retries,
-            rate_limit=limit, subset=subset, upgrades=upgrades, **actions,
-        )  # fmt: skip
-
-    def _resolve(self, node: Node, targets: dict[tuple[str, str], str]) -> str:
-        text = node.text()
-        name, _, ns = text.partition(".")
-        key = (name, ns or self.key[1])
-        if key not in targets:
-            known = ", ".join(sorted(f"{n}.{s}" for n, s in targets))
-            raise node.error(f"unknown service {text!r} (known: {known or 'none'})")
-        return targets[key]
-
-
-def _endpoints(node: Node) -> tuple[EndpointConfig, ...]:
-    seen: dict[str, str] = {}
-    out: list[EndpointConfig] = []
-    for item in node.items():
-        ep = _endpoint(item)
-        if ep.address in seen:
-            raise item.error(f"duplicate endpoint {ep.address} (also {seen[ep.address]})")
-        seen[ep.address] = item.path
-        out.append(ep)
-    return tuple(out)
-
-
-def _endpoint(node: Node) -> EndpointConfig:
-    if not node.is_map():
-        host, port = node.address()
-        return EndpointConfig(host=host, port=port)
-    f = node.fields("address", "labels", "node", "weight")
-    host, port = f.need("address").address()
-    labels: dict[str, str] = f.opt("labels", read_labels, {})
-    where = f.opt("node", Node.text, None)
-    weight = f.opt("weight", read_weight, None)
-    return EndpointConfig(host, port, MappingProxyType(labels), where, weight)
-
-
-def route_match(node: Node) -> RouteMatch:
-    """``{prefix | path | regex, headers, query}``; none of the three matches every path."""
-    f = node.fields("prefix", "path", "regex", "headers", "query")
-    if len(given := [k for k in ("prefix", "path", "regex") if k in f]) > 1:
-        raise node.error(f"use one of {given[0]} or {given[1]}, not both")
-    return RouteMatch(
-        prefix=f.opt("prefix", url_path, None),
-        path=f.opt("path", url_path, None),
-        regex=f.opt("regex", lambda n: check_regex(n, n.text()), None),
-        headers=f.opt("headers", lambda n: tuple(_header(h) for h in n.items()), ()),
-        query=f.opt("query", lambda n: tuple(_query(q) for q in n.items()), ()),
-    )
-
-
-def _query(node: Node) -> QueryMatch:
-    """``{name, exact | prefix | regex | present}``: the parameter's first value."""
-    f = node.fields("name", "exact", "prefix", "regex", "present")
-    name = f.need("name").text()
-    kind, value = f.one_of("exact", "prefix", "regex", "present")
-    if kind == "present":
-        return QueryMatch(name=name, present=value.flag())
-    text = value.text(non_empty=False)
-    if kind == "regex":
-        return QueryMatch(name=name, regex=check_regex(value, text))
-    return QueryMatch(name=name, exact=text) if kind == "exact" else QueryMatch(name, prefix=text)
-
-
-def _header(node: Node) -> HeaderMatch:
-    f = node.fields("name", "exact", "prefix", "regex", "present", "invert")
-    name = header_name(f.need("name"))
-    kind, value = f.one_of("exact", "prefix", "regex", "present")
-    invert = f.opt("invert", Node.flag, False)
-    if kind == "present":
-        return HeaderMatch(name=name, present=value.flag(), invert=invert)
-    text = value.text(non_empty=False)
-    if kind == "exact":
-        return HeaderMatch(name=name, exact=text, invert=invert)
-    if kind == "prefix":
-        return HeaderMatch(name=name, prefix=text, invert=invert)
-    return HeaderMatch(name=name, regex=check_regex(value, text), invert=invert)
