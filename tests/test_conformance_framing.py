@@ -10,14 +10,20 @@ server would.
 
 from __future__ import annotations
 
-from functools import partial
-
 import h11
 import pytest
 import trio
 
 from nodeproxy.config.model import Limits
-from tests.helpers.backends import backend, raw_request, read_all, run_proxy, simple_config
+from tests.helpers.backends import (
+    ask,
+    backend,
+    raw_request,
+    read_all,
+    run_proxy,
+    serving,
+    simple_config,
+)
 from tests.helpers.raw_backend import raw_backend
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: svc.default\r\n\r\n"
@@ -36,24 +42,6 @@ CL_TE = [
 ]
 
 
-async def _get(port: int, target: bytes) -> bytes:
-    """One GET on a new connection (another pod); the response body."""
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(b"GET %s HTTP/1.1\r\nHost: svc.default\r\n\r\n" % target)
-        conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method="GET", target=target, headers=[("host", "x")]))
-        conn.send(h11.EndOfMessage())
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return body
-
-
 @pytest.mark.parametrize("framing", CL_TE)
 async def test_desync_with_content_length_and_chunked_is_refused(framing: bytes) -> None:
     """The TE.CL desync: a request hidden in a chunk must never reach a CL-framing backend."""
@@ -68,7 +56,7 @@ async def test_desync_with_content_length_and_chunked_is_refused(framing: bytes)
             assert b"x-nodeproxy-error: bad_framing" in raw
             assert b"connection: close" in raw
             with trio.fail_after(5):
-                assert await _get(p.port, b"/victim") == b"own:GET /victim"
+                assert (await ask(p.port, b"GET", b"/victim"))[1] == b"own:GET /victim"
     assert b"/smuggled" not in b.targets
     assert b"/attack" not in b.targets
 
@@ -153,11 +141,7 @@ async def test_request_trailers_lose_framing_hop_by_hop_and_mesh_fields() -> Non
                 await stream.send_all(conn.send(head) + conn.send(h11.EndOfMessage()))
                 return
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, trailer_backend, 0, host="127.0.0.1")
-        )
-        port = listeners[0].socket.getsockname()[1]
+    async with serving(trailer_backend) as port:
         config = simple_config({"svc": [("127.0.0.1", port)]})
         async with run_proxy(config) as p:
             stream = await trio.open_tcp_stream("127.0.0.1", p.port)
@@ -166,7 +150,6 @@ async def test_request_trailers_lose_framing_hop_by_hop_and_mesh_fields() -> Non
                 with trio.fail_after(5):
                     head = await stream.receive_some(65536)
             assert head.startswith(b"HTTP/1.1 200"), head
-        nursery.cancel_scope.cancel()
     assert seen == [[(b"x-checksum", b"abc")]]
 
 

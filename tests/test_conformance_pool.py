@@ -10,33 +10,12 @@ replay only for idempotent methods, and request bodies that trickle.
 
 from __future__ import annotations
 
-import h11
 import pytest
 import trio
 
 from nodeproxy.config.model import Limits
-from tests.helpers.backends import backend, run_proxy, simple_config
+from tests.helpers.backends import ask, backend, run_proxy, simple_config
 from tests.helpers.raw_backend import raw_backend
-
-
-async def _ask(port: int, method: bytes, target: bytes) -> tuple[int, bytes, dict[bytes, bytes]]:
-    """One request on a new connection: (status, body, headers)."""
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(b"%s %s HTTP/1.1\r\nHost: svc.default\r\n\r\n" % (method, target))
-        conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method=method, target=target, headers=[("host", "x")]))
-        conn.send(h11.EndOfMessage())
-        status, body, headers = 0, b"", {}
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status, headers = event.status_code, dict(event.headers)
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return status, body, headers
 
 
 @pytest.mark.parametrize(
@@ -55,11 +34,11 @@ async def test_next_client_gets_its_own_answer_after_a_misframed_response(
     async with raw_backend() as b:
         config = simple_config({"svc": [b.address]}, max_connections_per_endpoint=1)
         async with run_proxy(config) as p:
-            first = await _ask(p.port, method, target)
+            first = await ask(p.port, method, target)
             assert first[0] == status
             await trio.sleep(1)  # the /late stray bytes arrive while the connection idles
             for i in range(3):  # and no cascade along the pool
-                victim = await _ask(p.port, b"GET", b"/victim%d" % i)
+                victim = await ask(p.port, b"GET", b"/victim%d" % i)
                 assert victim[:2] == (200, b"own:GET /victim%d" % i)
     assert b.connections >= 2
 
@@ -71,10 +50,10 @@ async def test_response_with_content_length_and_chunked_is_502_and_not_reused(
     async with raw_backend() as b:
         config = simple_config({"svc": [b.address]}, max_connections_per_endpoint=1)
         async with run_proxy(config) as p:
-            status, _, headers = await _ask(p.port, b"GET", b"/clte")
+            status, _, headers = await ask(p.port, b"GET", b"/clte")
             assert status == 502
             assert headers[b"x-nodeproxy-error"] == b"upstream_protocol_error"
-            assert (await _ask(p.port, b"GET", b"/victim"))[:2] == (200, b"own:GET /victim")
+            assert (await ask(p.port, b"GET", b"/victim"))[:2] == (200, b"own:GET /victim")
     assert b.connections == 2
 
 
@@ -132,7 +111,7 @@ async def test_trickling_bodies_do_not_hold_the_pool(autojump_clock: object) -> 
                     nursery.start_soon(_trickle, p.port, 120, results)
                 await trio.sleep(12)
                 start = trio.current_time()
-                status, _, _ = await _ask(p.port, b"GET", b"/polite")
+                status, _, _ = await ask(p.port, b"GET", b"/polite")
                 assert status == 200
                 assert trio.current_time() - start < 1.0
     assert len(results) == 4

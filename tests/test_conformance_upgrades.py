@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from functools import partial
 
 import trio
 from structlog.testing import capture_logs
 
 from nodeproxy.admin.stats import TUNNEL_BYTES, UPGRADES, labels
 from nodeproxy.config.model import Config, Limits
-from tests.helpers.backends import backend, raw_request, read_all, run_proxy, simple_config
+from tests.helpers.backends import (
+    backend,
+    raw_request,
+    read_all,
+    run_proxy,
+    serving,
+    simple_config,
+)
 
 WS = b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 WS_THEN_CLOSE = WS.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")  # refused: no wait
@@ -96,12 +102,11 @@ async def test_101_to_a_protocol_the_request_did_not_offer_is_502() -> None:
         )
         await stream.receive_some(65536)
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, h2c_switcher, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        async with run_proxy(simple_config({"svc": [("127.0.0.1", port)]})) as p:
-            raw = await raw_request(p.port, WS_THEN_CLOSE)
-        nursery.cancel_scope.cancel()
+    async with (
+        serving(h2c_switcher) as port,
+        run_proxy(simple_config({"svc": [("127.0.0.1", port)]})) as p,
+    ):
+        raw = await raw_request(p.port, WS_THEN_CLOSE)
     assert raw.startswith(b"HTTP/1.1 502"), raw
     assert b"x-nodeproxy-error: upstream_protocol_error" in raw
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from nodeproxy.resilience.health import HealthCheckConfig, passes
 from nodeproxy.routing.header_edits import Header, HeaderEdits
 from nodeproxy.routing.match import grpc_ok
 from nodeproxy.upstream.health_check import probe
-from tests.helpers.backends import backend, run_proxy
+from tests.helpers.backends import backend, run_proxy, serving
 from tests.helpers.envoy_docs import bootstrap, cluster, load
 from tests.helpers.replicas import Replica, keep_alive, replicas
 
@@ -375,10 +374,8 @@ async def answering(header: bytes | None) -> AsyncIterator[EndpointConfig]:
             extra = b"" if header is None else HC + b": " + header + b"\r\n"
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + extra + b"\r\n")
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        yield EndpointConfig(host="127.0.0.1", port=listeners[0].socket.getsockname()[1])
-        nursery.cancel_scope.cancel()
+    async with serving(handle) as port:
+        yield EndpointConfig(host="127.0.0.1", port=port)
 
 
 async def test_a_probe_checks_the_healthchecked_cluster_header_on_the_wire() -> None:

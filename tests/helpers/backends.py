@@ -28,7 +28,7 @@ import hashlib
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -194,14 +194,20 @@ async def _download(
 
 
 @asynccontextmanager
+async def serving(handler: Callable[[trio.SocketStream], Awaitable[object]]) -> AsyncIterator[int]:
+    """Serve ``handler`` on 127.0.0.1 at a free port (yielded) until the block ends."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        yield int(listeners[0].socket.getsockname()[1])
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def backend() -> AsyncIterator[Backend]:
     """A running ``Backend`` on 127.0.0.1, port 0."""
     b = Backend()
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, b.handle, 0, host="127.0.0.1"))
-        b.port = listeners[0].socket.getsockname()[1]
+    async with serving(b.handle) as b.port:
         yield b
-        nursery.cancel_scope.cancel()
 
 
 @contextmanager
@@ -253,6 +259,22 @@ async def read_response(stream: trio.SocketStream, method: bytes = b"GET") -> li
         events.append(event)
         if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             return events
+
+
+async def ask(
+    port: int, method: bytes, target: bytes, host: bytes = b"svc.default"
+) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """One request on a new connection (another pod): (status, body, headers)."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (method, target, host))
+        events = await read_response(stream, method)
+    status, body, headers = 0, b"", {}
+    for event in events:
+        if isinstance(event, h11.Response):
+            status, headers = event.status_code, dict(event.headers)
+        elif isinstance(event, h11.Data):
+            body += event.data
+    return status, body, headers
 
 
 def free_port() -> int:

@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
+
+from tests.helpers.backends import serving
 
 POISON = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nPOISONED-REPLY"
 
@@ -113,8 +114,5 @@ class RawBackend:
 async def raw_backend() -> AsyncIterator[RawBackend]:
     """A running ``RawBackend`` on 127.0.0.1, port 0."""
     b = RawBackend()
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, b.handle, 0, host="127.0.0.1"))
-        b.port = listeners[0].socket.getsockname()[1]
+    async with serving(b.handle) as b.port:
         yield b
-        nursery.cancel_scope.cancel()
