@@ -75,8 +75,6 @@ def install(writer: AccessWriter | None) -> None:
     if _writer is not None:
         _writer.flush()
     _writer = writer
-    if writer is not None:
-        atexit.register(writer.flush)
 
 
 def emit(fields: dict[str, Any]) -> None:
@@ -91,6 +89,9 @@ def emit(fields: dict[str, Any]) -> None:
 def flush() -> None:
     if _writer is not None:
         _writer.flush()
+
+
+atexit.register(flush)  # whichever writer is installed when the process exits
 
 
 async def run_flusher(interval: float = FLUSH_INTERVAL) -> None:

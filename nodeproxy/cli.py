@@ -21,12 +21,11 @@ import trio
 
 from nodeproxy import __version__
 from nodeproxy.config import load_config
-from nodeproxy.config.model import Config, DiscoveryConfig, KubernetesConfig
+from nodeproxy.config.model import CODEC_ENV, Config, DiscoveryConfig, KubernetesConfig
 from nodeproxy.errors import ConfigError
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
 EXIT_CONFIG = 1
-ENV_CODEC = "NODEPROXY_CODEC"  # nodeproxy/http1/impl.py ENV (not imported: it picks the codec)
 EXIT_USAGE = 2
 
 
@@ -54,8 +53,8 @@ def _select_codec(config: Config) -> str | None:
     Must run before anything imports the data path (``http1/impl.py`` binds
     the codec once, at import).
     """
-    if os.environ.get(ENV_CODEC) is None and config.codec != "auto":
-        os.environ[ENV_CODEC] = config.codec
+    if os.environ.get(CODEC_ENV) is None and config.codec != "auto":
+        os.environ[CODEC_ENV] = config.codec
     try:
         import nodeproxy.http1.impl  # noqa: F401  # binds the codec now, or says why not
     except RuntimeError as exc:  # impl.CodecUnavailable

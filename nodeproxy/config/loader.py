@@ -25,7 +25,9 @@ from nodeproxy.config.checks import (
 from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
 from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
+    CODEC_NAMES,
     AdminConfig,
+    CodecName,
     Config,
     DiscoveryConfig,
     Limits,
@@ -39,10 +41,8 @@ from nodeproxy.config.yamlsrc import Fields, Node
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
-CodecName = Literal["auto", "h11", "h11-mypyc"]
 HostPortMatch = Literal["strip_any", "strip_matching", "exact"]
 HOST_PORT_MATCHES = ("strip_any", "strip_matching", "exact")
-CODEC_NAMES = ("auto", "h11", "h11-mypyc")  # nodeproxy/http1/impl.py CODECS
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
     "services", "mesh", "discovery", "fairness", "codec",

@@ -43,6 +43,12 @@ if TYPE_CHECKING:  # the resilience cores import this module: annotations only
     from nodeproxy.resilience.overload import OverloadLimits
 
 
+# The HTTP/1.1 codecs (nodeproxy/http1/impl.py picks one per process, at import, from
+# the environment variable; cli.py sets it from ``Config.codec`` before that import).
+CodecName = Literal["auto", "h11", "h11-mypyc"]
+CODEC_NAMES: tuple[CodecName, ...] = ("auto", "h11", "h11-mypyc")
+CODEC_ENV = "NODEPROXY_CODEC"
+
 # The balancer names a config may use (balancing/policies.py builds them). Kept here, not
 # there, so that loading a config never imports the balancers (an import cycle otherwise).
 LB_POLICIES = ("p2c_ewma", "least_request", "round_robin", "weighted_round_robin", "random")
@@ -222,7 +228,7 @@ class Config:
     fairness: FairnessConfig | None = None  # None: no per-source caps or queueing
     # The HTTP/1.1 codec: "auto" (compiled h11-mypyc when installed, else h11), or one
     # forced; NODEPROXY_CODEC wins over it (nodeproxy/http1/impl.py).
-    codec: Literal["auto", "h11", "h11-mypyc"] = "auto"
+    codec: CodecName = "auto"
     # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
     env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     # Fields the file set that change nothing nodeproxy does (Envoy files): one line each,

@@ -94,6 +94,16 @@ def _dropped(connection_values: list[bytes]) -> frozenset[bytes]:
 # names more is the pass redone with those names dropped too.
 
 
+def protocol_names(value: bytes) -> list[bytes]:
+    """The protocol names of an ``Upgrade`` value, lowercased, versions dropped.
+
+    >>> protocol_names(b"WebSocket, foo/2")
+    [b'websocket', b'foo']
+    """
+    names = (token.strip().lower().partition(b"/")[0] for token in value.split(b","))
+    return [name for name in names if name]
+
+
 def requested_upgrade(headers: Iterable[Header]) -> list[bytes]:
     """Protocols a request asks to switch to (``Connection: upgrade`` + ``Upgrade``), lowercased.
 
@@ -110,9 +120,7 @@ def requested_upgrade(headers: Iterable[Header]) -> list[bytes]:
     protocols: list[bytes] = []
     for name, value in headers:
         if name == b"upgrade":
-            for token in value.split(b","):
-                if token := token.strip().lower().partition(b"/")[0]:
-                    protocols.append(token)
+            protocols += protocol_names(value)
     if protocols and b"upgrade" in connection_tokens(headers):
         return protocols
     return []

@@ -23,8 +23,10 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-ENV = "NODEPROXY_CODEC"
-CODECS = ("auto", "h11", "h11-mypyc")
+from nodeproxy.config.model import CODEC_ENV, CODEC_NAMES
+
+ENV = CODEC_ENV
+CODECS = CODEC_NAMES
 _PACKAGES = {"h11": "h11", "h11-mypyc": "h11_mypyc"}
 
 

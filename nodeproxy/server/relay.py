@@ -25,7 +25,7 @@ import trio
 from nodeproxy.errors import UpstreamProtocolError
 from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.forwarding import VIA
-from nodeproxy.http1.headers import clean_trailers, downstream_response_headers
+from nodeproxy.http1.headers import clean_trailers, downstream_response_headers, protocol_names
 from nodeproxy.http1.impl import h11
 from nodeproxy.routing.cors import apply as cors_apply
 from nodeproxy.routing.header_edits import client_source
@@ -136,10 +136,8 @@ async def splice(
     down: Downstream, conn: UpstreamConnection, response: h11.InformationalResponse, ex: Exchange
 ) -> None:
     """Complete the upgrade downstream, then copy raw bytes both ways until both end."""
-    offered = {
-        p.strip().lower().partition(b"/")[0] for p in (ex.upgrade or "").encode().split(b",")
-    }
-    chosen = [v.strip().lower().partition(b"/")[0] for n, v in response.headers if n == b"upgrade"]
+    offered = protocol_names((ex.upgrade or "").encode())
+    chosen = [p for n, v in response.headers if n == b"upgrade" for p in protocol_names(v)]
     if len(chosen) != 1 or chosen[0] not in offered:
         raise UpstreamProtocolError(f"101 to {chosen!r}, which the request did not offer")
     ex.status = 101
