@@ -4,6 +4,7 @@ One function, ``run_app``, owns the process's lifetime:
 
     root nursery
     ├── admin server            (started first, so /ready can say "starting")
+    ├── probe listener          (admin.probe_address only: /ready and /healthz)
     ├── upstream pool reaper
     ├── active health checks    (probes the clusters with ``health_check``,
     │                            upstream/health_check.py)
@@ -33,7 +34,7 @@ import structlog
 import trio
 
 from nodeproxy import __version__, access_log
-from nodeproxy.admin.server import serve_admin
+from nodeproxy.admin.server import serve_admin, serve_probes
 from nodeproxy.admin.stats import BUILD_INFO, labels
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
@@ -55,6 +56,7 @@ class AppHandle:
     runtime: Runtime
     listener_ports: dict[str, int] = field(default_factory=dict)
     admin_port: int = 0
+    probe_port: int | None = None  # admin.probe_address's bound port, when set
     mesh: Mesh | None = None  # certificates, identities, policy (when config.mesh is set)
 
 
@@ -89,6 +91,8 @@ async def run_app(
     addresses: dict[str, str] = {}
     async with trio.open_nursery() as root:
         handle.admin_port = await root.start(serve_admin, runtime)
+        if config.admin.probe_port is not None:
+            handle.probe_port = await root.start(serve_probes, runtime)
         root.start_soon(upstreams.run)
         root.start_soon(access_log.run_flusher)  # batched access lines, flushed at the end
         root.start_soon(HealthChecker(runtime).run)

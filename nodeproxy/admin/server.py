@@ -7,6 +7,9 @@ connection cap, small header and body limits, and timeouts for every read
 and write; anything unexpected closes the connection. All decisions live in
 ``access.py`` (whose Host is answered) and ``handlers.py`` (what to answer);
 this file only moves bytes with h11 and tells them who the peer is.
+
+The same shell serves the probe listener (``admin.probe_address``), which
+answers only ``/ready`` and ``/healthz`` (``probes.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import trio
 
 from nodeproxy.admin.access import HostPolicy, check_request, is_loopback
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle, respond
+from nodeproxy.admin.probes import probe_answer
 from nodeproxy.runtime import Runtime
 
 log = structlog.get_logger("nodeproxy.admin")
@@ -38,8 +42,9 @@ LINGER_BYTES = 256 * 1024
 class AdminServer:
     """Owns the admin connections; ``active`` is only touched between awaits."""
 
-    def __init__(self, ctx: AdminContext) -> None:
+    def __init__(self, ctx: AdminContext, *, probes_only: bool = False) -> None:
         self.ctx = ctx
+        self.probes_only = probes_only
         self.policy = HostPolicy.from_config(ctx.runtime.config.admin)
         self.active = 0
         self.rejected = 0
@@ -108,15 +113,19 @@ class AdminServer:
             target = event.target.decode("latin-1")
             hosts = [v.decode("latin-1") for n, v in event.headers if n == b"host"]
             version = event.http_version.decode("ascii")
+            method = event.method.decode("ascii")
             try:
-                resp = check_request(self.policy, target, hosts, version, peer) or handle(
-                    self.ctx,
-                    event.method.decode("ascii"),
-                    target,
-                    headers,
-                    trio.current_time(),
-                    peer_loopback=loopback,
-                )
+                if self.probes_only:
+                    resp = probe_answer(self.ctx, method, target, headers, trio.current_time())
+                else:
+                    resp = check_request(self.policy, target, hosts, version, peer) or handle(
+                        self.ctx,
+                        method,
+                        target,
+                        headers,
+                        trio.current_time(),
+                        peer_loopback=loopback,
+                    )
             except Exception:
                 log.exception("admin_handler_failed", target=event.target.decode("latin-1"))
                 resp = respond(500, "admin handler failed; see the proxy log\n")
@@ -231,9 +240,30 @@ async def serve_admin(
 ) -> None:
     """Bind ``config.admin``, report the bound port via ``task_status``, serve until cancelled."""
     cfg = runtime.config.admin
-    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-    port: int = listeners[0].socket.getsockname()[1]
-    server = AdminServer(AdminContext(runtime, started_at=trio.current_time()))
-    log.info("admin_listening", address=f"{cfg.host}:{port}")
-    task_status.started(port)
+    await _serve(runtime, cfg.host, cfg.port, "admin_listening", False, task_status)
+
+
+async def serve_probes(
+    runtime: Runtime, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Bind ``admin.probe_address`` (``/ready`` and ``/healthz`` only), serve until cancelled."""
+    cfg = runtime.config.admin
+    assert cfg.probe_port is not None, "only started when admin.probe_address is set"
+    await _serve(runtime, cfg.probe_host, cfg.probe_port, "probes_listening", True, task_status)
+
+
+async def _serve(
+    runtime: Runtime,
+    host: str,
+    port: int,
+    event: str,
+    probes_only: bool,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound: int = listeners[0].socket.getsockname()[1]
+    ctx = AdminContext(runtime, started_at=trio.current_time())
+    server = AdminServer(ctx, probes_only=probes_only)
+    log.info(event, address=f"{host}:{bound}")
+    task_status.started(bound)
     await trio.serve_listeners(server.handle_connection, listeners)

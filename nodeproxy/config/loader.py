@@ -99,14 +99,17 @@ def load_native(root: Node) -> Config:
 
 
 def _admin(node: Node, binds: Binds) -> AdminConfig:
-    f = node.fields("address", "allowed_hosts")
-    allowed = tuple(_allowed_host(n) for n in f.items("allowed_hosts"))
-    addr = f.get("address")
-    if addr is None:
-        return AdminConfig(allowed_hosts=allowed)
-    host, port = addr.address(allow_zero_port=True)
-    binds.append((addr, host, port))
-    return AdminConfig(host=host, port=port, allowed_hosts=allowed)
+    f = node.fields("address", "allowed_hosts", "probe_address")
+    cfg = AdminConfig(allowed_hosts=tuple(_allowed_host(n) for n in f.items("allowed_hosts")))
+    if (addr := f.get("address")) is not None:
+        host, port = addr.address(allow_zero_port=True)
+        binds.append((addr, host, port))
+        cfg = dataclasses.replace(cfg, host=host, port=port)
+    if (probe := f.get("probe_address")) is not None:
+        host, port = probe.address(allow_zero_port=True)
+        binds.append((probe, host, port))
+        cfg = dataclasses.replace(cfg, probe_host=host, probe_port=port)
+    return cfg
 
 
 def _allowed_host(node: Node) -> str:

@@ -126,6 +126,10 @@ class AdminConfig:
     # Host names (lowercase, ``name`` or ``name:port``) answered besides the bind
     # address and localhost; any other Host gets 421 (docs/admin.md, DNS rebinding).
     allowed_hosts: tuple[str, ...] = ()
+    # A second listener for the kubelet's probes, answering /ready and /healthz only
+    # (admin/probes.py); None = no probe listener.
+    probe_host: str = "127.0.0.1"
+    probe_port: int | None = None
 
 
 @dataclass(frozen=True)
