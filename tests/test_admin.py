@@ -232,7 +232,13 @@ def test_config_dump_is_the_effective_config_with_secrets_redacted() -> None:
     dump = json.loads(call(make_runtime(), "GET", "/config_dump").body)
     assert dump["clusters"]["bdgreeter"]["connect_timeout"] == 0.25
     assert dump["clusters"]["bdgreeter"]["endpoints"][0]["labels"] == {"version": "v1"}
-    assert dump["admin"] == {"host": "127.0.0.1", "port": 0, "allowed_hosts": []}
+    assert dump["admin"] == {
+        "host": "127.0.0.1",
+        "port": 0,
+        "allowed_hosts": [],
+        "probe_host": "127.0.0.1",
+        "probe_port": None,
+    }
     rule = dump["listeners"][0]["virtual_hosts"][0]["routes"][0]
     (hdr,) = rule["match"]["headers"]
     assert hdr["name"] == "authorization"
