@@ -53,7 +53,7 @@ from nodeproxy.http1.forwarding import Forwarding, forwarded_client
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
-from nodeproxy.mesh.state import Mesh, forget_rule
+from nodeproxy.mesh.state import Mesh
 from nodeproxy.routing import cors
 from nodeproxy.routing.actions import RouteActions, auto_host
 from nodeproxy.routing.authority import parse_authority
@@ -107,8 +107,6 @@ class Pipeline:
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
         request = strip_mesh_headers(request)
-        if self.outbound_mesh is not None:
-            forget_rule()  # the previous request's policy_rule must not reach this access line
         decision = self.route(ex.authority, ex.path, request.headers)
         ex.via = self.forwarding.via
         if self._reads_xff:

@@ -72,3 +72,35 @@ def test_the_writer_batches_and_flushes() -> None:
     writer.emit({"path": "/d"})
     writer.flush()
     assert json.loads(out.getvalue().splitlines()[-1])["path"] == "/d"
+
+
+def test_the_rendered_line_is_the_structlog_fields_as_json() -> None:
+    """The fast renderer and the structlog path carry the same fields, escaped as JSON."""
+    from nodeproxy.access_log import access_fields, render
+    from nodeproxy.server.downstream import Exchange
+
+    ex = Exchange(listener="outbound", source="127.0.0.1:5555", started=0.0)
+    ex.method, ex.authority, ex.status = "GET", 'we"ird\\host', 200
+    ex.path = '/ünï\tcode"\x01\u2028'  # quotes, control characters, non-ASCII
+    ex.request_id, ex.cluster = "abc", "svc"
+    plain = json.loads(render(ex, 0.0012345, 10, 20))
+    assert plain.pop("timestamp").endswith("Z")
+    assert plain == dict(
+        access_fields(ex, 0.0012345, 10, 20),
+        event="access",
+        logger="nodeproxy.access",
+        level="info",
+    )
+    assert plain["path"] == ex.path and plain["upstream"] is None and plain["duration_ms"] == 1.234
+    ex.upgrade, ex.client, ex.peer_identity = "websocket", "10.0.0.9", "spiffe://td/ns/a/sa/b"
+    ex.policy_rule = "allow-b"
+    full = json.loads(render(ex, 0.5, 0, 0))
+    assert {k: full[k] for k in ("upgrade", "client", "peer_identity", "policy_rule")} == {
+        "upgrade": "websocket",
+        "client": "10.0.0.9",
+        "peer_identity": "spiffe://td/ns/a/sa/b",
+        "policy_rule": "allow-b",
+    }
+    assert set(full) - {"timestamp", "event", "logger", "level"} == set(
+        access_fields(ex, 0.5, 0, 0)
+    )

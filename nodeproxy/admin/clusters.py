@@ -67,6 +67,7 @@ def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
     state (``health``: healthy / unhealthy, None without ``health_check``).
     """
     stats: Stats = runtime.stats
+    stats.collect()
     snapshot = runtime.endpoints.current()
     ce = ("cluster", "endpoint")
     upstream_rq = _index(stats.counters.get(UPSTREAM_REQUESTS, {}), ce)

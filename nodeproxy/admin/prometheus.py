@@ -45,6 +45,7 @@ def help_for(name: str) -> str:
 def stats_families(stats: Stats) -> list[Family]:
     """Every series in the registry as families, sorted by name and labels."""
     out: list[Family] = []
+    stats.collect()
     for name, series in stats.counters.items():
         out.append(Family(name, "counter", help_for(name), tuple(sorted(series.items()))))
     for name, series in stats.gauges.items():

@@ -10,7 +10,7 @@ path and the admin pages cannot drift apart.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
@@ -141,6 +141,9 @@ class Stats:
         self.counters: dict[str, dict[Labels, float]] = {}
         self.gauges: dict[str, dict[Labels, float]] = {}
         self.histograms: dict[str, dict[Labels, Histogram]] = {}
+        # Gauges read from their owners when someone looks (``collect``), not
+        # written on every change: the pool sizes would cost four writes a request.
+        self._collectors: list[Callable[[Stats], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -178,10 +181,20 @@ class Stats:
             hist = series[lbls] = Histogram()
         hist.observe(value)
 
+    def add_collector(self, collect: Callable[[Stats], None]) -> None:
+        """Call ``collect(self)`` before every read of the gauges (it sets its own)."""
+        self._collectors.append(collect)
+
+    def collect(self) -> None:
+        """Bring scrape-time gauges up to date; every reader of ``gauges`` calls this."""
+        for collect in self._collectors:
+            collect(self)
+
     def counter(self, name: str, lbls: Labels = ()) -> float:
         return self.counters.get(name, {}).get(lbls, 0)
 
     def gauge(self, name: str, lbls: Labels = ()) -> float:
+        self.collect()
         return self.gauges.get(name, {}).get(lbls, 0)
 
     def sum_counter(self, name: str, **match: str) -> float:
@@ -197,4 +210,5 @@ class Stats:
 
     def series(self, name: str) -> Iterable[tuple[Labels, float]]:
         yield from self.counters.get(name, {}).items()
+        self.collect()
         yield from self.gauges.get(name, {}).items()

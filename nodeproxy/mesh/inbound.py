@@ -32,7 +32,6 @@ from nodeproxy.mesh.state import (
     SERVICE_HEADER,
     XFCC_HEADER,
     Mesh,
-    forget_rule,
     is_mesh_header,
     service_of,
 )
@@ -113,7 +112,6 @@ class InboundPipeline(Pipeline):
         return self._local
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
-        forget_rule()
         caller = CALLER.get()
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
@@ -130,7 +128,7 @@ class InboundPipeline(Pipeline):
             raise MissingDestination("x-nodeproxy-destination is required on the inbound port")
         cluster, endpoint, service = pick_destination(self.local(), destination, service)
         ex.cluster, ex.upstream = cluster.name, endpoint.address
-        self.mesh.authorize(LISTENER, caller, service, ex.method, ex.path)
+        self.mesh.authorize(LISTENER, caller, service, ex)
         headers.append((XFCC_HEADER, self._xfcc_by + f";URI={caller}".encode()))
         request = request_event(request.method, request.target, headers)
         return await forward(

@@ -61,7 +61,7 @@ def mesh_step(
     local = mesh.is_local(endpoint)
     service = service_of(target.cluster)
     if local or mesh.config.enforce_outbound:
-        mesh.authorize(LISTENER, caller, service, ex.method, ex.path)
+        mesh.authorize(LISTENER, caller, service, ex)
     if local:
         return target, request
     if caller is None:

@@ -6,20 +6,19 @@ source -> identity table, the peers' inbound addresses and the policy. All of
 it is immutable except the certificates, whose only writer is the rotation
 task; the data path reads contexts once per connection.
 
-Also here: the policy counters and the access-log binding of the rule that
-decided a request (``policy_rule``), shared by the inbound and outbound
-steps, so both answer a refusal the same way.
+Also here: the policy counters and the rule that decided a request, noted in
+its ``Exchange`` (``policy_rule``, for the access line), shared by the
+inbound and outbound steps, so both answer a refusal the same way.
 """
 
 from __future__ import annotations
 
-import contextvars
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -38,6 +37,9 @@ from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.node_certs import MeshCertificates
 from nodeproxy.tls.sources import SourceIdentities
 
+if TYPE_CHECKING:
+    from nodeproxy.server.downstream import Exchange
+
 POLICY_DENIED = "nodeproxy_policy_denied_total"  # {listener, rule}
 POLICY_ALLOWED = "nodeproxy_policy_allowed_total"  # {listener, rule}
 DEFAULT_RULE = "(default)"  # the rule name logged when default_action decided
@@ -47,7 +49,6 @@ SERVICE_HEADER = b"x-nodeproxy-service"
 XFCC_HEADER = b"x-forwarded-client-cert"
 
 log = structlog.get_logger("nodeproxy.policy")
-_rule_bound: contextvars.ContextVar[bool] = contextvars.ContextVar("np_rule_bound", default=False)
 
 
 def is_mesh_header(name: bytes) -> bool:
@@ -151,13 +152,13 @@ class Mesh:
         return endpoint.node == self.node_name
 
     def authorize(
-        self, listener: str, caller: SpiffeId | None, service: str, method: str, path: str
+        self, listener: str, caller: SpiffeId | None, service: str, ex: Exchange
     ) -> Decision:
-        """Decide, count, bind ``policy_rule`` for the access log; raise ``Denied`` (403)."""
+        """Decide on ``ex`` (method, path), count, note the rule in ``ex`` for its access
+        line; raise ``Denied`` (403)."""
+        method, path = ex.method, ex.path
         decision = self.policy.decide(caller, service, method, path)
-        rule = decision.rule or DEFAULT_RULE
-        structlog.contextvars.bind_contextvars(policy_rule=rule)
-        _rule_bound.set(True)
+        rule = ex.policy_rule = decision.rule or DEFAULT_RULE
         if decision.allowed:
             self.stats.inc(POLICY_ALLOWED, labels(listener=listener, rule=rule))
             return decision
@@ -178,10 +179,3 @@ def _split_address(address: str) -> tuple[str, int]:
     """``"10.0.0.1:4143"`` / ``"[fd00::1]:4143"`` -> (host, port)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def forget_rule() -> None:
-    """Start of a request: the previous request's ``policy_rule`` must not leak into it."""
-    if _rule_bound.get():
-        structlog.contextvars.unbind_contextvars("policy_rule")
-        _rule_bound.set(False)

@@ -64,27 +64,7 @@ class Accounting:
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)
         if self.access_log_enabled:
-            line = {
-                "listener": ex.listener,
-                "method": ex.method,
-                "authority": ex.authority,
-                "path": ex.path,
-                "protocol": ex.protocol,
-                "status": ex.status,
-                "duration_ms": round(duration * 1000, 3),
-                "upstream": ex.upstream,
-                "cluster": ex.cluster,
-                "bytes_received": received,
-                "bytes_sent": sent,
-                "request_id": ex.request_id,
-                "cause": ex.cause,
-                "source": ex.source,
-            }
-            if ex.upgrade is not None:
-                line["upgrade"] = ex.upgrade
-            if ex.client is not None:  # from x-forwarded-for (http1/forwarding.py)
-                line["client"] = ex.client
-            access_log.emit(line)
+            access_log.emit(ex, duration, received, sent)
         if ex.upgrade is not None and ex.status == 101:
             self._account_tunnel(ex.upgrade, received, sent)
 

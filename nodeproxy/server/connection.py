@@ -119,10 +119,10 @@ class ConnectionLoop:
                 return down
         return None
 
-    async def serve(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection until it closes."""
+    async def serve(self, stream: trio.SocketStream, peer_identity: str | None = None) -> None:
+        """Serve one accepted connection until it closes (``peer_identity``: its mTLS caller)."""
         limits = self.limits
-        down = Downstream(stream, limits)
+        down = Downstream(stream, limits, peer_identity)
         self.live.add(down)
         deadline = trio.current_time() + limits.header_read_timeout
         first = True  # the first head's deadline counts from the accept
@@ -232,6 +232,7 @@ class ConnectionLoop:
         self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
     ) -> Exchange:
         ex = Exchange(listener=self.listener, source=down.source, started=trio.current_time())
+        ex.peer_identity = down.peer_identity
         ex.bytes_received, ex.bytes_sent = baseline  # counters before this request
         if request is not None:
             ex.method = request.method.decode("latin-1")

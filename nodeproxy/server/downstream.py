@@ -39,14 +39,18 @@ class Downstream:
         "deadline",
         "exchange",
         "limits",
+        "peer_identity",
         "response_timeout",
         "scope",
         "source",
         "stream",
     )
 
-    def __init__(self, stream: trio.SocketStream, limits: Limits) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, limits: Limits, peer_identity: str | None = None
+    ) -> None:
         self.stream = stream
+        self.peer_identity = peer_identity  # the mTLS caller (inbound listener), for its lines
         self.limits = limits  # the process's bounds on what one client can make it hold
         self.codec = H11ServerCodec(limits.max_request_header_bytes)
         self.chunk = limits.stream_chunk_bytes
@@ -163,3 +167,5 @@ class Exchange:
     via: bytes | None = VIA  # the listener's Via for the response (None: none)
     response_edits: HeaderEdits | None = None  # the route's response_headers_to_add/remove
     cors: list[tuple[bytes, bytes]] | None = None  # CORS response headers (routing/cors.py)
+    peer_identity: str | None = None  # the mTLS caller's SPIFFE ID (inbound listener)
+    policy_rule: str | None = None  # the mesh policy rule that decided (mesh/state.py)

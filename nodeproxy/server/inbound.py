@@ -64,9 +64,10 @@ class InboundAcceptor(Acceptor):
         if tls is None:
             return
         CALLER.set(tls.identity)  # this task's context only: one connection
-        with structlog.contextvars.bound_contextvars(peer_identity=str(tls.identity)):
+        identity = str(tls.identity)
+        with structlog.contextvars.bound_contextvars(peer_identity=identity):
             # TLSStream has SocketStream's surface (socket, send_all, receive_some...).
-            await self.loop.serve(cast(trio.SocketStream, tls))
+            await self.loop.serve(cast(trio.SocketStream, tls), identity)
 
     async def handshake(self, tcp: trio.SocketStream) -> TLSStream | None:
         """The verified mTLS stream, or None after counting and logging the failure."""

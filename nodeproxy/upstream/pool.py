@@ -91,6 +91,7 @@ class Upstreams:
         self._clusters = runtime.config.clusters
         self._max_header_bytes = runtime.config.limits.max_request_header_bytes
         self._entries: dict[_Key, _Entry] = {}
+        self._stats.add_collector(self._publish_all)
 
     def __repr__(self) -> str:
         active = sum(e.pool.active for e in self._entries.values())
@@ -113,9 +114,11 @@ class Upstreams:
             )
         return entry
 
-    def _publish(self, entry: _Entry) -> None:
-        self._stats.gauge_set(POOL_CONNECTIONS, entry.idle_labels, entry.pool.idle)
-        self._stats.gauge_set(POOL_CONNECTIONS, entry.active_labels, entry.pool.active)
+    def _publish_all(self, stats: Stats) -> None:
+        """The pool sizes, for a reader of the gauges (``Stats.collect``)."""
+        for entry in self._entries.values():
+            stats.gauge_set(POOL_CONNECTIONS, entry.idle_labels, entry.pool.idle)
+            stats.gauge_set(POOL_CONNECTIONS, entry.active_labels, entry.pool.active)
 
     def _guard(self, cluster: ClusterConfig) -> OverloadGuard | None:
         """The cluster's overload guard, if the data path admitted a request to it."""
@@ -145,9 +148,7 @@ class Upstreams:
             conn = None  # keep the slot, open a new socket in it
         if conn is not None:
             conn.reused = True
-            self._publish(entry)
             return conn
-        self._publish(entry)
         admitted = None  # the guard whose CONNECTIONS slot this attempt holds
         try:
             if guard is not None:
@@ -158,7 +159,6 @@ class Upstreams:
             if admitted is not None:
                 admitted.release(Resource.CONNECTIONS)
             pool.discard()
-            self._publish(entry)
             entry.lot.unpark()
             raise
         new.guard = guard
@@ -227,7 +227,6 @@ class Upstreams:
         else:
             conn.close()
             entry.pool.discard()
-        self._publish(entry)
         if entry.lot:  # ParkingLot is falsy when nobody waits; skip the call on the hot path
             entry.lot.unpark()
 
@@ -251,7 +250,6 @@ class Upstreams:
                 conn.close()
             if expired:
                 closed += len(expired)
-                self._publish(entry)
         return closed
 
     async def run(self) -> None:
@@ -274,5 +272,4 @@ class Upstreams:
             for conn in entry.pool.take_all_idle():
                 conn.close()
                 closed += 1
-            self._publish(entry)
         return closed
