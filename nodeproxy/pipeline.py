@@ -125,8 +125,9 @@ class Pipeline:
         ex.cluster = decision.cluster
         self.admission.check_route(decision.rule, down.client_ip)  # 429 before any state
         cluster = self.cluster_of(decision)
-        state = self.traffic.cluster(cluster, trio.current_time())
-        ticket = state.admit(trio.current_time())
+        now = trio.current_time()
+        state = self.traffic.cluster(cluster, now)
+        ticket = state.admit(now)
         attempts: list[Attempt] = []
         try:
             rule_upgrades = decision.rule.upgrades
@@ -149,8 +150,9 @@ class Pipeline:
                 def pick(upstream_head: h11.Request) -> tuple[Target, h11.Request, Attempt]:
                     """One try's endpoint, preferring those this request has not tried."""
                     tried = {a.endpoint.address for a in attempts}
+                    now = trio.current_time()
                     return self.pick(
-                        down, upstream_head, ex, ticket, decision, cluster, attempts, tried
+                        down, upstream_head, ex, ticket, decision, cluster, attempts, now, tried
                     )
 
                 return await self.retrier.forward(
@@ -165,7 +167,7 @@ class Pipeline:
                     overload=state.overload,
                 )
             target, out.in_hand[0], attempt = self.pick(
-                down, head, ex, ticket, decision, cluster, attempts
+                down, head, ex, ticket, decision, cluster, attempts, now
             )
             conn, first = await send(self.upstreams, target, down, out, self._body_timeout)
             attempt.report_status(first.status_code, trio.current_time())
@@ -177,7 +179,7 @@ class Pipeline:
                 attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
             raise
         finally:
-            now = trio.current_time()
+            now = trio.current_time()  # the response relayed (or the request failed)
             for attempt in attempts:
                 attempt.close(now)
             ticket.close(now)
@@ -191,11 +193,12 @@ class Pipeline:
         decision: RouteDecision,
         cluster: ClusterConfig,
         attempts: list[Attempt],
+        now: float,
         tried: Collection[str] = (),
     ) -> tuple[Target, h11.Request, Attempt]:
         """One try: balance (avoiding ``tried`` addresses while others are left), count
         the try in ``attempts``, then the mesh hop."""
-        attempt = self.start(ticket.state, ticket, decision, cluster, trio.current_time(), tried)
+        attempt = self.start(ticket.state, ticket, decision, cluster, now, tried)
         attempts.append(attempt)  # before the mesh step, which may refuse: closed either way
         ex.upstream = attempt.endpoint.address
         target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))

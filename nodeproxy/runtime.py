@@ -28,19 +28,17 @@ class DrainState:
     """Owned by the app; everyone else only reads it or waits on it."""
 
     def __init__(self) -> None:
-        self.started = trio.Event()
+        self.started = trio.Event()  # for waiters
         self.reason = ""
+        self.draining = False  # for readers: a plain attribute, read a few times a request
 
     def __repr__(self) -> str:
         return f"<DrainState [{'draining: ' + self.reason if self.draining else 'serving'}]>"
 
-    @property
-    def draining(self) -> bool:
-        return self.started.is_set()
-
     def start(self, reason: str) -> None:
-        if not self.started.is_set():
+        if not self.draining:
             self.reason = reason
+            self.draining = True
             self.started.set()
 
 

@@ -22,6 +22,7 @@ interval timer, so a host returns exactly when its time is up.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -117,6 +118,11 @@ class OutlierDetector:
     def __init__(self, config: OutlierConfig | None = None) -> None:
         self.config = config or OutlierConfig()
         self._hosts: dict[str, _Host] = {}
+        # No host is ejected at or after this time: ``healthy`` skips its scan then
+        # (the common case, once per request) for the endpoints it last found all
+        # known and active; an ejection makes it scan again.
+        self._clear_after = -math.inf
+        self._known: Sequence[Endpoint] | None = None  # last endpoints found all active
         self.ejections = 0
         self.overflows = 0  # ejections refused by max_ejection_percent
         self.panics = 0  # healthy() calls that found everything ejected
@@ -154,6 +160,7 @@ class OutlierDetector:
         """
         live = {ep.address for ep in endpoints}
         self._hosts = {a: h for a, h in self._hosts.items() if a in live}
+        self._known = None
         for address in live:
             self._host(address, now)
 
@@ -174,8 +181,11 @@ class OutlierDetector:
         ``endpoints`` may be a subset (a canary's); hosts not seen before are
         added, none is forgotten here (that is ``sync``'s job).
         """
+        if endpoints is self._known and now >= self._clear_after:
+            return endpoints
         live = [ep for ep in endpoints if self._host(ep.address, now).state is HostState.ACTIVE]
         if len(live) == len(endpoints):
+            self._known = endpoints  # all known hosts (a snapshot's tuple is reused)
             return endpoints
         if not live and endpoints:
             self.panics += 1
@@ -227,6 +237,8 @@ class OutlierDetector:
             host.multiplier += 1
         host.move(_Event.EJECT)
         host.until = now + min(base * host.multiplier, cap)
+        self._clear_after = max(self._clear_after, host.until)
+        self._known = None  # the next ``healthy`` scans (and later unejects) again
         host.times += 1
         self.ejections += 1
         return Ejection(address, reason, host.until, host.multiplier)

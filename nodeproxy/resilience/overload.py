@@ -24,6 +24,10 @@ class Resource(enum.Enum):
     REQUESTS = "max_requests"
     RETRIES = "max_retries"
 
+    # Members are singletons compared by identity; they key dicts touched twice a
+    # request, so the C identity hash instead of Enum's (a Python call hashing the name).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True)
 class OverloadLimits:
@@ -48,6 +52,7 @@ class OverloadGuard:
         self.limits = limits or OverloadLimits()
         self._counts = dict.fromkeys(Resource, 0)
         self.overflows = dict.fromkeys(Resource, 0)  # Envoy's upstream_rq_pending_overflow...
+        self._limit = {r: self.limits.limit(r) for r in Resource}  # read twice a request
 
     def __repr__(self) -> str:
         parts = " | ".join(
@@ -60,7 +65,7 @@ class OverloadGuard:
 
     def try_admit(self, resource: Resource) -> bool:
         """Count one more unless at the limit; False (and an overflow counted) if at it."""
-        if self._counts[resource] >= self.limits.limit(resource):
+        if self._counts[resource] >= self._limit[resource]:
             self.overflows[resource] += 1
             return False
         self._counts[resource] += 1
@@ -69,7 +74,7 @@ class OverloadGuard:
     def admit(self, resource: Resource) -> None:
         """Like ``try_admit`` but raises ``Overloaded`` naming the threshold."""
         if not self.try_admit(resource):
-            raise Overloaded(f"{resource.value} ({self.limits.limit(resource)}) reached")
+            raise Overloaded(f"{resource.value} ({self._limit[resource]}) reached")
 
     def release(self, resource: Resource) -> None:
         if self._counts[resource] <= 0:

@@ -48,10 +48,12 @@ class Accounting:
             labels(cluster=cluster),
         )
 
-    def account(self, down: Downstream, ex: Exchange) -> None:
-        """Stats and the access-log line for one finished request."""
+    def account(self, down: Downstream, ex: Exchange) -> float:
+        """Stats and the access-log line for one finished request; returns the time it
+        finished (the trio clock: the connection's next idle wait counts from it)."""
         stats = self.stats
-        duration = trio.current_time() - ex.started
+        now = trio.current_time()
+        duration = now - ex.started
         received = down.bytes_in - ex.bytes_received
         sent = down.bytes_out - ex.bytes_sent
         key = (ex.cluster, ex.status)
@@ -67,6 +69,7 @@ class Accounting:
             access_log.emit(ex, duration, received, sent)
         if ex.upgrade is not None and ex.status == 101:
             self._account_tunnel(ex.upgrade, received, sent)
+        return now
 
     def _account_tunnel(self, protocol: str, received: int, sent: int) -> None:
         """Counters of one upgraded connection (its access line is the request's)."""

@@ -180,12 +180,11 @@ class ConnectionLoop:
                 ex = ex or self._exchange(down, None, baseline)
                 await self._answer_error(down, ex, ProxyError(repr(exc)))
                 keep = False
-            if ex is not None:
-                self.accounting.account(down, ex)
+            now = self.accounting.account(down, ex) if ex is not None else trio.current_time()
             if not keep or self.runtime.drain.draining:
                 return
             down.codec.start_next_cycle()
-            deadline = trio.current_time() + limits.downstream_idle_timeout
+            deadline = now + limits.downstream_idle_timeout
 
     async def _read_head(
         self, down: Downstream, idle_deadline: float, first: bool
