@@ -36,6 +36,7 @@ class Result:
     error: str | None = None
     wrk_command: str = ""
     server_command: str = ""
+    note: str = ""  # a line the report prints under the table (e.g. nodeproxy's access lines)
 
 
 class Processes:

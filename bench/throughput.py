@@ -2,22 +2,25 @@
 
 Why this shape: a proxy's cost is what it adds on top of the upstream, so the upstream must never
 be the bottleneck. It is nginx answering a fixed 200 from memory (`return 200`), not the Python
-greeter. wrk (keep-alive, `--latency`) measures four targets one after another: the upstream
-directly, a bare trio + h11 relay (bench/bare_relay.py: the calibration peer, the floor for a
-Python proxy on this machine), nodeproxy, and nginx as a reverse proxy with upstream keep-alive
-and one worker. The proxy under test is pinned to one core (default 1) and is the only thing on
-it; wrk and the upstream share the other core (default 0). The proxy's CPU comes from /proc
-(utime + stime of its process group) before and after the measured run, divided by the requests
-wrk completed.
+greeter. wrk (keep-alive, `--latency`) measures the targets one after another: the upstream
+directly, nginx as a reverse proxy (upstream keep-alive, one worker), a bare trio + h11 relay
+(bench/bare_relay.py: the calibration peer, the floor for a Python proxy on this machine) on each
+HTTP/1.1 codec, and nodeproxy on each codec (access log on, as it ships). The codec is
+NODEPROXY_CODEC in each server's environment: `h11` (the reference) or `h11-mypyc` (the compiled
+build of the `fast` extra, what users run). The proxy under test is pinned to one core (default
+1) and is the only thing on it; wrk and the upstream share the other core (default 0). The
+proxy's CPU comes from /proc (utime + stime of its process group) before and after the measured
+run, divided by the requests wrk completed.
 
-Loopback only, bounded in time (default run well under 2 minutes), installs nothing, and every
-process it starts is killed (process groups, try/finally) even on Ctrl-C or SIGTERM.
-    .venv/bin/python bench/throughput.py [--duration 10] [--connections 16]
+Loopback only, bounded in time (default run about 90 s), installs nothing, and every process it
+starts is killed (process groups, try/finally) even on Ctrl-C or SIGTERM.
+    .venv/bin/python bench/throughput.py [--duration 10] [--connections 16] [--targets ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -42,12 +45,27 @@ from harness import (
     wait_http_ok,
 )
 
+from nodeproxy.config.model import CODEC_ENV
 from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
 
 BENCH = Path(__file__).resolve().parent
 TARGET_PATH = "/hello/bench"
 INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
-TARGETS = ("direct", "bare", "nodeproxy", "nginx")
+CODECS = ("h11", "h11-mypyc")  # the reference, then the compiled build (nodeproxy[fast])
+FAST = "h11-mypyc"
+TARGETS = ("direct", "nginx", *(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS))
+# (measure, ours, reference, goal): the goals are "nodeproxy as users install it (fast) against
+# nginx and a bare pure-h11 relay" and "nodeproxy's own CPU per request over the bare relay's on
+# the same codec"; the rows without a goal say where the rest comes from.
+RATIOS: tuple[tuple[str, str, str, str], ...] = (
+    ("throughput", f"nodeproxy-{FAST}", "nginx", ">= 0.08"),
+    ("throughput", f"nodeproxy-{FAST}", "bare-h11", ">= 1.25"),
+    *(("cpu_per_request", f"nodeproxy-{c}", f"bare-{c}", "<= 1.15") for c in CODECS),
+    *(("throughput", f"nodeproxy-{c}", f"bare-{c}", "") for c in CODECS),
+    ("throughput", f"bare-{FAST}", "bare-h11", ""),
+    ("throughput", f"nodeproxy-{FAST}", "nodeproxy-h11", ""),
+)
+ACCESS_EVENT = '"event":"access"'  # in each JSON access line nodeproxy writes to its log
 
 
 def run_wrk_at(args: argparse.Namespace, port: int, seconds: float) -> tuple[list[str], str]:
@@ -81,6 +99,11 @@ def nginx_argv(conf: Path, out: Path, cpu: int) -> list[str]:
     return pinned(cpu, "nginx", "-e", str(err), "-p", str(out), "-c", str(conf))
 
 
+def with_codec(codec: str, argv: list[str]) -> list[str]:
+    """argv run with NODEPROXY_CODEC set (printed as is, so the command reproduces the run)."""
+    return ["env", f"{CODEC_ENV}={codec}", *argv]
+
+
 def bench_proxy(
     args: argparse.Namespace, procs: Processes, name: str, argv: list[str], port: int
 ) -> Result:
@@ -96,6 +119,12 @@ def bench_proxy(
     return result
 
 
+def access_lines(out: Path, name: str) -> int:
+    """JSON access lines in a stopped nodeproxy's log (it flushes its buffer when it drains)."""
+    with (out / f"{name}.log").open(errors="replace") as log:
+        return sum(ACCESS_EVENT in line for line in log)
+
+
 def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list[Result]]:
     """Start the upstream, then measure each target in turn; returns (upstream argv, results)."""
     out: Path = args.out
@@ -108,48 +137,86 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
     if "direct" in args.targets:
         direct = measure(args, "direct", up_port, upstream.pid, "upstream nginx")
         results.append(direct)
-    if "bare" in args.targets:
-        port = free_port()
-        relay = str(BENCH / "bare_relay.py")
-        argv = pinned(args.proxy_cpu, sys.executable, relay, str(port), str(up_port))
-        results.append(bench_proxy(args, procs, "bare", argv, port))
-    if "nodeproxy" in args.targets:
-        port, admin = free_port(), free_port()
-        config = out / "nodeproxy.yaml"
-        text = demo_config_text(
-            [up_port],
-            port,
-            admin,
-            log_level="info" if args.access_log else "warning",
-            access_log=args.access_log,
-            drain_timeout="1s",
-        )
-        config.write_text(text)
-        argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
-        results.append(bench_proxy(args, procs, "nodeproxy", argv, port))
     if "nginx" in args.targets:
         port = free_port()
         conf = render("nginx-proxy", out, port=port, upstream_port=up_port)
         results.append(
             bench_proxy(args, procs, "nginx", nginx_argv(conf, out, args.proxy_cpu), port)
         )
+    for codec in CODECS:
+        if (name := f"bare-{codec}") in args.targets:
+            port = free_port()
+            relay = str(BENCH / "bare_relay.py")
+            argv = pinned(args.proxy_cpu, sys.executable, relay, str(port), str(up_port))
+            results.append(bench_proxy(args, procs, name, with_codec(codec, argv), port))
+    for codec in CODECS:
+        if (name := f"nodeproxy-{codec}") in args.targets:
+            results.append(bench_nodeproxy(args, procs, name, codec, up_port))
     return up_argv, results
 
 
+def bench_nodeproxy(
+    args: argparse.Namespace, procs: Processes, name: str, codec: str, up_port: int
+) -> Result:
+    """nodeproxy on one codec, its config written to <out>/<name>.yaml."""
+    port, admin = free_port(), free_port()
+    config = args.out / f"{name}.yaml"
+    text = demo_config_text(
+        [up_port],
+        port,
+        admin,
+        log_level="info" if args.access_log else "warning",
+        access_log=args.access_log,
+        drain_timeout="1s",
+    )
+    config.write_text(text)
+    argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
+    result = bench_proxy(args, procs, name, with_codec(codec, argv), port)
+    if result.error is None and args.access_log:
+        lines = access_lines(args.out, name)
+        result.note = f"{name}: {lines:,} JSON access lines in {args.out / name}.log"
+        if lines < result.requests:  # the log also holds the warm-up's lines
+            result.note = f"WARNING {result.note}, fewer than the {result.requests:,} requests"
+    return result
+
+
+def ratio_key(measure: str, ours: str, ref: str) -> str:
+    return f"{measure}_{ours}_over_{ref}"
+
+
 def ratios(results: list[Result]) -> dict[str, float]:
-    """nodeproxy against nginx (the reference) and the bare relay (the Python floor)."""
+    """The RATIOS this run has both sides of: nodeproxy against nginx (the reference) and the
+    bare relay (the Python floor)."""
     by = {r.target: r for r in results if r.error is None}
     found: dict[str, float] = {}
-    pairs = [("nodeproxy", "nginx"), ("nodeproxy", "bare"), ("bare", "nginx")]
-    for ours_name, ref_name in pairs:
+    for measure, ours_name, ref_name, _ in RATIOS:
         ours, ref = by.get(ours_name), by.get(ref_name)
-        if ours is None or ref is None or not ref.rps:
+        if ours is None or ref is None:
             continue
-        found[f"throughput_{ours_name}_over_{ref_name}"] = ours.rps / ref.rps
-        if ours.cpu_us_per_req and ref.cpu_us_per_req:
+        if measure == "throughput" and ref.rps:
+            found[ratio_key(measure, ours_name, ref_name)] = ours.rps / ref.rps
+        elif measure == "cpu_per_request" and ours.cpu_us_per_req and ref.cpu_us_per_req:
             cpu = ours.cpu_us_per_req / ref.cpu_us_per_req
-            found[f"cpu_per_request_{ours_name}_over_{ref_name}"] = cpu
+            found[ratio_key(measure, ours_name, ref_name)] = cpu
     return found
+
+
+def ratio_lines(found: dict[str, float]) -> list[str]:
+    """One line per ratio, with its goal and whether this run met it."""
+    lines = []
+    for measure, ours, ref, goal in RATIOS:
+        value = found.get(ratio_key(measure, ours, ref))
+        if value is None:
+            continue
+        verdict = ""
+        if goal:
+            op, limit = goal.split()
+            met = value >= float(limit) if op == ">=" else value <= float(limit)
+            verdict = f"   (goal {op.replace('>=', '≥').replace('<=', '≤')} {limit}: "
+            verdict += "met)" if met else "not met)"
+        label = measure.replace("_", " ")
+        lines.append(f"- {label} {ours} / {ref}: {value:.3f}{verdict}")
+    return lines
 
 
 def report(args: argparse.Namespace, upstream: list[str], results: list[Result]) -> str:
@@ -158,7 +225,7 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (after a {args.warmup:g}s"
         f" warm-up), GET {TARGET_PATH}, load on core {args.load_cpu}, proxy on core"
         f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu};"
-        f" codec of the bare relay and nodeproxy: NODEPROXY_CODEC={args.codec}",
+        f" nodeproxy's access log {'on' if args.access_log else 'off'}",
         "",
         "| target | req/s | CPU µs/req | CPU of | p50 ms | p99 ms | non-2xx | socket errors |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
@@ -173,13 +240,14 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
             f" | {r.non_2xx} | {r.socket_errors} |"
         )
     lines.append("")
+    lines += [f"- {r.note}" for r in results if r.note]
     lines += [
         f"- WARNING {r.target}: {r.non_2xx} non-2xx, {r.socket_errors} socket errors;"
         " its numbers do not measure proxying"
         for r in results
         if r.non_2xx or r.socket_errors
     ]
-    lines += [f"- {key}: {value:.3f}" for key, value in ratios(results).items()]
+    lines += ratio_lines(ratios(results))
     lines += ["", f"Reproduce (configs in {args.out}):", f"    {shlex.join(upstream)}"]
     for r in results:
         lines += [f"    {cmd}" for cmd in (r.server_command, r.wrk_command) if cmd]
@@ -193,17 +261,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured warm-up")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--targets", default=",".join(TARGETS), type=lambda s: s.split(","))
     p.add_argument(
-        "--access-log",
-        action="store_true",
-        help="nodeproxy writes its JSON access line per request (to its log file in --out)",
+        "--targets",
+        default=",".join(TARGETS),
+        type=lambda s: s.split(","),
+        help=f"comma-separated, measured in this order: {','.join(TARGETS)}",
     )
     p.add_argument(
-        "--codec",
-        choices=("auto", "h11", "h11-mypyc"),
-        default=os.environ.get("NODEPROXY_CODEC", "auto"),
-        help="HTTP/1.1 codec of both the bare relay and nodeproxy (NODEPROXY_CODEC)",
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="nodeproxy writes its JSON access line per request (to <out>/nodeproxy-*.log)",
     )
     p.add_argument("--load-cpu", type=int, default=0, help="core for wrk")
     p.add_argument("--upstream-cpu", type=int, default=0, help="core for the upstream nginx")
@@ -231,13 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing: {', '.join(missing)}; install with:\n    {INSTALL_HINT}", file=sys.stderr)
         return 2
+    if any(t.endswith(FAST) for t in args.targets) and not importlib.util.find_spec("h11_mypyc"):
+        print(
+            f"{FAST} is not installed: .venv/bin/pip install -e '.[fast]'"
+            " (or leave its targets out with --targets)",
+            file=sys.stderr,
+        )
+        return 2
     cores = os.sched_getaffinity(0)
     if not {args.load_cpu, args.proxy_cpu, args.upstream_cpu} <= cores:
         print(f"cores {sorted(cores)} available; pick others with --*-cpu", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
-    os.environ["NODEPROXY_CODEC"] = args.codec  # inherited by the relay and nodeproxy
     procs = Processes(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     interrupted = ""
