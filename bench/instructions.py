@@ -8,9 +8,10 @@ change of a few percent in nodeproxy's own cost shows up run after run.
 
 How: the upstream is nginx answering a fixed 200 from memory, as in bench/throughput.py, and the
 requests are the same (keep-alive `GET /hello/bench`, `Host: bdgreeter`). Each target in turn
-runs under `valgrind --tool=callgrind --instr-atstart=no`, so start-up and imports are not
-counted; a warm-up of keep-alive requests, then `callgrind_control -i on PID`, N requests over C
-keep-alive connections (each sends its next request when the previous answer is in), then
+runs under `valgrind --tool=callgrind --instr-atstart=no` with PYTHONHASHSEED=0, so start-up
+and imports are not counted and string hashing does the same work every run; a warm-up of
+keep-alive requests, then `callgrind_control -i on PID`, N requests over C keep-alive
+connections (each sends its next request when the previous answer is in), then
 `callgrind_control -i off PID`, SIGINT; callgrind writes `totals:` when the process exits.
 
 What it does not count: the kernel (send, recv, epoll: the same per request for every Python
@@ -158,7 +159,8 @@ def count(args: argparse.Namespace, procs: Processes, name: str, up_port: int) -
     out = args.out / f"callgrind.{name}.out"
     out.unlink(missing_ok=True)
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    argv = with_codec(codec, [*valgrind, f"--callgrind-out-file={out}"])
+    # A fixed hash seed: str hashes, and so dict probing and set order, cost the same each run.
+    argv = with_codec(codec, ["PYTHONHASHSEED=0", *valgrind, f"--callgrind-out-file={out}"])
     argv += server_argv(args, name, up_port, port)
     result = Count(target=name, command=shlex.join(argv), callgrind_out=str(out))
     proc = procs.start(name, argv)
