@@ -11,7 +11,8 @@ One function, ``run_app``, owns the process's lifetime:
     ├── Kubernetes discovery    (discovery: kubernetes only; else the static
     │                            endpoints are published before the tree starts;
     │                            discovery/setup.py)
-    ├── certificate rotation    (mesh only: renews at 2/3 of life, tls/node_certs.py)
+    ├── certificate rotation    (mesh only: renews at 2/3 of life, from the local CA
+    │                            or the signer, tls/node_certs.py)
     ├── signal watcher          (SIGTERM/SIGINT -> drain; a second signal -> stop now)
     └── serving nursery
         ├── one task per listener, each with its own connection nursery
@@ -98,8 +99,9 @@ async def run_app(
         root.start_soon(HealthChecker(runtime).run)
         if kubernetes is not None:
             await root.start(kubernetes.run)  # /ready stays 503 until its first sync
-        if mesh is not None:
-            root.start_soon(mesh.certs.run)
+        if mesh is not None:  # first certificates before the listeners (a signer may not answer)
+            runtime.health_checks.append(mesh.certs.readiness)
+            await root.start(mesh.certs.run)
         if handle_signals:
             root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
         async with trio.open_nursery() as serving:

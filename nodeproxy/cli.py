@@ -5,6 +5,7 @@
     nodeproxy check-config FILE...     validate and summarise (and warn), start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
+    nodeproxy signer --ca-dir D ...    the certificate signer (holds the CA key)
 
 A config error is printed with its file, line and field, and the exit status
 is 1: nothing starts half-configured.
@@ -23,6 +24,7 @@ from nodeproxy import __version__
 from nodeproxy.config import load_config
 from nodeproxy.config.model import CODEC_ENV, Config, DiscoveryConfig, KubernetesConfig
 from nodeproxy.errors import ConfigError
+from nodeproxy.signer.cli import add_signer_subcommand
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
 EXIT_CONFIG = 1
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=9901)
     demo.add_argument("--replicas", type=int, default=2)
     add_ca_subcommands(sub)
+    add_signer_subcommand(sub)
     return p
 
 
@@ -117,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.port, args.admin_port, args.replicas)
     if args.command == "ca":
         return run_ca_command(args)
+    if args.command == "signer":
+        from nodeproxy.signer.cli import run_signer_command
+
+        return run_signer_command(args)
     if args.command == "check-config":
         return check_config(args.config)
     config = _load(args.config)

@@ -13,6 +13,7 @@ stop keeping connections alive, and ``/ready`` answers 503.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -52,6 +53,11 @@ class Runtime:
     # Route-level state (rate-limit buckets, retry budgets): one per route rule, every listener's
     routes: Routes = field(default_factory=Routes, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
+    # More conditions for /ready (the mesh certificates): each gives None when all is
+    # well, else (still ready?, a one-line reason that /ready shows).
+    health_checks: list[Callable[[], tuple[bool, str] | None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def traffic(self) -> Traffic:
@@ -60,6 +66,15 @@ class Runtime:
             self._traffic = Traffic(self.config.clusters, self.endpoints, self.config.node_name)
         return self._traffic
 
+    def health(self) -> list[tuple[bool, str]]:
+        """What the ``health_checks`` report now: (still ready?, reason) each."""
+        return [found for check in self.health_checks if (found := check()) is not None]
+
     @property
     def ready(self) -> bool:
-        return self.listeners_ready and self.endpoints.synced and not self.drain.draining
+        return (
+            self.listeners_ready
+            and self.endpoints.synced
+            and not self.drain.draining
+            and all(ok for ok, _ in self.health())
+        )

@@ -103,6 +103,9 @@ def all_families(ctx: AdminContext, now: float) -> list[Family]:
 def not_ready_reason(runtime: Runtime) -> str:
     if runtime.drain.draining:
         return f"draining: {runtime.drain.reason}"
+    for ok, why in runtime.health():
+        if not ok:
+            return why
     if not runtime.listeners_ready:
         return "starting: listeners not ready"
     return "starting: endpoints not synced"
@@ -110,7 +113,8 @@ def not_ready_reason(runtime: Runtime) -> str:
 
 def get_ready(ctx: AdminContext, req: Request) -> AdminResponse:
     if ctx.runtime.ready:
-        return respond(200, "LIVE\n")
+        warnings = "".join(f"warning: {why}\n" for _, why in ctx.runtime.health())
+        return respond(200, "LIVE\n" + warnings)
     return respond(503, not_ready_reason(ctx.runtime) + "\n")
 
 

@@ -39,6 +39,9 @@ FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
 UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
 TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
 BUILD_INFO = "nodeproxy_build_info"  # {version, codec, codec_version}: always 1
+SIGNER_UP = "nodeproxy_certificate_signer_up"  # mesh.signer only
+SIGNER_REQUESTS = "nodeproxy_certificate_signer_requests_total"  # {result=ok|refused|error}
+EARLIEST_EXPIRY = "nodeproxy_certificate_earliest_expiry_timestamp_seconds"
 
 HELP: dict[str, str] = {
     REQUESTS: "Downstream requests answered, by cluster and status class.",
@@ -61,6 +64,9 @@ HELP: dict[str, str] = {
     FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
     UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
     TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
+    SIGNER_UP: "1 when the last certificate request to the signer got an answer, 0 when not.",
+    SIGNER_REQUESTS: "Certificate renewal attempts against the signer, by result.",
+    EARLIEST_EXPIRY: "Unix time when the first of this node's certificates expires.",
     BUILD_INFO: "The running release and HTTP/1.1 codec (h11 or h11-mypyc); the value is 1.",
 }
 

@@ -1,7 +1,8 @@
 """The native ``mesh:`` section -> ``MeshConfig`` (node-to-node mTLS and policy).
 
 Why a module of its own: the mesh section is the only part of the config that
-names files holding key material (``ca_dir``) and the only one whose values
+names files holding key material (``ca_dir``, or ``ca_cert`` with a
+``signer``) and the only one whose values
 are cross-checked against the services (every endpoint ``node:`` needs an
 inbound address). Both checks happen here, at load time, so ``check-config``
 catches a missing CA or a typo in a node name instead of the first request.
@@ -17,21 +18,22 @@ import ipaddress
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.constructor import SafeConstructor
 
 from nodeproxy.config.checks import Binds, dns_label
-from nodeproxy.config.model import ClusterConfig, MeshConfig, WorkloadConfig
-from nodeproxy.config.yamlsrc import Node
+from nodeproxy.config.model import ClusterConfig, MeshConfig, SignerConfig, WorkloadConfig
+from nodeproxy.config.yamlsrc import Fields, Node
 from nodeproxy.errors import ConfigError
 from nodeproxy.policy.parse import parse_policy
-from nodeproxy.tls.ca import CAError, load_ca
+from nodeproxy.tls.ca import CAError, load_ca, load_ca_cert
 from nodeproxy.tls.identity import InvalidSpiffeId, SpiffeId, validate_trust_domain
 
 MESH_KEYS = (
-    "trust_domain", "ca_dir", "cert_lifetime", "renew_fraction", "inbound", "nodes",
-    "workloads", "default_identity", "enforce_outbound", "policy",
+    "trust_domain", "ca_dir", "ca_cert", "signer", "cert_lifetime", "renew_fraction", "inbound",
+    "nodes", "workloads", "default_identity", "enforce_outbound", "policy",
 )  # fmt: skip
 DEFAULT_INBOUND = ("0.0.0.0", 4143)
 
@@ -48,14 +50,7 @@ def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> M
             trust_domain = validate_trust_domain(td_node.text())
         except InvalidSpiffeId as exc:
             raise td_node.error(exc.reason) from None
-    ca_node = f.need("ca_dir")
-    ca_dir = ca_node.text()
-    try:
-        ca = load_ca(ca_dir)
-    except CAError as exc:
-        raise ca_node.error(f"{exc} (create one with: nodeproxy ca init --dir {ca_dir})") from None
-    if ca.trust_domain != trust_domain:
-        raise ca_node.error(f"the CA is for trust domain {ca.trust_domain!r}, not {trust_domain!r}")
+    ca_dir, ca_cert, signer = _issuer(node, f, trust_domain)
     inbound = DEFAULT_INBOUND
     if (addr := f.get("inbound")) is not None:
         inbound = addr.address(allow_zero_port=True)
@@ -78,6 +73,8 @@ def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> M
         raise f.need("cert_lifetime").error("must be at least 1m")
     return MeshConfig(
         ca_dir=ca_dir,
+        ca_cert=ca_cert,
+        signer=signer,
         trust_domain=trust_domain,
         cert_lifetime=lifetime,
         renew_fraction=f.opt("renew_fraction", _fraction, 2 / 3),
@@ -88,6 +85,62 @@ def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> M
         default_identity=default_identity,
         enforce_outbound=f.opt("enforce_outbound", Node.flag, False),
         policy=policy,
+    )
+
+
+def _issuer(
+    node: Node, f: Fields, trust_domain: str
+) -> tuple[str | None, str | None, SignerConfig | None]:
+    """(ca_dir, ca_cert, signer): the local CA, or the signer and the CA certificate."""
+    signer_node, cert_node, dir_node = f.get("signer"), f.get("ca_cert"), f.get("ca_dir")
+    if signer_node is None:
+        if cert_node is not None:
+            raise cert_node.error(
+                "ca_cert (the CA certificate alone) needs mesh.signer; "
+                "without a signer use ca_dir (certificate and key)"
+            )
+        ca_node = f.need("ca_dir")
+        ca_dir = ca_node.text()
+        try:
+            ca = load_ca(ca_dir)
+        except CAError as exc:
+            hint = f"create one with: nodeproxy ca init --dir {ca_dir}"
+            raise ca_node.error(f"{exc} ({hint})") from None
+        _same_domain(ca_node, ca.trust_domain, trust_domain)
+        return ca_dir, None, None
+    if dir_node is not None:
+        raise dir_node.error("use either ca_dir (a local CA) or signer with ca_cert, not both")
+    if cert_node is None:
+        raise node.error("mesh.signer needs mesh.ca_cert (the CA certificate file)")
+    try:
+        _, ca_domain = load_ca_cert(cert_node.text())
+    except CAError as exc:
+        raise cert_node.error(str(exc)) from None
+    _same_domain(cert_node, ca_domain, trust_domain)
+    return None, cert_node.text(), _signer(signer_node)
+
+
+def _same_domain(at: Node, ca_domain: str, trust_domain: str) -> None:
+    if ca_domain != trust_domain:
+        raise at.error(f"the CA is for trust domain {ca_domain!r}, not {trust_domain!r}")
+
+
+def _signer(node: Node) -> SignerConfig:
+    f = node.fields("url", "token_file", "timeout", "max_backoff")
+    url_node = f.need("url")
+    url = url_node.text()
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "https" or not parts.hostname or port == -1 or parts.path not in ("", "/"):
+        raise url_node.error(f"expected https://host[:port] (the signer's Service), got {url!r}")
+    return SignerConfig(
+        url=url.rstrip("/"),
+        token_file=f.need("token_file").text(),
+        timeout=f.opt("timeout", Node.duration, 10.0),
+        max_backoff=f.opt("max_backoff", Node.duration, 60.0),
     )
 
 

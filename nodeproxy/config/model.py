@@ -168,10 +168,24 @@ class WorkloadConfig:
 
 
 @dataclass(frozen=True)
-class MeshConfig:
-    """Node-to-node mTLS, workload identities and authorization (docs/security.md)."""
+class SignerConfig:
+    """``mesh.signer``: certificates come from ``nodeproxy signer``, not a local CA key."""
 
-    ca_dir: str
+    url: str  # https://host:port; the host must be a DNS name in the signer's certificate
+    token_file: str  # projected service-account token, audience nodeproxy-signer
+    timeout: float = 10.0  # per request: connect, TLS, answer
+    max_backoff: float = 60.0  # retries after a failure: 1 s, 2 s, ... up to this
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Node-to-node mTLS, workload identities and authorization (docs/security.md).
+
+    Exactly one issuer: ``ca_dir`` (CA certificate and key on this node) or
+    ``signer`` with ``ca_cert`` (only the CA certificate here).
+    """
+
+    ca_dir: str | None
     trust_domain: str = "cluster.local"
     cert_lifetime: float = 24 * 3600.0
     renew_fraction: float = 2 / 3
@@ -184,6 +198,8 @@ class MeshConfig:
     default_identity: tuple[str, str] | None = None  # (namespace, service account)
     enforce_outbound: bool = False  # also check cross-node requests before they leave
     policy: Policy = field(default_factory=Policy.allow_all)
+    ca_cert: str | None = None  # with signer: the CA certificate file
+    signer: SignerConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 
 from nodeproxy.admin.stats import Stats, labels
 from nodeproxy.config.model import (
@@ -31,10 +32,12 @@ from nodeproxy.config.model import (
     WorkloadConfig,
 )
 from nodeproxy.policy.model import Decision, Denied, Policy
-from nodeproxy.tls.ca import CAError, load_ca, utc_now
+from nodeproxy.tls.ca import CAError, CertificateAuthority, load_ca, load_ca_cert, utc_now
 from nodeproxy.tls.context import TLSConfigError
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.node_certs import MeshCertificates
+from nodeproxy.tls.renewal import Backoff
+from nodeproxy.tls.signer_client import SignerClient
 from nodeproxy.tls.sources import SourceIdentities
 
 if TYPE_CHECKING:
@@ -88,18 +91,35 @@ class Mesh:
 
     @classmethod
     def create(cls, config: Config, stats: Stats) -> Mesh:
-        """Load the CA and mint this node's certificates (raises CAError if unusable)."""
+        """Load the CA (or its certificate, with a signer); a local CA mints at once.
+
+        Raises CAError if unusable. With a signer the first certificates come
+        from the rotation task (``certs.run``), which the app starts.
+        """
         assert config.mesh is not None
         mesh = config.mesh
         sources = SourceIdentities.from_config(mesh, config.node_name)
+        issuer: CertificateAuthority | SignerClient
+        if mesh.signer is not None:
+            assert mesh.ca_cert is not None  # the loader requires it with a signer
+            cert, trust_domain = load_ca_cert(mesh.ca_cert)
+            pem = cert.public_bytes(serialization.Encoding.PEM)
+            s = mesh.signer
+            issuer = SignerClient(s.url, s.token_file, pem, trust_domain, timeout=s.timeout)
+        else:
+            assert mesh.ca_dir is not None
+            issuer = load_ca(mesh.ca_dir)
         certs = MeshCertificates(
-            load_ca(mesh.ca_dir),
+            issuer,
             config.node_name,
             sources.identities,
             lifetime=timedelta(seconds=mesh.cert_lifetime),
             renew_fraction=mesh.renew_fraction,
+            backoff=Backoff(maximum=mesh.signer.max_backoff) if mesh.signer else None,
+            stats=stats,
         )
-        certs.refresh(utc_now())
+        if certs.ca is not None:
+            certs.refresh(utc_now())
         return cls(mesh, config.node_name, certs, sources, stats, nodes=mesh.nodes)
 
     def __repr__(self) -> str:
@@ -132,11 +152,12 @@ class Mesh:
         )
         wanted = frozenset({self.certs.node_id, *self.sources.identities})
         if wanted != self.certs.wanted:
-            self.certs.wanted = wanted
-            try:
-                self.certs.refresh(utc_now())
-            except (CAError, TLSConfigError) as exc:  # the rotation task retries
-                log.error("certificate_issue_failed", error=str(exc))
+            self.certs.want(wanted)  # wakes the rotation task: a signer is asked from there
+            if self.certs.ca is not None:  # a local CA mints now, before the next request
+                try:
+                    self.certs.refresh(utc_now())
+                except (CAError, TLSConfigError) as exc:  # the rotation task retries
+                    log.error("certificate_issue_failed", error=str(exc))
         log.info("mesh_updated", peers=len(self.nodes), pods=len(pods))
 
     @property

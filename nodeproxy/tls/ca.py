@@ -22,6 +22,7 @@ Decisions kept here, in one place:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from nodeproxy.tls.identity import DEFAULT_TRUST_DOMAIN, SpiffeId, validate_trus
 KeyType = Literal["ec-p256", "ed25519"]
 KEY_TYPES: tuple[str, ...] = get_args(KeyType)
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
@@ -195,30 +197,39 @@ def init_ca(
 def load_ca(directory: str | os.PathLike[str]) -> CertificateAuthority:
     """Load ``ca.crt`` and ``ca.key`` from ``directory``, checking they belong together."""
     path = Path(directory)
+    cert, trust_domain = load_ca_cert(path / CA_CERT_FILE)
     try:
-        cert_pem = (path / CA_CERT_FILE).read_bytes()
-        key_pem = (path / CA_KEY_FILE).read_bytes()
+        key = serialization.load_pem_private_key((path / CA_KEY_FILE).read_bytes(), password=None)
     except OSError as exc:
         raise CAError(f"cannot read the CA in {path}: {exc.strerror} ({exc.filename})") from None
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise CAError(f"cannot parse the CA in {path}: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise CAError(f"unsupported CA key type {key_type_of(key)} (use {', '.join(KEY_TYPES)})")
     if cert.public_key() != key.public_key():
         raise CAError(f"{CA_KEY_FILE} does not match {CA_CERT_FILE} in {path}")
+    return CertificateAuthority(cert, key, trust_domain)
+
+
+def load_ca_cert(path: str | os.PathLike[str]) -> tuple[x509.Certificate, str]:
+    """The CA certificate alone (what a node holds with a signer) and its trust domain."""
+    path = Path(path)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise CAError(f"cannot read the CA in {path.parent}: {exc.strerror} ({path})") from None
+    except ValueError as exc:
+        raise CAError(f"cannot parse the CA in {path.parent}: {exc}") from None
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is None or not constraints.ca:
-        raise CAError(f"{path / CA_CERT_FILE} is not a CA certificate")
-    return CertificateAuthority(cert, key, _trust_domain_of(cert, path))
+        raise CAError(f"{path} is not a CA certificate")
+    return cert, _trust_domain_of(cert, path)
 
 
-def _trust_domain_of(cert: x509.Certificate, path: Path) -> str:
+def _trust_domain_of(cert: x509.Certificate, file: Path) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -227,7 +238,7 @@ def _trust_domain_of(cert: x509.Certificate, path: Path) -> str:
     for uri in uris:
         if uri.startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
             return validate_trust_domain(uri[len("spiffe://") :])
-    raise CAError(f"{path / CA_CERT_FILE} names no trust domain (URI SAN spiffe://<td>)")
+    raise CAError(f"{file} names no trust domain (URI SAN spiffe://<td>)")
 
 
 def issue_workload_cert(
@@ -238,54 +249,69 @@ def issue_workload_cert(
     lifetime: timedelta = DEFAULT_LIFETIME,
     key_type: str = "ec-p256",
 ) -> tuple[bytes, bytes]:
-    """Mint a certificate for ``spiffe_id`` (workload or node): (cert PEM, key PEM).
+    """Mint a certificate and a fresh key for ``spiffe_id``: (cert PEM, key PEM)."""
+    key = generate_key(key_type)
+    cert = certify(ca, key.public_key(), spiffe_id, now=now, lifetime=lifetime)
+    return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+
+
+def certify(
+    ca: CertificateAuthority,
+    public_key: PublicKey,
+    identity: SpiffeId | Sequence[str],
+    *,
+    now: datetime,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+) -> x509.Certificate:
+    """Sign ``public_key`` for ``identity``: a SPIFFE ID (its only URI SAN) or DNS names.
 
     Valid from ``now - CLOCK_SKEW`` to ``now + lifetime``, clamped to the CA's
-    own expiry. Usable as TLS client and server (both ends of a hop present one).
+    own expiry. Usable as TLS client and server (both ends of a hop present
+    one). DNS names are only for the signer's own serving certificate: no
+    certificate ever carries both, so a node's certificate never names a host.
     """
-    if spiffe_id.trust_domain != ca.trust_domain:
-        raise CAError(f"{spiffe_id} is outside this CA's trust domain {ca.trust_domain!r}")
+    if isinstance(identity, SpiffeId):
+        if identity.trust_domain != ca.trust_domain:
+            raise CAError(f"{identity} is outside this CA's trust domain {ca.trust_domain!r}")
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+        common_name = identity.path[-64:]
+    else:
+        if not identity:
+            raise CAError("a certificate needs a SPIFFE ID or at least one DNS name")
+        sans = [x509.DNSName(name) for name in identity]
+        common_name = identity[0][:64]
     if lifetime <= timedelta(0):
         raise CAError(f"certificate lifetime must be positive, got {lifetime}")
     not_before = now - CLOCK_SKEW
     not_after = min(now + lifetime, ca.cert.not_valid_after_utc)
     if not_after <= max(not_before, ca.cert.not_valid_before_utc):
         raise CAError(f"the CA is not valid at {now.isoformat()} (expired or not yet valid)")
-    key = generate_key(key_type)
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id.path[-64:]),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
         )
     )
-    cert = _sign(builder, ca.key)
-    return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+    return _sign(builder, ca.key)
 
 
 def renew_at(cert: x509.Certificate, fraction: float = RENEW_FRACTION) -> datetime:

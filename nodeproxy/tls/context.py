@@ -101,6 +101,34 @@ def client_context(cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> ssl.SSLCon
     return _base_context("client", cert_pem, key_pem, ca_pem)
 
 
+def signer_context(
+    side: Side, ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None
+) -> ssl.SSLContext:
+    """TLS between node proxies and the signer (named by DNS, unlike mesh peers).
+
+    Client: the signer's certificate must chain to the CA *and* carry the
+    host name of the signer URL (node certificates carry only SPIFFE URIs, so
+    no node can pose as the signer); presents the node certificate when it has
+    one. Server: asks for a client certificate but lets the token alone in
+    (a new node has no certificate yet).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.set_alpn_protocols(ALPN)
+    if side == "server":
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    try:
+        ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        raise TLSConfigError(f"cannot load the CA certificate: {exc}") from None
+    if cert_pem is not None and key_pem is not None:
+        _load_cert_chain(ctx, cert_pem, key_pem)
+    return ctx
+
+
 def _private_dir() -> str | None:
     if os.path.isdir(_TMPFS) and os.access(_TMPFS, os.W_OK | os.X_OK):
         return _TMPFS

@@ -19,13 +19,16 @@ and EndpointSlices (``/apis/discovery.k8s.io/v1``), cluster-wide or under
   status or (what a real server does for watches) as a 200 whose only event is
   ``ERROR`` with a ``Status`` of code 410 -- ``gone_as`` picks;
 - legacy discovery documents (``/api``, ``/apis``, ``/api/v1``, ...) so kubectl works;
-- optional bearer-token check (``tokens``), answering 401 with a ``Status``.
+- optional bearer-token check (``tokens``), answering 401 with a ``Status``;
+- ``GET .../namespaces/<ns>/pods/<name>`` (one pod, or 404 ``NotFound``) and
+  ``POST /apis/authentication.k8s.io/v1/tokenreviews`` for tokens issued with
+  ``token_reviews.issue(pod)`` (tests/fakes/tokenreview.py).
 
 Test controls: ``add``/``modify``/``delete`` objects, ``bookmark()``,
 ``compact()``, ``end_watches(gone=...)``, ``go_down()``/``go_up()`` (down:
 open connections are cut and new ones closed at once, as when the API server
 restarts) and ``requests`` (the targets and tokens clients sent).
-What it does not do: writes over HTTP, protobuf, tables, sendInitialEvents.
+What it does not do: writes over HTTP (but TokenReview), protobuf, tables, sendInitialEvents.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
-from tests.fakes import discovery_docs
+from tests.fakes import discovery_docs, tokenreview
 from tests.fakes.cluster_state import KINDS, ClusterState, Event, Kind, Obj, Selector, SelectorError
+from tests.fakes.tokenreview import TokenReviews
 
 GoneAs = Literal["event", "status"]
 
@@ -89,6 +93,7 @@ class FakeApiServer:
         self.host = host  # the cluster-in-a-box serves on its bridge address
         self.tls = tls  # serve HTTPS with this server context (client certs if it asks)
         self.state = ClusterState()
+        self.token_reviews = TokenReviews(self.state)
         self.gone_as: GoneAs = gone_as
         self.tokens: set[str] | None = None  # None: any (or no) token is accepted
         self.requests: deque[tuple[str, str | None]] = deque(maxlen=1000)  # (target, token)
@@ -188,12 +193,15 @@ class FakeApiServer:
 
     async def _one_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> bool:
         request: h11.Request | None = None
+        body = b""
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Request):
                 request = event
+            elif isinstance(event, h11.Data) and len(body) < 1024 * 1024:
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
@@ -205,9 +213,23 @@ class FakeApiServer:
         self.requests.append((target, token))
         if self.tokens is not None and token not in self.tokens:
             await _send_json(conn, stream, 401, status(401, "Unauthorized", "Unauthorized"))
+        elif request.method == b"POST" and urlsplit(target).path == tokenreview.PATH:
+            code, doc = self.token_reviews.review(body)
+            await _send_json(conn, stream, code, doc)
+        elif (pod := _one_pod(target)) is not None:
+            await self._get_pod(conn, stream, *pod)
         else:
             await self._route(conn, stream, target)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _get_pod(
+        self, conn: h11.Connection, stream: trio.abc.Stream, ns: str, name: str
+    ) -> None:
+        obj = self.state.objects["pods"].get(f"{ns}/{name}")
+        if obj is None:
+            msg = f'pods "{name}" not found'
+            return await _send_json(conn, stream, 404, status(404, "NotFound", msg))
+        await _send_json(conn, stream, 200, obj)
 
     async def _route(self, conn: h11.Connection, stream: trio.abc.Stream, target: str) -> None:
         url = urlsplit(target)
@@ -284,6 +306,14 @@ class FakeApiServer:
                 await stream.send_all(conn.send(h11.Data(data=line)) or b"")
         self.watchers.discard(w)
         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+def _one_pod(target: str) -> tuple[str, str] | None:
+    """(namespace, name) of ``GET /api/v1/namespaces/<ns>/pods/<name>``, else None."""
+    parts = urlsplit(target).path.strip("/").split("/")
+    if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+        return parts[3], parts[5]
+    return None
 
 
 def kind_path(kind: Kind) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,7 +53,7 @@ services:
     namespace: shop
     endpoints: [{{address: "127.0.0.1:{cache}", node: node-a}}]
 mesh:
-  ca_dir: {ca_dir}
+  {issuer}
   inbound: "127.0.0.1:0"
   enforce_outbound: {enforce_outbound}
   nodes:
@@ -116,10 +116,25 @@ async def start_node(nursery: trio.Nursery, text: str) -> AppHandle:
 
 
 @asynccontextmanager
-async def two_node_mesh(tmp_path: Path, *, enforce_outbound: bool = False) -> AsyncIterator[Mesh]:
-    """node-b (auth-api, database) and node-a (cache, the callers), both running."""
+async def two_node_mesh(
+    tmp_path: Path,
+    *,
+    enforce_outbound: bool = False,
+    issuer: Callable[[str], str] | None = None,
+    ca: CertificateAuthority | None = None,
+) -> AsyncIterator[Mesh]:
+    """node-b (auth-api, database) and node-a (cache, the callers), both running.
+
+    ``issuer(node)``: the mesh section's issuer lines for that node (e.g. a
+    ``signer``); default ``ca_dir`` (a local CA made here, or ``ca``'s).
+    """
     ca_dir = tmp_path / "mesh-ca"
-    ca = init_ca(ca_dir, now=utc_now() - timedelta(days=30))  # room for "expired" test certs
+    if ca is None:  # 30 days back: room for "expired" test certs
+        ca = init_ca(ca_dir, now=utc_now() - timedelta(days=30))
+
+    def lines(node: str) -> str:
+        return issuer(node) if issuer is not None else f"ca_dir: {ca_dir}"
+
     async with AsyncExitStack() as stack:
         auth = await stack.enter_async_context(backend())
         database = await stack.enter_async_context(backend())
@@ -129,17 +144,22 @@ async def two_node_mesh(tmp_path: Path, *, enforce_outbound: bool = False) -> As
             auth=auth.port,
             database=database.port,
             cache=cache.port,
-            ca_dir=ca_dir,
             enforce_outbound=str(enforce_outbound).lower(),
             web_ip=WEB_IP,
             reporting_ip=REPORTING_IP,
         )
         b = await start_node(
-            nursery, CONFIG.format(node="node-b", a_inbound=1, b_inbound=1, **fields)
+            nursery,
+            CONFIG.format(
+                node="node-b", issuer=lines("node-b"), a_inbound=1, b_inbound=1, **fields
+            ),
         )
         b_inbound = b.listener_ports["inbound"]
         a = await start_node(
-            nursery, CONFIG.format(node="node-a", a_inbound=1, b_inbound=b_inbound, **fields)
+            nursery,
+            CONFIG.format(
+                node="node-a", issuer=lines("node-a"), a_inbound=1, b_inbound=b_inbound, **fields
+            ),
         )
         try:
             yield Mesh(ca, ca_dir, Node("node-a", a), Node("node-b", b), auth, database, cache)
