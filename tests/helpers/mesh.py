@@ -53,7 +53,7 @@ services:
     namespace: shop
     endpoints: [{{address: "127.0.0.1:{cache}", node: node-a}}]
 mesh:
-  {issuer}
+  ca_dir: {ca_dir}
   inbound: "127.0.0.1:0"
   enforce_outbound: {enforce_outbound}
   nodes:
@@ -131,9 +131,10 @@ async def two_node_mesh(
     ca_dir = tmp_path / "mesh-ca"
     if ca is None:  # 30 days back: room for "expired" test certs
         ca = init_ca(ca_dir, now=utc_now() - timedelta(days=30))
+    template = CONFIG if issuer is None else CONFIG.replace("ca_dir: {ca_dir}", "{issuer}")
 
     def lines(node: str) -> str:
-        return issuer(node) if issuer is not None else f"ca_dir: {ca_dir}"
+        return issuer(node) if issuer is not None else ""
 
     async with AsyncExitStack() as stack:
         auth = await stack.enter_async_context(backend())
@@ -144,20 +145,21 @@ async def two_node_mesh(
             auth=auth.port,
             database=database.port,
             cache=cache.port,
+            ca_dir=ca_dir,
             enforce_outbound=str(enforce_outbound).lower(),
             web_ip=WEB_IP,
             reporting_ip=REPORTING_IP,
         )
         b = await start_node(
             nursery,
-            CONFIG.format(
+            template.format(
                 node="node-b", issuer=lines("node-b"), a_inbound=1, b_inbound=1, **fields
             ),
         )
         b_inbound = b.listener_ports["inbound"]
         a = await start_node(
             nursery,
-            CONFIG.format(
+            template.format(
                 node="node-a", issuer=lines("node-a"), a_inbound=1, b_inbound=b_inbound, **fields
             ),
         )
