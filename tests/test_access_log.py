@@ -91,7 +91,9 @@ def test_the_rendered_line_is_the_structlog_fields_as_json() -> None:
         logger="nodeproxy.access",
         level="info",
     )
-    assert plain["path"] == ex.path and plain["upstream"] is None and plain["duration_ms"] == 1.234
+    assert plain["path"] == ex.path
+    assert plain["upstream"] is None
+    assert plain["duration_ms"] == 1.234
     ex.upgrade, ex.client, ex.peer_identity = "websocket", "10.0.0.9", "spiffe://td/ns/a/sa/b"
     ex.policy_rule = "allow-b"
     full = json.loads(render(ex, 0.5, 0, 0))

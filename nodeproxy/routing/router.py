@@ -43,6 +43,9 @@ class RouteDecision:
     actions: RouteActions | None = None
 
 
+_SEEN_MAX = 1024  # authorities whose virtual host a router keeps
+
+
 class Router:
     def __init__(
         self,
@@ -67,6 +70,9 @@ class Router:
         # and hashing a frozen rule would walk all its fields each time.
         self._fixed: dict[int, RouteDecision] = {}
         self._actions: dict[int, RouteActions] = {}  # rules with actions only, by id()
+        # Authority (as sent, lowercased) -> its virtual host: a node's pods name the
+        # same few services over and over. Bounded by clearing when full.
+        self._seen: dict[str, VirtualHost] = {}
         for vh in listener.virtual_hosts:
             for domain in vh.domains:
                 d = domain.lower()
@@ -101,8 +107,19 @@ class Router:
     def bound(self, port: int) -> None:
         """The port the listener bound (its config may say 0): ``strip_matching`` compares it."""
         self.listener_port = port
+        self._seen.clear()
 
     def virtual_host(self, authority: Authority, raw: str) -> VirtualHost:
+        """The virtual host ``raw`` (``host[:port]``, lowercased) selects (``_select``)."""
+        vh = self._seen.get(raw)
+        if vh is None:
+            vh = self._select(authority, raw)  # UnknownService: nothing kept
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[raw] = vh
+        return vh
+
+    def _select(self, authority: Authority, raw: str) -> VirtualHost:
         """The virtual host ``raw`` (``host[:port]``) selects, per ``host_port_match``.
 
         ``strip_any`` (native) ignores the port and maps every Kubernetes

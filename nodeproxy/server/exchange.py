@@ -141,13 +141,6 @@ async def forward(
     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
 
 
-async def send(
-    upstreams: Upstreams, target: Target, down: Downstream, out: Outgoing, body_timeout: float
-) -> tuple[UpstreamConnection, h11.Response | h11.InformationalResponse]:
-    """One try: a lent connection that took the request, and the response head it gave."""
-    return await _connect_and_send(upstreams, target, down, out.in_hand, out.complete, body_timeout)
-
-
 async def relay(
     down: Downstream,
     conn: UpstreamConnection,
@@ -174,20 +167,16 @@ async def relay(
         upstreams.release(conn, reusable=reusable)
 
 
-async def _connect_and_send(
-    upstreams: Upstreams,
-    target: Target,
-    down: Downstream,
-    in_hand: list[h11.Event],
-    complete: bool,
-    body_timeout: float,
+async def send(
+    upstreams: Upstreams, target: Target, down: Downstream, out: Outgoing, body_timeout: float
 ) -> tuple[UpstreamConnection, h11.Response | h11.InformationalResponse]:
-    """A lent connection that took the request, and the response head it gave.
+    """One try: a lent connection that took the request, and the response head it gave.
 
     On failure nothing stays lent. A reused connection found dead before any
     response byte is replayed once on a fresh one (the classic keep-alive race),
     if the whole request was in hand.
     """
+    in_hand, complete = out.in_hand, out.complete
     for attempt in (1, 2):
         conn = await upstreams.acquire(target.cluster, target.endpoint, fresh=attempt > 1)
         try:

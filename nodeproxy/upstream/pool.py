@@ -62,9 +62,9 @@ _MAX_REAP_INTERVAL = 30.0
 _Key = tuple[str, str]  # (cluster name, endpoint address)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class Target:
-    """Where one request goes: the balancer's pick and the route's deadline."""
+    """Where one request goes: the balancer's pick and the route's deadline (read-only)."""
 
     cluster: ClusterConfig
     endpoint: Endpoint
