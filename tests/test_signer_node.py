@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import trio
 
 from nodeproxy.admin.stats import EARLIEST_EXPIRY, SIGNER_REQUESTS, SIGNER_UP, Stats, labels
 from nodeproxy.app import run_app
+from nodeproxy.cli import main
 from nodeproxy.config import load_config_text
 from nodeproxy.errors import ConfigError
 from nodeproxy.tls.ca import build_ca, init_ca, utc_now
@@ -26,8 +29,20 @@ from nodeproxy.tls.node_certs import MeshCertificates
 from nodeproxy.tls.renewal import Backoff
 from nodeproxy.tls.signer_client import SignerClient
 from tests.fakes.apiserver import fake_apiserver
+from tests.fakes.k8s_objects import node, pod
 from tests.helpers.mesh import WEB, WEB_IP, client_from, two_node_mesh
+from tests.helpers.proc import STARTUP_DEADLINE, RunningProxy
 from tests.helpers.signer import running_signer, seed_cluster, write_token
+from tests.test_k8s_wiring import (
+    POD_A,
+    POD_B,
+    app,
+    backends,
+    free_port,
+    greeter_objects,
+    kubeconfig,
+    until,
+)
 
 NOW = utc_now()
 NODE_A = SpiffeId.node("node-a")
@@ -233,3 +248,97 @@ def test_config_with_a_signer_needs_only_the_ca_certificate(tmp_path: Path) -> N
     for lines, message in bad.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config_text(base + lines, env={})
+
+
+async def test_pods_discovered_on_the_node_get_certificates_from_the_signer(
+    tmp_path: Path,
+) -> None:
+    """Kubernetes discovery + signer: a pod that appears on node-1 later gets its identity
+    without waiting for the next renewal, and traffic between the nodes works."""
+    ca = init_ca(tmp_path / "mesh-ca", now=utc_now() - timedelta(days=1))
+    ca_crt = ca_cert_only(tmp_path / "mesh-ca", tmp_path / "node-ca")
+    inbound_port = free_port("127.0.0.12")
+    async with fake_apiserver() as api, backends(POD_A, POD_B) as (a, _):
+        greeter_objects(api, a.port, ("node-2", "node-2"))
+        api.add("pods", pod("web", "127.0.0.4", node="node-1", service_account="web"))
+        for name, where in (("nodeproxy-1", "node-1"), ("nodeproxy-2", "node-2")):
+            api.add("pods", pod(name, "10.9.9.9", node=where, ns="nodeproxy",
+                                service_account="nodeproxy"))  # fmt: skip
+        api.add("nodes", node("node-1", "127.0.0.11"))
+        api.add("nodes", node("node-2", "127.0.0.12"))
+        kc = kubeconfig(tmp_path / "kc", api)
+        async with running_signer(ca, api) as signer:
+
+            def config(name: str, ip: str) -> str:
+                token = api.token_reviews.issue(f"nodeproxy-{name[-1]}", "nodeproxy")
+                issuer = signer_lines(ca_crt, signer.url, write_token(tmp_path, name, token))
+                return f"""
+node_name: {name}
+listeners: [{{address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+discovery:
+  kubernetes: {{kubeconfig: {kc}, node_proxy_port: {inbound_port}}}
+mesh:
+  {issuer}
+  inbound: "{ip}:{inbound_port}"
+"""
+
+            async with (
+                app(config("node-1", "127.0.0.11")) as n1,
+                app(config("node-2", "127.0.0.12")),
+            ):
+                assert n1.mesh is not None
+                certs = n1.mesh.certs
+                assert certs.issued(SpiffeId.workload("default", "web")) is not None
+                url = f"http://127.0.0.1:{n1.listener_ports['outbound']}/hi"
+                async with client_from("127.0.0.4") as web:
+                    r = await web.get(url, headers={"host": "bdgreeter.default"})
+                    assert r.status_code == 200, r.text
+                api.add("pods", pod("late", "127.0.0.5", node="node-1", service_account="late"))
+                late = SpiffeId.workload("default", "late")
+                await until(lambda: certs.issued(late) is not None)
+                assert certs.status.refused == {}
+
+
+async def test_the_signer_command_runs_from_a_kubeconfig_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    ca = init_ca(tmp_path / "ca", now=utc_now() - timedelta(days=1))
+    port = free_port("127.0.0.1")
+    async with fake_apiserver() as api:
+        seed_cluster(api)
+        args = [
+            sys.executable, "-m", "nodeproxy", "signer", "--ca-dir", str(tmp_path / "ca"),
+            "--listen", f"127.0.0.1:{port}", "--dns-name", "localhost",
+            "--kubeconfig", str(kubeconfig(tmp_path / "kc", api)), "--log-format", "json",
+        ]  # fmt: skip
+        process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE)
+        try:
+            proc = RunningProxy(process, {}, 0)
+            with trio.fail_after(STARTUP_DEADLINE):
+                started = await proc.read_event("signer_started")
+            assert started["address"] == f"127.0.0.1:{port}"
+            token = write_token(tmp_path, "a", api.token_reviews.issue("nodeproxy-a", "nodeproxy"))
+            client = SignerClient(
+                f"https://localhost:{port}", token, ca.cert_pem, "cluster.local", timeout=10
+            )
+            out = await client.sign([NODE_A, WEB], lifetime=timedelta(hours=1), client=None)
+            assert sorted(i.spiffe_id for i in out.issued) == sorted([NODE_A, WEB])
+            proc.signal()
+            assert await proc.wait_exit() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+def test_the_signer_command_refuses_a_missing_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["signer", "--ca-dir", str(tmp_path / "none"), "--dns-name", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nodeproxy signer: cannot read the CA in ")
+    init_ca(tmp_path / "ca")
+    code = main(["signer", "--ca-dir", str(tmp_path / "ca"), "--dns-name", "x"])
+    assert code == 1  # not in a cluster and no --kubeconfig
+    assert "KUBERNETES_SERVICE_HOST/PORT are unset" in capsys.readouterr().err

@@ -13,10 +13,12 @@ exits 1 before anything listens.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from functools import partial
 from typing import Any
 
+import structlog
 import trio
 
 from nodeproxy.config.model import LogConfig
@@ -30,6 +32,7 @@ from nodeproxy.tls.ca import CAError, load_ca
 from nodeproxy.tls.cli import parse_lifetime
 
 EXIT_ERROR = 1
+log = structlog.get_logger("nodeproxy.signer")
 
 
 def _account(text: str) -> tuple[str, str]:
@@ -90,10 +93,19 @@ def run_signer_command(args: argparse.Namespace) -> int:
     )
     host, port = args.listen
     try:
-        trio.run(partial(serve_signer, signer, args.dns_name, host, port))
+        trio.run(partial(_serve_until_signal, signer, args.dns_name, host, port))
     except OSError as exc:
         print(f"nodeproxy signer: cannot start: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        pass
     return 0
+
+
+async def _serve_until_signal(signer: Signer, dns_names: list[str], host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT; a request cut short is retried by its node."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_signer, signer, dns_names, host, port))
+            async for signum in signals:
+                log.info("signer_stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
