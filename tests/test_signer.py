@@ -270,3 +270,24 @@ async def test_health_endpoint_and_unknown_routes(tmp_path: Path) -> None:
         assert r.status_code == 405
         r = await client.get(f"{c.signer.url}/secrets")
         assert r.status_code == 404
+
+
+async def test_slow_and_excess_connections_are_closed(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    limits = Limits(max_connections=2, request_timeout=10.0)
+    async with cluster(tmp_path, limits) as c:
+        idle = [await trio.open_tcp_stream("127.0.0.1", c.signer.port) for _ in range(2)]
+        await trio.sleep(0.5)  # both accepted: the cap is reached
+        extra = await trio.open_tcp_stream("127.0.0.1", c.signer.port)
+        with trio.fail_after(1):
+            assert await extra.receive_some(1024) == b""  # closed at accept
+        start = trio.current_time()
+        with trio.fail_after(30):
+            assert await idle[0].receive_some(1024) == b""  # no handshake in 10 s: closed
+        assert 9.5 <= trio.current_time() - start <= 10.5
+        for stream in (*idle, extra):
+            await stream.aclose()
+        # the slots are free again: a real request is served
+        token = c.api.token_reviews.issue("nodeproxy-a", "nodeproxy")
+        assert (await c.post(token, NODE_A)).status_code == 200

@@ -342,3 +342,26 @@ def test_the_signer_command_refuses_a_missing_ca(
     code = main(["signer", "--ca-dir", str(tmp_path / "ca"), "--dns-name", "x"])
     assert code == 1  # not in a cluster and no --kubeconfig
     assert "KUBERNETES_SERVICE_HOST/PORT are unset" in capsys.readouterr().err
+
+
+async def test_a_node_whose_token_the_signer_refuses_says_why_in_readiness(
+    tmp_path: Path,
+) -> None:
+    ca = build_ca(now=NOW - timedelta(days=1))
+    async with fake_apiserver() as api, running_signer(ca, api) as signer:
+        seed_cluster(api)
+        # a workload's token (shop/webserver) mounted by mistake instead of the proxy's
+        token = write_token(tmp_path, "web", api.token_reviews.issue("web-1", "shop"))
+        stats = Stats()
+        client = SignerClient(signer.url, token, ca.cert_pem, "cluster.local", timeout=5)
+        certs = MeshCertificates(client, "node-a", [WEB], stats=stats)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(certs.run)
+            assert certs.readiness() == (
+                False,
+                "certificates: no node certificate yet: service account shop/webserver "
+                "may not request certificates (only nodeproxy/nodeproxy)",
+            )
+            assert stats.counter(SIGNER_REQUESTS, labels(result="refused")) == 1
+            assert certs.seconds_until_renewal(utc_now()) == 60.0  # asks again in a minute
+            nursery.cancel_scope.cancel()
