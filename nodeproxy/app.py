@@ -18,6 +18,11 @@ One function, ``run_app``, owns the process's lifetime:
         ├── one task per listener, each with its own connection nursery
         └── the inbound mTLS listener (mesh only, server/inbound.py)
 
+A worker process (``workers/child.py``, under ``workers/supervisor.py``) runs
+this same tree with a ``WorkerLink`` in place of the admin server, the health
+checker and the Kubernetes watch, which its supervisor runs once for all
+workers; its listeners take the sockets the supervisor bound.
+
 Drain is the only way out: a signal or ``POST /drain`` flips ``DrainState``;
 listeners stop accepting, finish in-flight requests and close idle
 keep-alives; the serving nursery gets a deadline of ``limits.drain_timeout``
@@ -30,6 +35,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -46,6 +52,9 @@ from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams
+
+if TYPE_CHECKING:
+    from nodeproxy.workers.child import WorkerLink
 
 log = structlog.get_logger("nodeproxy")
 
@@ -79,6 +88,7 @@ async def run_app(
     config: Config,
     *,
     handle_signals: bool = True,
+    link: WorkerLink | None = None,
     task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
@@ -86,17 +96,24 @@ async def run_app(
     runtime.stats.gauge_set(BUILD_INFO, build, 1)
     config = runtime.config
     mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
-    kubernetes = build_kubernetes(runtime, mesh)  # raises ConfigError before anything starts
+    kubernetes = None
+    if link is None:  # raises ConfigError before anything starts
+        kubernetes = build_kubernetes(runtime, mesh)
+    else:
+        link.attach(runtime, mesh)
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
     handle = AppHandle(runtime, mesh=mesh)
     addresses: dict[str, str] = {}
     async with trio.open_nursery() as root:
-        handle.admin_port = await root.start(serve_admin, runtime)
-        if config.admin.probe_port is not None:
-            handle.probe_port = await root.start(serve_probes, runtime)
+        if link is None:
+            handle.admin_port = await root.start(serve_admin, runtime)
+            if config.admin.probe_port is not None:
+                handle.probe_port = await root.start(serve_probes, runtime)
+            root.start_soon(HealthChecker(runtime).run)
+        else:
+            root.start_soon(link.run)
         root.start_soon(upstreams.run)
         root.start_soon(access_log.run_flusher)  # batched access lines, flushed at the end
-        root.start_soon(HealthChecker(runtime).run)
         if kubernetes is not None:
             await root.start(kubernetes.run)  # /ready stays 503 until its first sync
         if mesh is not None:  # first certificates before the listeners (a signer may not answer)
@@ -116,10 +133,13 @@ async def run_app(
                 handle.listener_ports["inbound"] = port
                 addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
             runtime.listeners_ready = True
+            if link is not None:
+                link.listening.set()
+            admin = {"admin": f"{config.admin.host}:{handle.admin_port}"} if link is None else {}
             log.info(
-                "started",
+                "started" if link is None else "worker_started",
                 listeners=addresses,
-                admin=f"{config.admin.host}:{handle.admin_port}",
+                **admin,
                 clusters=len(config.clusters),
                 discovery=config.discovery.mode,
                 codec=f"{impl.NAME} {impl.VERSION}",

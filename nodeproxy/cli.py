@@ -2,6 +2,7 @@
 
     nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
                   [--kubeconfig F]     discover services from that cluster's API
+                  [--workers N|auto]   N worker processes under a supervisor
     nodeproxy check-config FILE...     validate and summarise (and warn), start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
@@ -17,6 +18,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,6 +29,9 @@ from nodeproxy.config.model import CODEC_ENV, Config, DiscoveryConfig, Kubernete
 from nodeproxy.errors import ConfigError
 from nodeproxy.signer.cli import add_signer_subcommand
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
+
+if TYPE_CHECKING:
+    from nodeproxy.workers.child import WorkerLink
 
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
@@ -64,6 +70,16 @@ def _select_codec(config: Config) -> str | None:
     return None
 
 
+def _worker_count(text: str) -> int | str:
+    from nodeproxy.workers.count import MAX_WORKERS
+
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} or auto, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nodeproxy", description=__doc__.split("\n")[0])
     p.add_argument("--version", action=_Version, nargs=0, help="show the version and codec")
@@ -80,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "overrides discovery.kubernetes.kubeconfig, enables kubernetes discovery)",
     )
     run.add_argument("--context", help="kubeconfig context (with --kubeconfig)")
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="worker processes: a number or auto (the CPUs this process may use); "
+        "overrides the config's workers (default 1: one process)",
+    )
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("config", nargs="+", help="one or more config files")
     demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
@@ -94,10 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 def summarise(config: Config) -> str:
     endpoints = sum(len(c.endpoints) for c in config.clusters.values())
     listeners = ", ".join(f"{lc.name}@{lc.host}:{lc.port}" for lc in config.listeners)
+    workers = f", workers {config.workers}" if config.workers != 1 else ""
     return (
         f"ok: {config.source_format} config, listeners [{listeners}], "
         f"{len(config.clusters)} clusters, {endpoints} endpoints, "
         f"admin {config.admin.host}:{config.admin.port}, discovery {config.discovery.mode}"
+        f"{workers}"
     )
 
 
@@ -126,13 +150,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_signer_command(args)
     if args.command == "check-config":
         return check_config(args.config)
-    config = _load(args.config)
+    config = load_for_run(
+        args.config, args.log_format, args.log_level, args.kubeconfig, args.context
+    )
     if config is None:
         return EXIT_CONFIG
-    config = _with_log_overrides(config, args.log_format, args.log_level)
-    if args.kubeconfig:
-        config = with_kubeconfig(config, args.kubeconfig, args.context)
-    return serve(config)
+    workers = args.workers if args.workers is not None else config.workers
+    if workers == "auto":
+        from nodeproxy.workers.count import available_cpus
+
+        workers = available_cpus()
+    if workers == 1:
+        return serve(config)  # one process: exactly the single-process path
+    from nodeproxy.workers.supervisor import ChildArgs, supervise
+
+    child = ChildArgs(args.config, args.log_format, args.log_level, args.kubeconfig, args.context)
+    return supervise(config, int(workers), child)
+
+
+def load_for_run(
+    path: str,
+    log_format: str | None = None,
+    log_level: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> Config | None:
+    """The config ``run`` serves: the file, then the command line's overrides."""
+    config = _load(path)
+    if config is None:
+        return None
+    config = _with_log_overrides(config, log_format, log_level)
+    if kubeconfig:
+        config = with_kubeconfig(config, kubeconfig, context)
+    return config
 
 
 def _load(path: str) -> Config | None:
@@ -180,23 +230,31 @@ def with_kubeconfig(config: Config, path: str, context: str | None = None) -> Co
     return dataclasses.replace(config, discovery=DiscoveryConfig(kubernetes=k8s))
 
 
-def serve(config: Config) -> int:
+def start_logging(config: Config, *, warn: bool = True) -> str | None:
+    """Pick the codec and configure logging once; an error text when the codec cannot load."""
     if (problem := _select_codec(config)) is not None:
-        print(f"nodeproxy: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    from nodeproxy.app import run_app
+        return problem
     from nodeproxy.logs import configure_logging
 
     configure_logging(config.log)
-    if config.warnings:
+    if warn and config.warnings:
         import structlog
 
         log = structlog.get_logger("nodeproxy.config")
         for warning in config.warnings:
             log.warning("config_field_ignored", detail=warning, file=config.source_path)
+    return None
+
+
+def serve(config: Config, link: WorkerLink | None = None) -> int:
+    if (problem := start_logging(config, warn=link is None)) is not None:
+        print(f"nodeproxy: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    from nodeproxy.app import run_app
+
     code = 0
     try:
-        trio.run(run_app, config)
+        trio.run(partial(run_app, config, link=link))
     except* ConfigError as errors:  # e.g. the kubeconfig: read only when discovery is built
         for error in errors.exceptions:
             print(f"nodeproxy: config error: {error}", file=sys.stderr)

@@ -13,6 +13,7 @@ stop keeping connections alive, and ``/ready`` answers 503.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,9 @@ class Runtime:
     endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)
     drain: DrainState = field(default_factory=DrainState)
     listeners_ready: bool = False
+    # Listening sockets bound by someone else (a supervisor's, for a worker), by listener
+    # name; a listener takes its own once, and binds afresh when there is none.
+    listen_sockets: dict[str, list[socket.socket]] = field(default_factory=dict, repr=False)
     # Route-level state (rate-limit buckets, retry budgets): one per route rule, every listener's
     routes: Routes = field(default_factory=Routes, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
@@ -69,6 +73,13 @@ class Runtime:
     def health(self) -> list[tuple[bool, str]]:
         """What the ``health_checks`` report now: (still ready?, reason) each."""
         return [found for check in self.health_checks if (found := check()) is not None]
+
+    def take_listen_sockets(self, name: str) -> list[trio.SocketListener]:
+        """The inherited sockets of listener ``name`` (removed: one owner), or []."""
+        return [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in self.listen_sockets.pop(name, [])
+        ]
 
     @property
     def ready(self) -> bool:

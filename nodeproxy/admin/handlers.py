@@ -18,7 +18,7 @@ import html
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from nodeproxy.admin.clusters import clusters_text, clusters_view
@@ -46,12 +46,27 @@ class AdminResponse:
         return self.body.decode()
 
 
+class WorkersView(Protocol):
+    """A supervisor's answers over its workers (workers/supervisor.py)."""
+
+    async def refresh(self, clusters: bool) -> None:
+        """Fetch fresh numbers from every worker (bounded); the reads below use them."""
+
+    def families(self, now: float) -> list[Family]: ...
+    def clusters(self, now: float) -> dict[str, Any]: ...
+    def not_ready(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class AdminContext:
-    """What the handlers read: the runtime, and when the admin server started (trio clock)."""
+    """What the handlers read: the runtime, and when the admin server started (trio clock).
+
+    With ``workers`` (a supervisor), stats and ``/clusters`` are the workers' merged.
+    """
 
     runtime: Runtime
     started_at: float
+    workers: WorkersView | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ def respond_json(status: int, data: Any) -> AdminResponse:
 
 
 def all_families(ctx: AdminContext, now: float) -> list[Family]:
+    if ctx.workers is not None:
+        return ctx.workers.families(now)
     rt = ctx.runtime
     return stats_families(rt.stats) + runtime_families(rt, now, ctx.started_at) + process_families()
 
@@ -100,12 +117,14 @@ def all_families(ctx: AdminContext, now: float) -> list[Family]:
 # -- handlers -----------------------------------------------------------------
 
 
-def not_ready_reason(runtime: Runtime) -> str:
+def not_ready_reason(runtime: Runtime, workers: WorkersView | None = None) -> str:
     if runtime.drain.draining:
         return f"draining: {runtime.drain.reason}"
     for ok, why in runtime.health():
         if not ok:
             return why
+    if workers is not None and (down := workers.not_ready()) is not None:
+        return f"starting: {down}"
     if not runtime.listeners_ready:
         return "starting: listeners not ready"
     return "starting: endpoints not synced"
@@ -115,7 +134,7 @@ def get_ready(ctx: AdminContext, req: Request) -> AdminResponse:
     if ctx.runtime.ready:
         warnings = "".join(f"warning: {why}\n" for _, why in ctx.runtime.health())
         return respond(200, "LIVE\n" + warnings)
-    return respond(503, not_ready_reason(ctx.runtime) + "\n")
+    return respond(503, not_ready_reason(ctx.runtime, ctx.workers) + "\n")
 
 
 def get_healthz(ctx: AdminContext, req: Request) -> AdminResponse:
@@ -133,7 +152,10 @@ def get_stats(ctx: AdminContext, req: Request) -> AdminResponse:
 
 
 def get_clusters(ctx: AdminContext, req: Request) -> AdminResponse:
-    view = clusters_view(ctx.runtime, req.now)
+    if ctx.workers is not None:
+        view = ctx.workers.clusters(req.now)
+    else:
+        view = clusters_view(ctx.runtime, req.now)
     fmt = req.query.get("format", "json")
     if fmt == "text":
         return respond(200, clusters_text(view))
@@ -198,7 +220,7 @@ def get_index(ctx: AdminContext, req: Request) -> AdminResponse:
             else f"<code>curl -X POST http://&lt;admin&gt;{html.escape(path)}</code>"
         )
         rows.append(f"<tr><td>{method}</td><td>{link}</td><td>{html.escape(route.doc)}</td></tr>")
-    state = "ready" if ctx.runtime.ready else not_ready_reason(ctx.runtime)
+    state = "ready" if ctx.runtime.ready else not_ready_reason(ctx.runtime, ctx.workers)
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>nodeproxy admin</title>"
         "</head><body>\n<h1>nodeproxy admin</h1>\n"

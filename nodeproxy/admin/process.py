@@ -77,8 +77,11 @@ def process_families() -> list[Family]:
     return fams
 
 
-def runtime_families(runtime: Runtime, now: float, started_at: float) -> list[Family]:
-    """Readiness, drain state, uptime and endpoint counts from the runtime."""
+def runtime_families(
+    runtime: Runtime, now: float, started_at: float, *, traffic: bool = True
+) -> list[Family]:
+    """Readiness, drain state, uptime and endpoint counts from the runtime (and, with
+    ``traffic``, its subset and breaker families: a supervisor takes its workers')."""
     snapshot = runtime.endpoints.current()
     names = sorted(set(runtime.config.clusters) | set(snapshot.clusters))
     return [
@@ -112,7 +115,7 @@ def runtime_families(runtime: Runtime, now: float, started_at: float) -> list[Fa
             "Version of the endpoint snapshot in use (bumps on every publish).",
             (((), float(snapshot.version)),),
         ),
-        *traffic_families(runtime, now),
+        *(traffic_families(runtime, now) if traffic else ()),
     ]
 
 

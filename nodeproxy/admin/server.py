@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from nodeproxy.admin.access import HostPolicy, check_request, is_loopback
-from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle, respond
+from nodeproxy.admin.handlers import AdminContext, AdminResponse, WorkersView, handle, respond
 from nodeproxy.admin.probes import probe_answer
 from nodeproxy.runtime import Runtime
 
@@ -37,6 +37,7 @@ SEND_TIMEOUT = 10.0
 RECEIVE_BYTES = 16 * 1024
 LINGER_TIMEOUT = 1.0  # after an early answer, read and drop for this long before closing
 LINGER_BYTES = 256 * 1024
+_FROM_WORKERS = ("/stats", "/clusters")  # a supervisor asks its workers before answering
 
 
 class AdminServer:
@@ -118,7 +119,11 @@ class AdminServer:
                 if self.probes_only:
                     resp = probe_answer(self.ctx, method, target, headers, trio.current_time())
                 else:
-                    resp = check_request(self.policy, target, hosts, version, peer) or handle(
+                    resp = check_request(self.policy, target, hosts, version, peer)
+                    workers = self.ctx.workers
+                    if resp is None and workers is not None and target.startswith(_FROM_WORKERS):
+                        await workers.refresh(clusters=target.startswith("/clusters"))
+                    resp = resp or handle(
                         self.ctx,
                         method,
                         target,
@@ -236,20 +241,31 @@ async def _send_error(
 
 
 async def serve_admin(
-    runtime: Runtime, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    runtime: Runtime,
+    workers: WorkersView | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind ``config.admin``, report the bound port via ``task_status``, serve until cancelled."""
+    """Bind ``config.admin``, report the bound port via ``task_status``, serve until cancelled.
+
+    ``workers``: a supervisor's view, whose stats and clusters are its workers' merged.
+    """
     cfg = runtime.config.admin
-    await _serve(runtime, cfg.host, cfg.port, "admin_listening", False, task_status)
+    await _serve(runtime, cfg.host, cfg.port, "admin_listening", False, workers, task_status)
 
 
 async def serve_probes(
-    runtime: Runtime, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    runtime: Runtime,
+    workers: WorkersView | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind ``admin.probe_address`` (``/ready`` and ``/healthz`` only), serve until cancelled."""
     cfg = runtime.config.admin
     assert cfg.probe_port is not None, "only started when admin.probe_address is set"
-    await _serve(runtime, cfg.probe_host, cfg.probe_port, "probes_listening", True, task_status)
+    await _serve(
+        runtime, cfg.probe_host, cfg.probe_port, "probes_listening", True, workers, task_status
+    )
 
 
 async def _serve(
@@ -258,11 +274,12 @@ async def _serve(
     port: int,
     event: str,
     probes_only: bool,
+    workers: WorkersView | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
-    ctx = AdminContext(runtime, started_at=trio.current_time())
+    ctx = AdminContext(runtime, started_at=trio.current_time(), workers=workers)
     server = AdminServer(ctx, probes_only=probes_only)
     log.info(event, address=f"{host}:{bound}")
     task_status.started(bound)

@@ -38,6 +38,8 @@ from nodeproxy.config.model import (
 from nodeproxy.config.native_services import Service
 from nodeproxy.config.resilience import read_fairness, read_rate_limit
 from nodeproxy.config.yamlsrc import Fields, Node
+from nodeproxy.errors import ConfigError
+from nodeproxy.workers.count import MAX_WORKERS
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -45,7 +47,7 @@ HostPortMatch = Literal["strip_any", "strip_matching", "exact"]
 HOST_PORT_MATCHES = ("strip_any", "strip_matching", "exact")
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services", "mesh", "discovery", "fairness", "codec",
+    "services", "mesh", "discovery", "fairness", "codec", "workers",
 )  # fmt: skip
 
 
@@ -95,7 +97,18 @@ def load_native(root: Node) -> Config:
         discovery=discovery,
         fairness=f.opt("fairness", read_fairness, None),
         codec=cast(CodecName, f.opt("codec", lambda n: n.choice(*CODEC_NAMES), "auto")),
+        workers=f.opt("workers", read_workers, 1),
     )
+
+
+def read_workers(node: Node) -> int | Literal["auto"]:
+    """``workers``: a count from 1 to ``MAX_WORKERS``, or ``auto``."""
+    if node.text() == "auto":
+        return "auto"
+    try:
+        return node.integer(1, MAX_WORKERS)
+    except ConfigError as exc:
+        raise node.error(f"{exc.message} (a worker count, or auto)") from None
 
 
 def _admin(node: Node, binds: Binds) -> AdminConfig:

@@ -249,6 +249,9 @@ class Config:
     # The HTTP/1.1 codec: "auto" (compiled h11-mypyc when installed, else h11), or one
     # forced; NODEPROXY_CODEC wins over it (nodeproxy/http1/impl.py).
     codec: CodecName = "auto"
+    # Worker processes: 1 (one process, as always), a number, or "auto" (the CPUs this
+    # process may use, resolved at start by workers/count.py); see docs/architecture.md.
+    workers: int | Literal["auto"] = 1
     # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
     env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     # Fields the file set that change nothing nodeproxy does (Envoy files): one line each,

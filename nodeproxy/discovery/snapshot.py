@@ -9,7 +9,7 @@ never be seen half-applied.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -35,6 +35,7 @@ class EndpointRegistry:
     def __init__(self) -> None:
         self._current = EndpointSnapshot(version=0)
         self.synced = False  # True after the first complete publish
+        self.on_publish: Callable[[EndpointSnapshot], None] | None = None  # a supervisor's
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self._current.clusters.values())
@@ -51,7 +52,14 @@ class EndpointRegistry:
             version=self._current.version + 1, clusters=MappingProxyType(dict(clusters))
         )
         self.synced = True
+        if self.on_publish is not None:
+            self.on_publish(self._current)
         return self._current
+
+    def install(self, version: int, clusters: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        """Take a snapshot another process published, as it was (a worker's registry)."""
+        self._current = EndpointSnapshot(version=version, clusters=MappingProxyType(dict(clusters)))
+        self.synced = True
 
 
 def static_snapshot(config: Config) -> dict[str, tuple[Endpoint, ...]]:

@@ -23,6 +23,7 @@ the pipeline's call (5xx, connect failure, reset, timeout; not 4xx).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodeproxy.errors import CircuitOpen
@@ -83,6 +84,9 @@ class CircuitBreaker:
         self._probe_out = False
         self.rejected = 0  # requests answered CircuitOpen
         self.trips = 0
+        # Told when this breaker trips on its own failures (workers share trips, see
+        # docs/architecture.md); not when ``force_open`` opens it.
+        self.on_trip: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -146,7 +150,17 @@ class CircuitBreaker:
                 self._failures += 1
                 if self._failures >= self.failure_threshold:
                     self._move(BreakerEvent.TRIP, now)
+                    if self.on_trip is not None:
+                        self.on_trip()
         return self._state
+
+    def force_open(self, now: float) -> None:
+        """Trip now because a sibling breaker (another worker's, same service) tripped.
+
+        Only a CLOSED breaker moves; one already OPEN or HALF_OPEN keeps its own timing.
+        """
+        if self.state(now) is BreakerState.CLOSED:
+            self._move(BreakerEvent.TRIP, now)
 
     def release(self, permit: Permit, now: float) -> None:
         """The request ended with no verdict (cancelled): free the probe slot if it held it."""

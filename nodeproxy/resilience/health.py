@@ -143,3 +143,17 @@ class HealthTracker:
         if all(self.state(ep) is HealthState.HEALTHY for ep in endpoints):
             return endpoints
         return tuple(ep for ep in endpoints if self.state(ep) is HealthState.HEALTHY)
+
+    def unhealthy(self) -> frozenset[str]:
+        """Addresses of the endpoints currently failing their checks."""
+        return frozenset(a for a, t in self._tracks.items() if t.state is HealthState.UNHEALTHY)
+
+    def assign(self, endpoints: Sequence[Endpoint], unhealthy: frozenset[str], now: float) -> None:
+        """Take verdicts made elsewhere (a worker's supervisor probes; this worker does not).
+
+        The prober's tracker already applied the thresholds; this one only mirrors
+        its result, so the move is a plain assignment, not a transition.
+        """
+        for ep in endpoints:
+            t = self._track(ep, now)
+            t.state = HealthState.UNHEALTHY if ep.address in unhealthy else HealthState.HEALTHY

@@ -152,7 +152,9 @@ async def serve_acceptor(
 ) -> None:
     """Bind ``listener``, run ``acceptor`` on it, drain; shared by the plain and mTLS listeners."""
     loop = acceptor.loop
-    sockets = await trio.open_tcp_listeners(listener.port, host=listener.host or None)
+    sockets = runtime.take_listen_sockets(listener.name) or await trio.open_tcp_listeners(
+        listener.port, host=listener.host or None
+    )
     port = int(sockets[0].socket.getsockname()[1])
     acceptor.loop.pipeline.router.bound(port)  # host_port_match: strip_matching compares it
     log.info("listening", listener=listener.name, host=listener.host, port=port)

@@ -17,7 +17,8 @@ stays bounded by the clusters that exist.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from nodeproxy.balancing.feedback import FeedbackBalancer
@@ -222,6 +223,8 @@ class Traffic:
         self.local_node = local_node
         self.rng = rng or random.Random()
         self.mesh: Mesh | None = None  # set by the outbound pipeline; /explain reads it
+        # A worker's: told the cluster name when one of its breakers trips (workers/child.py)
+        self.on_breaker_trip: Callable[[str], None] | None = None
         self._states: dict[str, ClusterTraffic] = {}
         self._version = -1
 
@@ -262,5 +265,7 @@ class Traffic:
         state = self._states.get(cluster.name)
         if state is None or state.config is not cluster:
             state = self._states[cluster.name] = ClusterTraffic(cluster, self.rng, self.local_node)
+            if self.on_breaker_trip is not None and state.breaker is not None:
+                state.breaker.on_trip = partial(self.on_breaker_trip, cluster.name)
             state.outlier.sync(self.registry.current().endpoints(cluster.name), now)
         return state

@@ -18,6 +18,8 @@ so the number of probe tasks is bounded by the number of endpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h11
 import structlog
 import trio
@@ -74,8 +76,9 @@ async def probe(
 class HealthChecker:
     """The probing loop of the process; owns only the set of probes in flight."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, on_change: Callable[[], None] | None = None) -> None:
         self.runtime = runtime
+        self.on_change = on_change  # a supervisor's: push the new verdicts to its workers
         self._in_flight: set[tuple[str, str]] = set()  # (cluster, endpoint address)
         self.probes = 0
 
@@ -116,6 +119,8 @@ class HealthChecker:
         self.probes += 1
         changed = tracker.record(ep, ok, trio.current_time())
         if changed is not None:
+            if self.on_change is not None:
+                self.on_change()
             log.info(
                 "health_check_state",
                 cluster=state.name,

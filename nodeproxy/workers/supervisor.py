@@ -1,0 +1,383 @@
+"""The supervisor: binds every listener once, runs N workers on them, answers admin.
+
+    supervisor
+    ├── admin server          (merged stats, /clusters, /ready, /drain: admin/)
+    ├── Kubernetes discovery  (once, for all workers; snapshots pushed on publish)
+    ├── active health checks  (once; verdicts pushed as ``Health``)
+    ├── stats collector       (every STATS_INTERVAL, so a crash loses little)
+    ├── signal watcher
+    └── one keeper per slot   (spawn, talk over the control channel, restart)
+
+Listening sockets: the supervisor binds each listener once and every worker
+inherits the same socket, so all workers accept from one queue (measured
+against one SO_REUSEPORT socket per worker in docs/architecture.md). A worker
+that dies takes nothing with it: the socket stays open here and the other
+workers keep accepting while its slot restarts. ``bind_listeners`` is the one
+place sockets come from, so a handoff from an older process can supply them.
+
+Endpoint snapshots, health verdicts and breaker trips go to each worker's
+``Outbox`` (latest wins). Drain (signal or ``POST /drain``) is sent to every
+worker; the supervisor closes its copies of the sockets, waits up to
+``limits.drain_timeout`` (plus a grace) for the workers to exit, and exits 0,
+or ``EXIT_WORKERS_FAILED`` when the restart budget ran out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from typing import Any
+
+import structlog
+import trio
+
+from nodeproxy import __version__
+from nodeproxy.admin.clusters import clusters_view
+from nodeproxy.admin.process import process_families, runtime_families
+from nodeproxy.admin.prometheus import Family, stats_families
+from nodeproxy.admin.server import serve_admin, serve_probes
+from nodeproxy.admin.stats import BUILD_INFO, DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS, labels
+from nodeproxy.app import watch_signals
+from nodeproxy.config.model import Config, ListenerConfig
+from nodeproxy.discovery.kubernetes import KubernetesDiscovery
+from nodeproxy.discovery.setup import build_kubernetes, build_runtime
+from nodeproxy.discovery.snapshot import EndpointSnapshot
+from nodeproxy.errors import ConfigError
+from nodeproxy.runtime import Runtime
+from nodeproxy.upstream.health_check import HealthChecker
+from nodeproxy.workers import wire
+from nodeproxy.workers.fleet import ChildArgs, RestartBudget, Slot, backoff, spawn
+from nodeproxy.workers.merge import Retired, merge_clusters, merged
+
+__all__ = ["ChildArgs", "supervise"]
+
+log = structlog.get_logger("nodeproxy.supervisor")
+
+EXIT_WORKERS_FAILED = 3
+STATS_INTERVAL = 1.0  # periodic collection: what a crashed worker's counters can miss
+STATS_TIMEOUT = 2.0  # a scrape waits at most this for the workers' answers
+DRAIN_GRACE = 5.0  # beyond limits.drain_timeout before a worker is killed
+
+WORKER_UP = "nodeproxy_worker_up"
+WORKER_RESTARTS = "nodeproxy_worker_restarts_total"
+WORKER_RSS = "nodeproxy_worker_resident_memory_bytes"
+WORKER_REQUESTS = "nodeproxy_worker_requests_total"
+WORKER_CONNECTIONS = "nodeproxy_worker_connections_total"
+WORKERS_CPU = "nodeproxy_workers_cpu_seconds_total"
+
+
+async def bind_listeners(config: Config) -> dict[str, list[socket.socket]]:
+    """Every data-path listener bound once, by name (the mesh's inbound one included)."""
+    wanted = list(config.listeners)
+    if config.mesh is not None:
+        m = config.mesh
+        wanted.append(ListenerConfig(name="inbound", host=m.inbound_host, port=m.inbound_port))
+    out: dict[str, list[socket.socket]] = {}
+    for lc in wanted:
+        listeners = await trio.open_tcp_listeners(lc.port, host=lc.host or None)
+        # The stdlib sockets: inheritable by the workers, still owned (closed) here.
+        out[lc.name] = [socket.socket(fileno=sl.socket.detach()) for sl in listeners]
+    return out
+
+
+class Supervisor:
+    """Owns the slots, the retired totals, the latest snapshots and the restart budget."""
+
+    def __init__(self, config: Config, count: int, child: ChildArgs) -> None:
+        self.runtime: Runtime = build_runtime(config)
+        self.config = self.runtime.config
+        self.child = child
+        self.slots = [Slot(i) for i in range(count)]
+        self.retired = Retired()
+        self.budget = RestartBudget()
+        self.failed = False
+        self.listen: dict[str, list[socket.socket]] = {}
+        self.kubernetes: KubernetesDiscovery | None = build_kubernetes(self.runtime, None)
+        self.endpoints: wire.Endpoints | None = None
+        self.health: wire.Health | None = None
+        self.seq = 0
+        self.started_at = 0.0
+        self.all_up = trio.Event()
+        from nodeproxy.http1 import impl  # the codec start_logging picked, as the workers do
+
+        build = labels(version=__version__, codec=impl.NAME, codec_version=impl.VERSION)
+        self.runtime.stats.gauge_set(BUILD_INFO, build, 1)
+        if self.kubernetes is not None:
+            self.runtime.endpoints.on_publish = self._published
+
+    def __repr__(self) -> str:
+        up = sum(s.ready for s in self.slots)
+        return f"<Supervisor [{up}/{len(self.slots)} workers up | {self.retired!r}]>"
+
+    # -- what workers are told ----------------------------------------------------
+
+    def _broadcast(self, message: wire.Endpoints | wire.Health | wire.BreakerOpen) -> None:
+        for slot in self.slots:
+            slot.outbox.put(message)
+
+    def _published(self, snapshot: EndpointSnapshot) -> None:
+        disc = self.kubernetes
+        assert disc is not None
+        self.endpoints = wire.Endpoints.of(
+            snapshot.version, snapshot.clusters, disc.node_proxies, disc.pod_identities
+        )
+        self._broadcast(self.endpoints)
+
+    def _health_changed(self) -> None:
+        bad = frozenset(
+            (name, address)
+            for name, state in self.runtime.traffic.items()
+            if state.health is not None
+            for address in state.health.unhealthy()
+        )
+        self.health = wire.Health(bad)
+        self._broadcast(self.health)
+
+    # -- readiness ------------------------------------------------------------------
+
+    def _readiness(self) -> None:
+        up = all(s.ready for s in self.slots)
+        self.runtime.listeners_ready = up
+        if up:
+            self.all_up.set()
+
+    def not_ready(self) -> str | None:
+        down = [str(s.index) for s in self.slots if not s.ready]
+        return f"workers not up: {', '.join(down)} of {len(self.slots)}" if down else None
+
+    # -- one slot's life ------------------------------------------------------------------
+
+    async def keep(self, slot: Slot) -> None:
+        """Run a worker in ``slot`` until drain; restart it while the budget allows."""
+        in_a_row = 0
+        while not self.runtime.drain.draining:
+            code = await self._run_once(slot)
+            if self.runtime.drain.draining:
+                return
+            was_ready = slot.ready  # a worker that came up and later died starts a new row
+            last = slot.gone()
+            self._retire(slot, last)
+            self._readiness()
+            log.error("worker_exited", worker=slot.index, code=code)
+            if not self.budget.allow(trio.current_time()):
+                log.error("workers_failing", detail=repr(self.budget))
+                self.failed = True
+                self.runtime.drain.start("workers keep failing")
+                return
+            slot.restarts += 1
+            in_a_row = in_a_row + 1 if not was_ready else 1
+            await trio.sleep(backoff(in_a_row))
+
+    def _retire(self, slot: Slot, last: wire.StatsReply | None) -> None:
+        if last is None:
+            return
+        self.retired.add(last)
+        slot.retired_requests += _total(last, REQUESTS)
+        slot.retired_connections += _total(last, DOWNSTREAM_CONNECTIONS_TOTAL)
+
+    async def _run_once(self, slot: Slot) -> int:
+        slot.outbox = wire.Outbox()
+        for message in (self.endpoints, self.health):
+            if message is not None:
+                slot.outbox.put(message)
+        process, stream = await spawn(self.child, slot, self.listen)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_quietly, slot.outbox.run(stream))
+                nursery.start_soon(_quietly, self._read(slot, stream))
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+            await trio.aclose_forcefully(stream)
+        return code
+
+    async def _read(self, slot: Slot, stream: trio.SocketStream) -> None:
+        receiver = wire.Receiver(stream)
+        while True:
+            message = await receiver.receive()
+            if isinstance(message, wire.Ready):
+                slot.ready = True
+                log.info("worker_ready", worker=slot.index, pid=message.pid)
+                self._readiness()
+            elif isinstance(message, wire.StatsReply):
+                slot.take_reply(message)
+            elif isinstance(message, wire.BreakerTripped):
+                for other in self.slots:
+                    if other is not slot:
+                        other.outbox.put(wire.BreakerOpen(message.cluster))
+
+    # -- admin ---------------------------------------------------------------------------
+
+    async def refresh(self, clusters: bool) -> None:
+        """Ask every running worker for its stats; wait (bounded) for the answers."""
+        self.seq += 1
+        seq = self.seq
+        asked = [s for s in self.slots if s.alive]
+        for slot in asked:
+            slot.outbox.put(wire.StatsRequest(seq, clusters))
+        with trio.move_on_after(STATS_TIMEOUT):
+            for slot in asked:
+                while slot.alive and slot.reply_seq < seq:
+                    await slot.replied.wait()
+
+    def stats(self) -> Any:
+        live = [s.last for s in self.slots if s.last is not None]
+        return merged(self.runtime.stats, self.retired, live)
+
+    def families(self, now: float) -> list[Family]:
+        fams = stats_families(self.stats())
+        fams += runtime_families(self.runtime, now, self.started_at, traffic=False)
+        return fams + process_families() + self._worker_families()
+
+    def _worker_families(self) -> list[Family]:
+        def per(value: Any) -> tuple[tuple[Any, float], ...]:
+            return tuple((labels(worker=str(s.index)), float(value(s))) for s in self.slots)
+
+        def requests(s: Slot) -> float:
+            return s.retired_requests + (_total(s.last, REQUESTS) if s.last else 0)
+
+        def connections(s: Slot) -> float:
+            live = _total(s.last, DOWNSTREAM_CONNECTIONS_TOTAL) if s.last else 0
+            return s.retired_connections + live
+
+        def rss(s: Slot) -> float:
+            return s.last.resident_bytes if s.last else 0
+
+        cpu = self.retired.cpu_seconds + sum(s.last.cpu_seconds for s in self.slots if s.last)
+        return [
+            Family(WORKER_UP, "gauge", "1 while the worker reports ready.", per(lambda s: s.ready)),
+            Family(WORKER_RSS, "gauge", "Resident memory of each worker process.", per(rss)),
+            Family(WORKER_REQUESTS, "counter", "Requests answered per worker slot.", per(requests)),
+            Family(
+                WORKER_CONNECTIONS, "counter", "Connections accepted per worker.", per(connections)
+            ),
+            Family(
+                WORKER_RESTARTS,
+                "counter",
+                "Worker processes restarted after an unexpected exit.",
+                per(lambda s: s.restarts),
+            ),
+            Family(WORKERS_CPU, "counter", "CPU seconds of all workers, exited too.", (((), cpu),)),
+        ]
+
+    def clusters(self, now: float) -> dict[str, Any]:
+        admin = Runtime(self.config, stats=self.stats(), endpoints=self.runtime.endpoints)
+        views = {s.index: s.clusters for s in self.slots if s.clusters is not None}
+        return merge_clusters(clusters_view(admin, now), views)
+
+    # -- the tree ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        runtime = self.runtime
+        self.listen = await bind_listeners(self.config)
+        ports = {name: socks[0].getsockname()[1] for name, socks in self.listen.items()}
+        try:
+            async with trio.open_nursery() as root:
+                self.started_at = trio.current_time()
+                admin_port = await root.start(serve_admin, runtime, self)
+                if self.config.admin.probe_port is not None:
+                    await root.start(serve_probes, runtime, self)
+                root.start_soon(HealthChecker(runtime, on_change=self._health_changed).run)
+                if self.kubernetes is not None:
+                    await root.start(self.kubernetes.run)
+                root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
+                async with trio.open_nursery() as fleet:
+                    for slot in self.slots:
+                        fleet.start_soon(self.keep, slot)
+                    root.start_soon(self._collect)
+                    with trio.move_on_after(60.0):  # a worker that cannot start: its keeper says
+                        await _first(self.all_up.wait(), runtime.drain.started.wait())
+                    if self.all_up.is_set():
+                        self._log_started(ports, admin_port)
+                    await runtime.drain.started.wait()
+                    log.info("draining", reason=runtime.drain.reason, workers=len(self.slots))
+                    for slot in self.slots:
+                        slot.outbox.put(wire.Drain(runtime.drain.reason))
+                    self._close_listen()
+                    fleet.cancel_scope.deadline = (
+                        trio.current_time() + self.config.limits.drain_timeout + DRAIN_GRACE
+                    )
+                log.info("stopped")
+                root.cancel_scope.cancel()
+        finally:
+            self._close_listen()
+
+    def _close_listen(self) -> None:
+        for socks in self.listen.values():
+            for sock in socks:
+                sock.close()
+
+    async def _collect(self) -> None:
+        while True:
+            await trio.sleep(STATS_INTERVAL)
+            await self.refresh(clusters=False)
+
+    def _log_started(self, ports: dict[str, int], admin_port: int) -> None:
+        hosts = {lc.name: lc.host for lc in self.config.listeners}
+        if self.config.mesh is not None:
+            hosts["inbound"] = self.config.mesh.inbound_host
+        log.info(
+            "started",
+            listeners={name: f"{hosts[name]}:{port}" for name, port in ports.items()},
+            admin=f"{self.config.admin.host}:{admin_port}",
+            workers=len(self.slots),
+            pids=[s.process.pid for s in self.slots if s.process is not None],
+            discovery=self.config.discovery.mode,
+        )
+
+
+def _total(reply: wire.StatsReply, name: str) -> float:
+    return float(sum(reply.counters.get(name, {}).values()))
+
+
+_CLOSED = (wire.ChannelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def _quietly(work: Any) -> None:
+    """Run one side of a control channel; a closed channel just ends it."""
+    with contextlib.suppress(*_CLOSED):
+        await work
+
+
+async def _first(*waits: Any) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def one(w: Any) -> None:
+            await w
+            nursery.cancel_scope.cancel()
+
+        for w in waits:
+            nursery.start_soon(one, w)
+
+
+def supervise(config: Config, count: int, child: ChildArgs) -> int:
+    """``nodeproxy run`` with ``workers`` > 1: the supervisor's process, until it stops."""
+    from nodeproxy.cli import EXIT_CONFIG, _leaves, start_logging
+
+    if (problem := start_logging(config)) is not None:
+        print(f"nodeproxy: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        supervisor = Supervisor(config, count, child)
+    except ConfigError as exc:  # e.g. an unreadable kubeconfig: before anything starts
+        print(f"nodeproxy: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    code = 0
+    try:
+        trio.run(supervisor.run)
+    except* ConfigError as errors:
+        for error in errors.exceptions:
+            print(f"nodeproxy: config error: {error}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except* OSError as group:
+        for leaf in _leaves(group):
+            print(f"nodeproxy: cannot start: {leaf}", file=sys.stderr)
+        code = 1
+    if code == 0 and supervisor.failed:
+        code = EXIT_WORKERS_FAILED
+    return code
