@@ -119,11 +119,11 @@ class AdminServer:
                 if self.probes_only:
                     resp = probe_answer(self.ctx, method, target, headers, trio.current_time())
                 else:
-                    resp = check_request(self.policy, target, hosts, version, peer)
+                    refused = check_request(self.policy, target, hosts, version, peer)
                     workers = self.ctx.workers
-                    if resp is None and workers is not None and target.startswith(_FROM_WORKERS):
+                    if refused is None and workers is not None and target.startswith(_FROM_WORKERS):
                         await workers.refresh(clusters=target.startswith("/clusters"))
-                    resp = resp or handle(
+                    resp = refused or handle(
                         self.ctx,
                         method,
                         target,
