@@ -25,6 +25,7 @@ or ``EXIT_WORKERS_FAILED`` when the restart budget ran out.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from typing import Any
@@ -33,13 +34,10 @@ import structlog
 import trio
 
 from nodeproxy import __version__
-from nodeproxy.admin.clusters import clusters_view
-from nodeproxy.admin.process import process_families, runtime_families
-from nodeproxy.admin.prometheus import Family, stats_families
 from nodeproxy.admin.server import serve_admin, serve_probes
 from nodeproxy.admin.stats import BUILD_INFO, DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS, labels
 from nodeproxy.app import watch_signals
-from nodeproxy.config.model import Config, ListenerConfig
+from nodeproxy.config.model import Config
 from nodeproxy.discovery.kubernetes import KubernetesDiscovery
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
 from nodeproxy.discovery.snapshot import EndpointSnapshot
@@ -48,7 +46,9 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import ChildArgs, RestartBudget, Slot, backoff, spawn
-from nodeproxy.workers.merge import Retired, merge_clusters, merged
+from nodeproxy.workers.merge import Retired
+from nodeproxy.workers.sockets import SOCKETS_ENV, bind_listeners, bind_reuseport
+from nodeproxy.workers.view import AdminView, total
 
 __all__ = ["ChildArgs", "supervise"]
 
@@ -56,29 +56,7 @@ log = structlog.get_logger("nodeproxy.supervisor")
 
 EXIT_WORKERS_FAILED = 3
 STATS_INTERVAL = 1.0  # periodic collection: what a crashed worker's counters can miss
-STATS_TIMEOUT = 2.0  # a scrape waits at most this for the workers' answers
 DRAIN_GRACE = 5.0  # beyond limits.drain_timeout before a worker is killed
-
-WORKER_UP = "nodeproxy_worker_up"
-WORKER_RESTARTS = "nodeproxy_worker_restarts_total"
-WORKER_RSS = "nodeproxy_worker_resident_memory_bytes"
-WORKER_REQUESTS = "nodeproxy_worker_requests_total"
-WORKER_CONNECTIONS = "nodeproxy_worker_connections_total"
-WORKERS_CPU = "nodeproxy_workers_cpu_seconds_total"
-
-
-async def bind_listeners(config: Config) -> dict[str, list[socket.socket]]:
-    """Every data-path listener bound once, by name (the mesh's inbound one included)."""
-    wanted = list(config.listeners)
-    if config.mesh is not None:
-        m = config.mesh
-        wanted.append(ListenerConfig(name="inbound", host=m.inbound_host, port=m.inbound_port))
-    out: dict[str, list[socket.socket]] = {}
-    for lc in wanted:
-        listeners = await trio.open_tcp_listeners(lc.port, host=lc.host or None)
-        # The stdlib sockets: inheritable by the workers, still owned (closed) here.
-        out[lc.name] = [socket.socket(fileno=sl.socket.detach()) for sl in listeners]
-    return out
 
 
 class Supervisor:
@@ -92,12 +70,13 @@ class Supervisor:
         self.retired = Retired()
         self.budget = RestartBudget()
         self.failed = False
-        self.listen: dict[str, list[socket.socket]] = {}
+        # Per slot, the listening sockets its workers get (the same dict for every slot,
+        # unless NODEPROXY_WORKER_SOCKETS=reuseport, the benchmark's comparison).
+        self.listen: list[dict[str, list[socket.socket]]] = []
         self.kubernetes: KubernetesDiscovery | None = build_kubernetes(self.runtime, None)
         self.endpoints: wire.Endpoints | None = None
         self.health: wire.Health | None = None
-        self.seq = 0
-        self.started_at = 0.0
+        self.view = AdminView(self.runtime, self.slots, self.retired)
         self.all_up = trio.Event()
         from nodeproxy.http1 import impl  # the codec start_logging picked, as the workers do
 
@@ -142,10 +121,6 @@ class Supervisor:
         if up:
             self.all_up.set()
 
-    def not_ready(self) -> str | None:
-        down = [str(s.index) for s in self.slots if not s.ready]
-        return f"workers not up: {', '.join(down)} of {len(self.slots)}" if down else None
-
     # -- one slot's life ------------------------------------------------------------------
 
     async def keep(self, slot: Slot) -> None:
@@ -173,15 +148,15 @@ class Supervisor:
         if last is None:
             return
         self.retired.add(last)
-        slot.retired_requests += _total(last, REQUESTS)
-        slot.retired_connections += _total(last, DOWNSTREAM_CONNECTIONS_TOTAL)
+        slot.retired_requests += total(last, REQUESTS)
+        slot.retired_connections += total(last, DOWNSTREAM_CONNECTIONS_TOTAL)
 
     async def _run_once(self, slot: Slot) -> int:
         slot.outbox = wire.Outbox()
         for message in (self.endpoints, self.health):
             if message is not None:
                 slot.outbox.put(message)
-        process, stream = await spawn(self.child, slot, self.listen)
+        process, stream = await spawn(self.child, slot, self.listen[slot.index])
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_quietly, slot.outbox.run(stream))
@@ -211,77 +186,21 @@ class Supervisor:
                     if other is not slot:
                         other.outbox.put(wire.BreakerOpen(message.cluster))
 
-    # -- admin ---------------------------------------------------------------------------
-
-    async def refresh(self, clusters: bool) -> None:
-        """Ask every running worker for its stats; wait (bounded) for the answers."""
-        self.seq += 1
-        seq = self.seq
-        asked = [s for s in self.slots if s.alive]
-        for slot in asked:
-            slot.outbox.put(wire.StatsRequest(seq, clusters))
-        with trio.move_on_after(STATS_TIMEOUT):
-            for slot in asked:
-                while slot.alive and slot.reply_seq < seq:
-                    await slot.replied.wait()
-
-    def stats(self) -> Any:
-        live = [s.last for s in self.slots if s.last is not None]
-        return merged(self.runtime.stats, self.retired, live)
-
-    def families(self, now: float) -> list[Family]:
-        fams = stats_families(self.stats())
-        fams += runtime_families(self.runtime, now, self.started_at, traffic=False)
-        return fams + process_families() + self._worker_families()
-
-    def _worker_families(self) -> list[Family]:
-        def per(value: Any) -> tuple[tuple[Any, float], ...]:
-            return tuple((labels(worker=str(s.index)), float(value(s))) for s in self.slots)
-
-        def requests(s: Slot) -> float:
-            return s.retired_requests + (_total(s.last, REQUESTS) if s.last else 0)
-
-        def connections(s: Slot) -> float:
-            live = _total(s.last, DOWNSTREAM_CONNECTIONS_TOTAL) if s.last else 0
-            return s.retired_connections + live
-
-        def rss(s: Slot) -> float:
-            return s.last.resident_bytes if s.last else 0
-
-        cpu = self.retired.cpu_seconds + sum(s.last.cpu_seconds for s in self.slots if s.last)
-        return [
-            Family(WORKER_UP, "gauge", "1 while the worker reports ready.", per(lambda s: s.ready)),
-            Family(WORKER_RSS, "gauge", "Resident memory of each worker process.", per(rss)),
-            Family(WORKER_REQUESTS, "counter", "Requests answered per worker slot.", per(requests)),
-            Family(
-                WORKER_CONNECTIONS, "counter", "Connections accepted per worker.", per(connections)
-            ),
-            Family(
-                WORKER_RESTARTS,
-                "counter",
-                "Worker processes restarted after an unexpected exit.",
-                per(lambda s: s.restarts),
-            ),
-            Family(WORKERS_CPU, "counter", "CPU seconds of all workers, exited too.", (((), cpu),)),
-        ]
-
-    def clusters(self, now: float) -> dict[str, Any]:
-        admin = Runtime(self.config, stats=self.stats(), endpoints=self.runtime.endpoints)
-        views = {s.index: s.clusters for s in self.slots if s.clusters is not None}
-        return merge_clusters(clusters_view(admin, now), views)
-
     # -- the tree ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         runtime = self.runtime
-        self.listen = await bind_listeners(self.config)
-        ports = {name: socks[0].getsockname()[1] for name, socks in self.listen.items()}
+        if os.environ.get(SOCKETS_ENV) == "reuseport":
+            self.listen = bind_reuseport(self.config, len(self.slots))
+        else:
+            self.listen = [await bind_listeners(self.config)] * len(self.slots)
+        ports = {name: socks[0].getsockname()[1] for name, socks in self.listen[0].items()}
         try:
             async with trio.open_nursery() as root:
-                self.started_at = trio.current_time()
-                admin_port = await root.start(serve_admin, runtime, self)
+                self.view.started_at = trio.current_time()
+                admin_port = await root.start(serve_admin, runtime, self.view)
                 if self.config.admin.probe_port is not None:
-                    await root.start(serve_probes, runtime, self)
+                    await root.start(serve_probes, runtime, self.view)
                 root.start_soon(HealthChecker(runtime, on_change=self._health_changed).run)
                 if self.kubernetes is not None:
                     await root.start(self.kubernetes.run)
@@ -308,14 +227,15 @@ class Supervisor:
             self._close_listen()
 
     def _close_listen(self) -> None:
-        for socks in self.listen.values():
-            for sock in socks:
-                sock.close()
+        for listen in self.listen:
+            for socks in listen.values():
+                for sock in socks:
+                    sock.close()
 
     async def _collect(self) -> None:
         while True:
             await trio.sleep(STATS_INTERVAL)
-            await self.refresh(clusters=False)
+            await self.view.refresh(clusters=False)
 
     def _log_started(self, ports: dict[str, int], admin_port: int) -> None:
         hosts = {lc.name: lc.host for lc in self.config.listeners}
@@ -329,10 +249,6 @@ class Supervisor:
             pids=[s.process.pid for s in self.slots if s.process is not None],
             discovery=self.config.discovery.mode,
         )
-
-
-def _total(reply: wire.StatsReply, name: str) -> float:
-    return float(sum(reply.counters.get(name, {}).values()))
 
 
 _CLOSED = (wire.ChannelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
