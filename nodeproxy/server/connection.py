@@ -198,7 +198,9 @@ class ConnectionLoop:
         """
         codec = down.codec
         event = codec.next_event()
-        if event is NEED_DATA:  # nothing pipelined: wait (idle) for the first byte
+        if event is not NEED_DATA:  # pipelined: let other tasks run (netio.py: fairness)
+            await trio.lowlevel.checkpoint()
+        else:  # nothing pipelined: wait (idle) for the first byte
             if self.runtime.drain.draining:
                 return None
             down.arm(idle_deadline)

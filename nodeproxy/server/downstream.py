@@ -20,6 +20,7 @@ import trio
 from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 from nodeproxy.http1.forwarding import VIA
+from nodeproxy.netio import receive_some, send_all
 from nodeproxy.routing.header_edits import HeaderEdits
 
 
@@ -94,7 +95,7 @@ class Downstream:
     async def receive(self) -> bytes:
         """Read up to one chunk into the codec; b"" at EOF."""
         try:
-            data = await self.stream.receive_some(self.chunk)
+            data = await receive_some(self.stream, self.chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
         self.bytes_in += len(data)
@@ -113,7 +114,7 @@ class Downstream:
         if not data:
             return
         try:
-            await self.stream.send_all(data)
+            await send_all(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
         self.bytes_out += len(data)

@@ -37,6 +37,7 @@ from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.forwarding import NATIVE, Forwarding
 from nodeproxy.http1.headers import requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
+from nodeproxy.netio import receive_some, send_all
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
 from nodeproxy.routing.actions import RouteActions
 from nodeproxy.routing.header_edits import client_source
@@ -223,7 +224,7 @@ async def _send(
     conn.bytes_in = 0
     payload = b"".join([conn.codec.send(e) for e in in_hand])
     try:
-        await conn.stream.send_all(payload)
+        await send_all(conn.stream, payload)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _DeadBeforeResponse from None
     if not complete:
@@ -269,7 +270,7 @@ async def _head_event(conn: UpstreamConnection) -> Event:
     event = codec.next_event()
     while event is NEED_DATA:
         try:
-            data = await conn.stream.receive_some(65536)
+            data = await receive_some(conn.stream, 65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:

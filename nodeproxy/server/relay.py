@@ -27,6 +27,7 @@ from nodeproxy.http1.codec import NEED_DATA, informational_event, response_event
 from nodeproxy.http1.forwarding import VIA
 from nodeproxy.http1.headers import clean_trailers, downstream_response_headers, protocol_names
 from nodeproxy.http1.impl import h11
+from nodeproxy.netio import receive_some
 from nodeproxy.routing.cors import apply as cors_apply
 from nodeproxy.routing.header_edits import client_source
 from nodeproxy.server.downstream import Downstream, Exchange
@@ -84,7 +85,7 @@ async def relay_response(
             await down.send(b"".join(out))
             out = []
             try:
-                data = await conn.stream.receive_some(down.chunk)
+                data = await receive_some(conn.stream, down.chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamProtocolError(f"{conn.endpoint} reset mid-response: {exc}") from None
             uc.receive(data)  # b"" at EOF: the codec decides if the body was complete

@@ -1,0 +1,94 @@
+"""Socket reads and writes of the data path: straight to the kernel, parking in trio only
+when the kernel would block.
+
+Why not ``trio.SocketStream.receive_some`` / ``send_all``: trio makes every send
+and every successful receive a full trip through the scheduler (a
+``cancel_shielded_checkpoint`` after the system call), wrapped in a conflict
+detector, an error-translating context manager and an async context manager
+per call. For a proxied request that is four extra scheduler trips and their
+bookkeeping, each resuming the whole coroutine stack of the connection: about a
+tenth of nodeproxy's CPU per request. Here a read or write is one ``os.read`` /
+``os.write`` on the non-blocking socket; only ``EAGAIN`` parks the task in
+``trio.lowlevel.wait_readable`` / ``wait_writable``.
+
+What trio's checkpoints gave, and how it is kept:
+
+- Cancellation: every call starts with ``trio.lowlevel.checkpoint_if_cancelled``,
+  so a connection whose deadline fired (the sweeper cancelled its scope) stops at
+  its next read or write, as before.
+- Fairness: a task now yields only when it waits for I/O. A client that does not
+  pipeline waits for its response (the downstream read parks) and an upstream
+  answer takes a round trip, so each request still yields; the one loop that could
+  run on without waiting, pipelined request heads already buffered, checkpoints
+  explicitly (``server/connection.py``).
+- Errors: ``EBADF`` or a socket closed under us -> ``trio.ClosedResourceError``,
+  any other ``OSError`` (reset, broken pipe) -> ``trio.BrokenResourceError``: the
+  exceptions trio's streams raise, which the data path already handles.
+- The descriptor is read from the socket object at every call, never kept: a
+  closed socket reports -1, and a number reused by a newer socket is never
+  written through an old reference.
+
+Only plain TCP streams take this path; TLS streams (mTLS between node proxies)
+keep trio's, which buffers and frames records.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import trio
+
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_Stream = trio.SocketStream
+
+
+async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` from ``stream``; b"" at end of stream."""
+    if type(stream) is not _Stream:
+        return await stream.receive_some(max_bytes)
+    await _checkpoint_if_cancelled()
+    sock = stream.socket
+    while True:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket was already closed")
+        try:
+            return os.read(fd, max_bytes)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+        await trio.lowlevel.wait_readable(sock)
+
+
+async def send_all(stream: trio.SocketStream, data: bytes) -> None:
+    """Write all of ``data`` (non-empty) to ``stream``."""
+    if type(stream) is not _Stream:
+        await stream.send_all(data)
+        return
+    await _checkpoint_if_cancelled()
+    sock = stream.socket
+    if sock.did_shutdown_SHUT_WR:
+        raise trio.ClosedResourceError("can't send data after sending EOF")
+    rest: bytes | memoryview = data
+    while True:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket was already closed")
+        try:
+            sent = os.write(fd, rest)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+        if sent == len(rest):
+            return
+        rest = memoryview(rest)[sent:]
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
