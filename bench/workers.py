@@ -147,10 +147,12 @@ def throughput(args: argparse.Namespace, procs: Processes, workers: int, up: int
 def spread(args: argparse.Namespace, procs: Processes, mode: str, up: int) -> dict[str, Any]:
     name = f"spread-{mode}"
     env = {"NODEPROXY_WORKER_SOCKETS": "reuseport"} if mode == "reuseport" else {}
-    _, port, admin, _ = start_proxy(args, procs, name, 2, up, env)
+    proc, port, admin, _ = start_proxy(args, procs, name, 2, up, env)
     try:
         before = scrape(admin)
-        wrk(args, port, args.spread_duration, close=True)
+        cpu0 = cpu_seconds(proc.pid)
+        _, out = wrk(args, port, args.spread_duration, close=True)
+        cpu = cpu_seconds(proc.pid) - cpu0
         middle = scrape(admin)
         wrk(args, port, args.spread_duration, close=False)
         after = scrape(admin)
@@ -161,8 +163,12 @@ def spread(args: argparse.Namespace, procs: Processes, mode: str, up: int) -> di
     def delta(a: dict[str, float], b: dict[str, float], m: str) -> list[float]:
         return [y - x for x, y in zip(per_worker(a, m), per_worker(b, m), strict=True)]
 
+    result = Result(target=name)
+    parse_wrk(out, result)
     return {
         "mode": mode,
+        "new_connection_rps": result.rps,
+        "proxy_cpu_us_per_new_connection": cpu * 1e6 / max(result.requests, 1),
         "new_connections_per_worker": delta(before, middle, metric),
         "keepalive_connections_per_worker": delta(middle, after, metric),
         "keepalive_requests_per_worker": delta(middle, after, "nodeproxy_worker_requests_total"),
@@ -196,11 +202,15 @@ def report(
         )
     lines += ["", f"- scaling efficiency (2 workers / 2 x 1 worker): {efficiency:.2f}"]
     lines += [f"- errors: {[r['errors'] for r in runs]}", "", "Spread over 2 workers:", ""]
-    lines += ["| sockets | new connections | keep-alive connections | keep-alive requests |"]
-    lines += ["|---|---|---|---|"]
+    lines += [
+        "| sockets | new connections per worker | req/s, new connection each | proxy CPU µs"
+        " per connection | keep-alive connections | keep-alive requests |"
+    ]
+    lines += ["|---|---|---:|---:|---|---|"]
     for s in spreads:
         lines.append(
             f"| {s['mode']} | {share(s['new_connections_per_worker'])}"
+            f" | {s['new_connection_rps']:,.0f} | {s['proxy_cpu_us_per_new_connection']:.0f}"
             f" | {share(s['keepalive_connections_per_worker'])}"
             f" | {share(s['keepalive_requests_per_worker'])} |"
         )

@@ -260,7 +260,9 @@ def serve(config: Config, link: WorkerLink | None = None) -> int:
             print(f"nodeproxy: config error: {error}", file=sys.stderr)
         code = EXIT_CONFIG
     except* OSError as group:  # e.g. address in use: say so plainly, no traceback
+        # A worker binds nothing: what fails there is its output (the supervisor is gone).
+        what = "cannot start" if link is None else f"worker {link.index} stopped"
         for exc in _leaves(group):  # a listener's bind fails inside nested nurseries
-            print(f"nodeproxy: cannot start: {exc}", file=sys.stderr)
+            print(f"nodeproxy: {what}: {exc}", file=sys.stderr)
         code = 1
     return code

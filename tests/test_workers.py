@@ -24,8 +24,11 @@ import h11
 import httpx
 import trio
 
-from tests.helpers.backends import Backend, ask, backend, read_response
+from tests.helpers.backends import Backend, ask, backend, free_port, read_response
+from tests.fakes.apiserver import fake_apiserver
+from tests.fakes.k8s_objects import endpoint, endpoint_slice, node
 from tests.helpers.proc import RunningProxy, running_nodeproxy
+from tests.test_k8s_wiring import POD_A, POD_B, backends, greeter_objects, kubeconfig
 
 DEADLINE = 30.0
 
@@ -292,6 +295,88 @@ async def test_a_breaker_trip_in_one_worker_opens_it_in_every_worker(tmp_path: P
             assert len(upstream.requests) == hits + 3  # worker 1 never touched the service
             for stream in (first, second):
                 await stream.aclose()
+
+
+async def test_discovery_runs_once_and_every_worker_follows_it(tmp_path: Path) -> None:
+    """One Kubernetes watch (the supervisor's); its snapshots reach every worker."""
+    async with (
+        fake_apiserver() as api,
+        backends(POD_A, POD_B) as (a, b),
+        httpx.AsyncClient() as client,
+    ):
+        greeter_objects(api, a.port, ("node-1", "node-1"))
+        api.add("nodes", node("node-1", "127.0.0.1"))
+        config = tmp_path / "np.yaml"
+        config.write_text(
+            "workers: 2\nnode_name: node-1\n"
+            "listeners: [{address: '127.0.0.1:0'}]\nadmin: {address: '127.0.0.1:0'}\n"
+            "log: {format: json, access_log: false}\n"
+            f"discovery:\n  kubernetes: {{kubeconfig: {kubeconfig(tmp_path / 'kc', api)}}}\n"
+        )
+        async with fleet(config) as proxy:
+            url = f"http://127.0.0.1:{proxy.listener_ports['outbound']}/hello"
+            host = {"host": "bdgreeter"}
+            for _ in range(20):  # new connections: both workers serve
+                async with httpx.AsyncClient() as fresh:
+                    assert (await fresh.get(url, headers=host)).status_code == 200
+            assert len(a.requests) + len(b.requests) == 20
+            assert len(a.requests) > 0
+            assert len(b.requests) > 0
+            lists = [t for t, _ in api.requests if t.startswith("/api/v1/services?limit")]
+            assert len(lists) == 1  # one watcher for the node, not one per worker
+
+            api.modify("endpointslices", endpoint_slice("bdgreeter-x", "bdgreeter", [
+                endpoint(POD_A, node="node-1", pod="bd-a"),
+                endpoint(POD_B, node="node-1", pod="bd-b", ready=False, terminating=True),
+            ], ports=[("http", a.port)]))  # fmt: skip
+
+            async def only_a_in_both() -> bool:
+                view = (await client.get(f"http://127.0.0.1:{proxy.admin_port}/clusters")).json()
+                (svc,) = [c for c in view["clusters"] if c["name"] == "bdgreeter"]
+                return [e["address"] for e in svc["endpoints"]] == [f"{POD_A}:{a.port}"]
+
+            await until(only_a_in_both, 10.0)
+            b_before = len(b.requests)
+            for _ in range(20):
+                async with httpx.AsyncClient() as fresh:
+                    assert (await fresh.get(url, headers=host)).status_code == 200
+            # Workers install what the supervisor published; none keeps the old snapshot.
+            assert len(b.requests) == b_before
+
+
+async def test_health_verdicts_of_the_supervisor_reach_every_worker(tmp_path: Path) -> None:
+    """The supervisor probes; each worker takes its verdicts and sends nothing to the bad one."""
+    async with backend() as upstream:
+        down = free_port()
+        config = tmp_path / "np.yaml"
+        config.write_text(
+            "workers: 2\n"
+            "listeners:\n  - name: outbound\n    address: 127.0.0.1:0\n"
+            "admin:\n  address: 127.0.0.1:0\n"
+            "log:\n  format: json\n  access_log: false\n"
+            "services:\n  - name: svc\n    endpoints:\n"
+            f"      - address: 127.0.0.1:{upstream.port}\n      - address: 127.0.0.1:{down}\n"
+            "    health_check: {interval: 200ms, timeout: 200ms, unhealthy_threshold: 1}\n"
+        )
+        async with fleet(config) as proxy, httpx.AsyncClient() as client:
+            admin = f"http://127.0.0.1:{proxy.admin_port}"
+
+            async def down_in_both() -> bool:
+                view = (await client.get(f"{admin}/clusters")).json()
+                (svc,) = [c for c in view["clusters"] if c["name"] == "svc"]
+                (bad,) = [e for e in svc["endpoints"] if e["port"] == down]
+                per_worker = (bad["traffic"] or {}).get("workers", {})
+                health = [w["health"] for _, w in sorted(per_worker.items())]
+                return health == ["unhealthy", "unhealthy"]
+
+            await until(down_in_both, 10.0)
+            port = proxy.listener_ports["outbound"]
+            for _ in range(20):
+                status, _, _ = await ask(port, b"GET", b"/x", b"svc")
+                assert status == 200
+            samples = await scrape(proxy.admin_port)
+            assert total(samples, "nodeproxy_upstream_connect_failures_total") == 0
+            assert len([r for r in upstream.requests if r.target == b"/x"]) == 20
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
