@@ -24,9 +24,9 @@ import h11
 import httpx
 import trio
 
-from tests.helpers.backends import Backend, ask, backend, free_port, read_response
 from tests.fakes.apiserver import fake_apiserver
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, node
+from tests.helpers.backends import Backend, ask, backend, free_port, read_response
 from tests.helpers.proc import RunningProxy, running_nodeproxy
 from tests.test_k8s_wiring import POD_A, POD_B, backends, greeter_objects, kubeconfig
 
