@@ -200,7 +200,18 @@ def report(
             f" | {r['others_cores_used']:.2f} | {', '.join(map(str, r['worker_rss_mib']))}"
             f" | {r['supervisor_rss_mib'] or '-'} | {share(r['requests_per_worker'])} |"
         )
-    lines += ["", f"- scaling efficiency (2 workers / 2 x 1 worker): {efficiency:.2f}"]
+    per_core = one["proxy_cpu_us_per_req"] / two["proxy_cpu_us_per_req"]
+    lines += [
+        "",
+        f"- scaling efficiency (2 workers / 2 x 1 worker), measured: {efficiency:.2f}",
+        f"- cores the proxy got: {one['proxy_cores_used']:.2f} (1 worker),"
+        f" {two['proxy_cores_used']:.2f} (2 workers); wrk + nginx + the rest of the machine:"
+        f" {one['others_cores_used']:.2f} and {two['others_cores_used']:.2f} of {os.cpu_count()}",
+        f"- CPU per request, 1 worker / 2 workers: {per_core:.2f} (the work a second worker"
+        " adds per request: supervisor, shared caches, context switches)",
+        f"- extrapolation, NOT measured: with a free core per worker, 2 workers would reach about"
+        f" {2 * per_core:.2f} x one worker's throughput",
+    ]
     lines += [f"- errors: {[r['errors'] for r in runs]}", "", "Spread over 2 workers:", ""]
     lines += [
         "| sockets | new connections per worker | req/s, new connection each | proxy CPU µs"
