@@ -262,7 +262,7 @@ async def test_a_node_refuses_a_signer_whose_certificate_does_not_name_its_host(
             await client.sign([NODE_A], lifetime=HOUR, client=None)
 
 
-async def test_health_endpoint_and_unknown_routes(tmp_path: Path) -> None:
+async def test_health_metrics_and_unknown_routes(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c, httpx.AsyncClient(verify=client_ssl(c.ca)) as client:
         r = await client.get(f"{c.signer.url}/healthz")
         assert (r.status_code, r.json()) == (200, {"status": "ok"})
@@ -270,6 +270,16 @@ async def test_health_endpoint_and_unknown_routes(tmp_path: Path) -> None:
         assert r.status_code == 405
         r = await client.get(f"{c.signer.url}/secrets")
         assert r.status_code == 404
+        token = c.api.token_reviews.issue("nodeproxy-a", "nodeproxy")
+        assert (await c.post(token, NODE_A, DATABASE)).status_code == 200
+        assert (await c.post(None, NODE_A)).status_code == 401
+        r = await client.get(f"{c.signer.url}/metrics")
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        lines = set(r.text.splitlines())
+        assert 'nodeproxy_signer_requests_total{outcome="signed"} 1' in lines
+        assert 'nodeproxy_signer_requests_total{outcome="unauthenticated"} 1' in lines
+        assert "nodeproxy_signer_certificates_total 1" in lines
+        assert "nodeproxy_signer_refusals_total 1" in lines
 
 
 async def test_slow_and_excess_connections_are_closed(

@@ -39,6 +39,7 @@ from nodeproxy.tls.context import PeerIdentityError, peer_identity, signer_conte
 from nodeproxy.tls.identity import SpiffeId
 
 log = structlog.get_logger("nodeproxy.signer")
+METRICS_PATH = "/metrics"
 
 
 @dataclass
@@ -126,15 +127,19 @@ async def _one(tls: trio.SSLStream[trio.SocketStream], signer: Signer, limits: L
     with trio.fail_after(limits.request_timeout):
         await tls.do_handshake()
         request, body = await _read(tls, conn, limits.max_body)
-    doc: dict[str, object]
+    content_type = "application/json"
     if request is None:
         status, cause = 413, "too_large"
         doc = {"error": cause, "reason": f"the body is larger than {limits.max_body} bytes"}
+        payload = json.dumps(doc).encode() + b"\n"
+    elif request.target == METRICS_PATH.encode() and request.method == b"GET":
+        status, cause, payload = 200, "", signer.metrics().encode()
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
     else:
-        status, cause, doc = await _route(tls, request, body, signer)
-    payload = json.dumps(doc).encode() + b"\n"
+        status, cause, answer = await _route(tls, request, body, signer)
+        payload = json.dumps(answer).encode() + b"\n"
     headers = [
-        ("Content-Type", "application/json"),
+        ("Content-Type", content_type),
         ("Content-Length", str(len(payload))),
         ("Connection", "close"),
     ]

@@ -77,11 +77,31 @@ class Signer:
     audience: str = AUDIENCE
     max_lifetime: timedelta = timedelta(hours=24)
     clock: Callable[[], datetime] = utc_now  # wall clock: certificate validity only
-    counts: dict[str, int] = field(default_factory=dict)  # outcome -> requests, for repr/logs
+    counts: dict[str, int] = field(default_factory=dict)  # outcome -> requests
+    issued: int = 0  # certificates signed
+    refused: int = 0  # identities refused (beside others, or in a 403)
 
     def __repr__(self) -> str:
         seen = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no requests"
         return f"<Signer {self.ca.trust_domain} [{seen}] {self.api!r}>"
+
+    def metrics(self) -> str:
+        """Prometheus text for ``GET /metrics``: outcomes and certificates."""
+        lines = [
+            "# HELP nodeproxy_signer_requests_total Signing requests answered, by outcome.",
+            "# TYPE nodeproxy_signer_requests_total counter",
+            *(
+                f'nodeproxy_signer_requests_total{{outcome="{k}"}} {v}'
+                for k, v in sorted(self.counts.items())
+            ),
+            "# HELP nodeproxy_signer_certificates_total Certificates signed.",
+            "# TYPE nodeproxy_signer_certificates_total counter",
+            f"nodeproxy_signer_certificates_total {self.issued}",
+            "# HELP nodeproxy_signer_refusals_total Identities refused (no pod on the node...).",
+            "# TYPE nodeproxy_signer_refusals_total counter",
+            f"nodeproxy_signer_refusals_total {self.refused}",
+        ]
+        return "\n".join(lines) + "\n"
 
     async def sign(
         self, token: str | None, body: bytes, client: SpiffeId | None = None
@@ -90,9 +110,12 @@ class Signer:
             response = await self._sign(token, body, client)
         except SignerRefused as exc:
             self.counts[exc.cause] = self.counts.get(exc.cause, 0) + 1
+            self.refused += len(exc.refused)
             log.info("sign_refused", status=exc.status, cause=exc.cause, reason=exc.reason)
             raise
         self.counts["signed"] = self.counts.get("signed", 0) + 1
+        self.issued += len(response.issued)
+        self.refused += len(response.refused)
         log.info(
             "signed",
             node=response.node,
