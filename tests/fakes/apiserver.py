@@ -18,6 +18,11 @@ and EndpointSlices (``/apis/discovery.k8s.io/v1``), cluster-wide or under
 - a version older than the compacted history: ``410 Gone``, either as the HTTP
   status or (what a real server does for watches) as a 200 whose only event is
   ``ERROR`` with a ``Status`` of code 410 -- ``gone_as`` picks;
+- a watch from a version *newer* than the server's (after an etcd restore rolled the
+  versions back, ``restore()``): ``504`` ``Timeout`` with the cause
+  ``ResourceVersionTooLarge`` ("Too large resource version"), as an ``ERROR`` event
+  or the HTTP status (``too_large_as``), or ``"accept"``: the watch is served and
+  its events carry versions lower than the client's;
 - legacy discovery documents (``/api``, ``/apis``, ``/api/v1``, ...) so kubectl works;
 - optional bearer-token check (``tokens``), answering 401 with a ``Status``;
 - ``GET .../namespaces/<ns>/pods/<name>`` (one pod, or 404 ``NotFound``) and
@@ -25,7 +30,8 @@ and EndpointSlices (``/apis/discovery.k8s.io/v1``), cluster-wide or under
   ``token_reviews.issue(pod)`` (tests/fakes/tokenreview.py).
 
 Test controls: ``add``/``modify``/``delete`` objects, ``bookmark()``,
-``compact()``, ``end_watches(gone=...)``, ``go_down()``/``go_up()`` (down:
+``compact()``, ``end_watches(gone=...)``, ``checkpoint()``/``restore()`` (an etcd
+backup and restore: versions go backwards and every watch is cut), ``go_down()``/``go_up()`` (down:
 open connections are cut and new ones closed at once, as when the API server
 restarts) and ``requests`` (the targets and tokens clients sent).
 What it does not do: writes over HTTP (but TokenReview), protobuf, tables, sendInitialEvents.
@@ -34,6 +40,7 @@ What it does not do: writes over HTTP (but TokenReview), protobuf, tables, sendI
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import ssl
 from collections import deque
@@ -51,11 +58,22 @@ from tests.fakes.cluster_state import KINDS, ClusterState, Event, Kind, Obj, Sel
 from tests.fakes.tokenreview import TokenReviews
 
 GoneAs = Literal["event", "status"]
+TooLargeAs = Literal["event", "status", "accept"]
 
 
 def status(code: int, reason: str, message: str) -> Obj:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}  # fmt: skip
+
+
+def too_large(requested: int, current: int) -> Obj:
+    """apimachinery's ``NewTooLargeResourceVersionError``: a 504 Timeout with its cause."""
+    msg = f"Timeout: Too large resource version: {requested}, current: {current}"
+    doc = status(504, "Timeout", msg)
+    doc["details"] = {"causes": [{"reason": "ResourceVersionTooLarge",
+                                  "message": "Too large resource version"}],
+                      "retryAfterSeconds": 1}  # fmt: skip
+    return doc
 
 
 @dataclass(eq=False)
@@ -95,6 +113,7 @@ class FakeApiServer:
         self.state = ClusterState()
         self.token_reviews = TokenReviews(self.state)
         self.gone_as: GoneAs = gone_as
+        self.too_large_as: TooLargeAs = "event"
         self.tokens: set[str] | None = None  # None: any (or no) token is accepted
         self.requests: deque[tuple[str, str | None]] = deque(maxlen=1000)  # (target, token)
         self.watchers: set[Watcher] = set()
@@ -154,6 +173,19 @@ class FakeApiServer:
                 self._push(w, _event("ERROR", status(410, "Expired", msg)))
             w.send.close()
             self.watchers.discard(w)
+
+    def checkpoint(self) -> ClusterState:
+        """A backup of every object and the version (restore it with ``restore``)."""
+        return copy.deepcopy(self.state)
+
+    def restore(self, backup: ClusterState) -> None:
+        """An etcd restore: the state (and versions) of ``backup``, a fresh watch cache
+        (no history), and every open watch cut as the API servers restart."""
+        self.state = copy.deepcopy(backup)
+        self.state.compact()
+        for scope in list(self._connections):
+            scope.cancel()
+        self.watchers.clear()
 
     def go_down(self) -> None:
         self._down = True
@@ -286,6 +318,13 @@ class FakeApiServer:
         live = True
         if rv in ("", "0"):
             initial = [_event("ADDED", o) for o in self.state.listing(kind.resource, ns, sel)]
+        elif int(rv) > self.state.version and self.too_large_as != "accept":
+            doc = too_large(int(rv), self.state.version)
+            if self.too_large_as == "status":
+                return await _send_json(conn, stream, 504, doc)
+            initial = [_event("ERROR", doc)]
+            live = False
+            send.close()
         elif int(rv) < self.state.compacted:
             msg = f"too old resource version: {rv} ({self.state.compacted})"
             if self.gone_as == "status":
