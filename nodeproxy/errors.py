@@ -104,6 +104,14 @@ class UnknownService(ProxyError):
     body = "unknown service"
 
 
+class NotSynced(ProxyError):
+    """Discovery has not listed the cluster once yet: the service may exist (retry)."""
+
+    status = 503
+    cause = "not_synced"
+    body = "service discovery not synced yet"
+
+
 class NoRoute(ProxyError):
     status = 404
     cause = "no_route"

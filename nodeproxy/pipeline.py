@@ -47,7 +47,12 @@ from collections.abc import Collection
 import trio
 
 from nodeproxy.config.model import ClusterConfig, EndpointConfig, ListenerConfig
-from nodeproxy.errors import NoHealthyUpstream, UnknownService, UpstreamResponseTimeout
+from nodeproxy.errors import (
+    NoHealthyUpstream,
+    NotSynced,
+    UnknownService,
+    UpstreamResponseTimeout,
+)
 from nodeproxy.http1.codec import request_event
 from nodeproxy.http1.forwarding import Forwarding, forwarded_client
 from nodeproxy.http1.headers import request_authority
@@ -273,11 +278,14 @@ class Pipeline:
         return self.router.route(parse_authority(authority), authority.lower(), path, headers)
 
     def cluster_of(self, decision: RouteDecision) -> ClusterConfig:
-        """The routed cluster's settings; a discovered service that does not exist is a 404."""
+        """The routed cluster's settings; a discovered service that does not exist is a 404
+        (a 503 before discovery has synced: it may exist)."""
         cluster = self.runtime.config.clusters.get(decision.cluster)
         if cluster is not None:
             return cluster
         if decision.rule.cluster_from_authority:
+            if not self.runtime.endpoints.synced:
+                raise NotSynced(f"service {decision.cluster!r}: discovery not synced yet")
             raise UnknownService(f"no service {decision.cluster!r} discovered")
         raise NoHealthyUpstream(f"cluster {decision.cluster!r} is not configured")
 

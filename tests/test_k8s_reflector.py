@@ -28,7 +28,7 @@ from nodeproxy.discovery.kubernetes import (
 from nodeproxy.discovery.kubernetes.store import K8S_EVENTS, K8S_RELISTS, K8S_WATCH_RESTARTS
 from nodeproxy.discovery.kubernetes.translate import PodIdentity
 from nodeproxy.discovery.snapshot import EndpointRegistry
-from tests.fakes.apiserver import FakeApiServer, GoneAs, fake_apiserver
+from tests.fakes.apiserver import FakeApiServer, GoneAs, TooLargeAs, fake_apiserver
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, endpoints_v1, node, pod, service
 
 
@@ -284,3 +284,48 @@ async def test_oversized_event_is_refused_and_the_last_state_kept(
             api.add("endpointslices", big)
             await eventually(lambda: count(disc, K8S_WATCH_RESTARTS, "endpointslices") >= 2)
             assert hosts(disc) == ["10.0.1.1:8080", "10.0.2.1:8080"]
+
+
+@pytest.mark.parametrize("too_large_as", ["event", "status"])
+async def test_rollback_too_large_resource_version_relists(
+    clock: trio.testing.MockClock, too_large_as: TooLargeAs
+) -> None:
+    """After an etcd restore every watch asks for a version the API has not reached:
+    504 "Too large resource version" means list again (client-go), not retry forever."""
+    async with fake_apiserver() as api:
+        api.too_large_as = too_large_as
+        seed(api)
+        backup = api.checkpoint()
+        async with discovery(api) as disc:
+            await watching(api)
+            api.add("endpointslices", endpoint_slice("bd-2", "bdgreeter", [endpoint("10.0.3.1")]))
+            api.add("endpointslices", endpoint_slice("bd-2", "bdgreeter", [endpoint("10.0.3.2")]))
+            await eventually(lambda: "10.0.3.2:8080" in hosts(disc))
+            api.restore(backup)  # bd-2 never happened; versions go back by two
+            api.add("endpointslices", endpoint_slice("bd-3", "bdgreeter", [endpoint("10.0.4.1")]))
+            started = trio.current_time()
+            await eventually(lambda: "10.0.4.1:8080" in hosts(disc))
+            assert "10.0.3.2:8080" not in hosts(disc)
+            assert trio.current_time() - started < 5
+            assert count(disc, K8S_RELISTS, "endpointslices", reason="too_large") == 1
+            await watching(api)  # and it watches again from the restored versions
+            api.delete("endpointslices", "bd-3")
+            await eventually(lambda: "10.0.4.1:8080" not in hosts(disc))
+
+
+async def test_resource_version_going_backwards_relists(clock: trio.testing.MockClock) -> None:
+    """A server that accepts the newer version but sends older ones has been rolled back."""
+    async with fake_apiserver() as api:
+        api.too_large_as = "accept"
+        seed(api)
+        backup = api.checkpoint()
+        async with discovery(api) as disc:
+            await watching(api)
+            api.add("endpointslices", endpoint_slice("bd-2", "bdgreeter", [endpoint("10.0.3.1")]))
+            await eventually(lambda: len(hosts(disc)) == 3)
+            api.restore(backup)
+            await watching(api)
+            api.add("endpointslices", endpoint_slice("bd-3", "bdgreeter", [endpoint("10.0.4.1")]))
+            await eventually(lambda: "10.0.4.1:8080" in hosts(disc))
+            assert "10.0.3.1:8080" not in hosts(disc)
+            assert count(disc, K8S_RELISTS, "endpointslices", reason="rollback") == 1

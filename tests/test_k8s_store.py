@@ -14,6 +14,7 @@ from nodeproxy.discovery.kubernetes.store import (
     Store,
     WatchProtocolError,
     parse_list,
+    too_large_status,
 )
 
 
@@ -22,6 +23,14 @@ def obj(name: str, rv: str, ns: str | None = "default", **extra: Any) -> dict[st
     if ns:
         meta["namespace"] = ns
     return {"metadata": meta, **extra}
+
+
+TOO_LARGE = {
+    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 504,
+    "message": "Timeout: Too large resource version: 25, current: 20", "reason": "Timeout",
+    "details": {"causes": [{"reason": "ResourceVersionTooLarge",
+                            "message": "Too large resource version"}], "retryAfterSeconds": 1},
+}  # fmt: skip
 
 
 def test_list_replaces_everything_and_marks_synced() -> None:
@@ -44,6 +53,12 @@ def test_list_replaces_everything_and_marks_synced() -> None:
         ({"type": "BOOKMARK", "object": obj("", "30", ns=None)}, Outcome.BOOKMARK, ["a"], "30"),
         ({"type": "ERROR", "object": {"kind": "Status", "code": 410}}, Outcome.GONE, ["a"], "20"),
         ({"type": "ERROR", "object": {"kind": "Status", "code": 500}}, Outcome.ERROR, ["a"], "20"),
+        ({"type": "ERROR", "object": TOO_LARGE}, Outcome.TOO_LARGE, ["a"], "20"),
+        # the API went back (an etcd restore): nothing applied, list again
+        ({"type": "ADDED", "object": obj("new", "20")}, Outcome.ROLLBACK, ["a"], "20"),
+        ({"type": "DELETED", "object": obj("a", "7")}, Outcome.ROLLBACK, ["a"], "20"),
+        ({"type": "BOOKMARK", "object": obj("", "19", ns=None)}, Outcome.ROLLBACK, ["a"], "20"),
+        ({"type": "BOOKMARK", "object": obj("", "20", ns=None)}, Outcome.BOOKMARK, ["a"], "20"),
     ],
 )
 def test_watch_events(
@@ -54,6 +69,30 @@ def test_watch_events(
     assert store.apply(event) is outcome
     assert [k.removeprefix("default/") for k in store.objects] == keys
     assert store.resource_version == version
+
+
+@pytest.mark.parametrize(
+    ("doc", "too_large"),
+    [
+        (TOO_LARGE, True),
+        ({"code": 500, "details": {"causes": [{"reason": "ResourceVersionTooLarge"}]}}, True),
+        # Kubernetes 1.17.0-1.18.5: the cause's message only; before 1.17: the message only
+        ({"code": 504, "details": {"causes": [{"message": "Too large resource version"}]}}, True),
+        ({"code": 504, "message": "Timeout: Too large resource version: 9, current: 8"}, True),
+        ({"code": 500, "message": "Too large resource version: 9, current: 8"}, False),
+        ({"code": 504, "message": "Timeout: request did not complete"}, False),
+        ({"code": 504, "details": {"causes": "junk"}}, False),
+        ("not a status", False),
+    ],
+)
+def test_too_large_resource_version_as_client_go_decides(doc: Any, too_large: bool) -> None:
+    assert too_large_status(doc) is too_large
+
+
+def test_opaque_versions_are_never_compared() -> None:
+    store = Store("pods")
+    store.replace([], "b7")
+    assert store.apply({"type": "ADDED", "object": obj("x", "a1")}) is Outcome.APPLIED
 
 
 def test_modified_stores_the_new_object() -> None:

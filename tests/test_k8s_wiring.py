@@ -186,3 +186,75 @@ mesh: {{ca_dir: {tmp_path / "ca"}, inbound: "{ip}:{inbound_port}"}}
             async with client_from("127.0.0.1") as stranger:  # not a pod of node-1
                 r = await stranger.get(url, headers={"host": "bdgreeter"})
             assert (r.status_code, r.headers["x-nodeproxy-error"]) == (403, "unknown_source")
+
+
+def discovery_config(api: FakeApiServer, kc: Path) -> str:
+    return f"""
+node_name: node-1
+listeners: [{{address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+discovery:
+  kubernetes: {{kubeconfig: {kubeconfig(kc, api)}}}
+"""
+
+
+async def test_before_the_first_sync_a_service_name_is_503_not_synced(tmp_path: Path) -> None:
+    """A 404 looks final (clients do not retry it); before discovery has listed
+    everything the proxy cannot know, so it says so, and /ready says what it waits for."""
+    async with fake_apiserver() as api, backends(POD_A, POD_B) as (a, _):
+        greeter_objects(api, a.port, ("node-1", "node-1"))
+        api.add("nodes", node("node-1", "127.0.0.1"))
+        api.go_down()
+        async with app(discovery_config(api, tmp_path / "kc")) as handle, httpx.AsyncClient() as c:
+            url = f"http://127.0.0.1:{handle.listener_ports['outbound']}/hello"
+            early = await c.get(url, headers={"host": "bdgreeter"})
+            assert (early.status_code, early.headers["x-nodeproxy-error"]) == (503, "not_synced")
+            ready = await c.get(f"http://127.0.0.1:{handle.admin_port}/ready")
+            assert ready.status_code == 503
+            assert "endpoints not synced" in ready.text
+            assert "(waiting for services: " in ready.text
+            assert "the API server closed the connection" in ready.text
+            api.go_up()
+            await until(lambda: handle.runtime.endpoints.synced)
+            assert (await c.get(url, headers={"host": "bdgreeter"})).status_code == 200
+            gone = await c.get(url, headers={"host": "nosuch"})
+            assert (gone.status_code, gone.headers["x-nodeproxy-error"]) == (404, "unknown_service")
+
+
+async def test_api_rollback_relists_and_routes_to_the_restored_state(tmp_path: Path) -> None:
+    """An etcd restore: the proxy's versions are ahead of the API's; within seconds it
+    lists again and routes to what the API now says, while it stays ready."""
+    async with fake_apiserver() as api, backends(POD_A, POD_B) as (a, b):
+        greeter_objects(api, a.port, ("node-1", "node-1"))
+        api.add("nodes", node("node-1", "127.0.0.1"))
+        api.modify("endpointslices", endpoint_slice("bdgreeter-x", "bdgreeter", [
+            endpoint(POD_A, node="node-1", pod="bd-a")], ports=[("http", a.port)]))  # fmt: skip
+        backup = api.checkpoint()  # only POD_A
+        async with app(discovery_config(api, tmp_path / "kc")) as handle, httpx.AsyncClient() as c:
+            await until(lambda: handle.runtime.endpoints.synced)
+            await until(lambda: len(api.watchers) == 4)
+            api.modify("endpointslices", endpoint_slice("bdgreeter-x", "bdgreeter", [
+                endpoint(POD_B, node="node-1", pod="bd-b")], ports=[("http", a.port)]))  # fmt: skip
+            url = f"http://127.0.0.1:{handle.listener_ports['outbound']}/hello"
+            host = {"host": "bdgreeter"}
+            await until(lambda: len(handle.runtime.endpoints.current().endpoints("bdgreeter")) == 1
+                        and handle.runtime.endpoints.current().endpoints("bdgreeter")[0].host
+                        == POD_B)  # fmt: skip
+            assert (await c.get(url, headers=host)).status_code == 200
+            assert len(b.requests) == 1
+            api.restore(backup)  # back to POD_A, with older versions
+            with trio.fail_after(5):
+                while True:
+                    r = await c.get(url, headers=host)
+                    assert r.status_code == 200
+                    if len(a.requests) > 0:
+                        break
+                    await trio.sleep(0.05)
+            b_before = len(b.requests)
+            for _ in range(5):
+                assert (await c.get(url, headers=host)).status_code == 200
+            assert len(b.requests) == b_before
+            assert (await c.get(f"http://127.0.0.1:{handle.admin_port}/ready")).status_code == 200
+            metrics = (await c.get(f"http://127.0.0.1:{handle.admin_port}/stats/prometheus")).text
+            relists = 'nodeproxy_k8s_relists_total{reason="too_large",resource="endpointslices"} 1'
+            assert relists in metrics

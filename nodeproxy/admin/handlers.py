@@ -127,7 +127,8 @@ def not_ready_reason(runtime: Runtime, workers: WorkersView | None = None) -> st
         return f"starting: {down}"
     if not runtime.listeners_ready:
         return "starting: listeners not ready"
-    return "starting: endpoints not synced"
+    waiting = runtime.endpoints.waiting_for()
+    return "starting: endpoints not synced" + (f" (waiting for {waiting})" if waiting else "")
 
 
 def get_ready(ctx: AdminContext, req: Request) -> AdminResponse:

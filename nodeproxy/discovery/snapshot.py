@@ -36,6 +36,8 @@ class EndpointRegistry:
         self._current = EndpointSnapshot(version=0)
         self.synced = False  # True after the first complete publish
         self.on_publish: Callable[[EndpointSnapshot], None] | None = None  # a supervisor's
+        # what the first publish still waits for, for /ready (set by the discovery that publishes)
+        self.waiting_for: Callable[[], str] = str
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self._current.clusters.values())

@@ -12,7 +12,8 @@ are long-lived or rare, and a fresh connection re-reads the rotating token.
 
 Failures are mapped once, here: anything network- or protocol-shaped becomes
 ``ApiUnavailable`` (reconnect with backoff); an HTTP error status becomes
-``ApiStatusError`` carrying the API's ``Status`` message, and ``Gone`` for 410.
+``ApiStatusError`` carrying the API's ``Status`` message, ``Gone`` for 410 and
+``TooLargeResourceVersion`` for 504 "Too large resource version" (both: list again).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import h11
 import trio
 
 from nodeproxy.discovery.kubernetes.access import ApiAccess
+from nodeproxy.discovery.kubernetes.store import too_large_status
 
 MAX_HEAD_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 64 * 1024
@@ -48,6 +50,11 @@ class ApiStatusError(Exception):
 
 class Gone(ApiStatusError):
     """410: the requested resourceVersion (or continue token) is too old; list again."""
+
+
+class TooLargeResourceVersion(ApiStatusError):
+    """504 "Too large resource version": the API is behind the version asked for
+    (an etcd restore rolled it back); list again, as client-go does."""
 
 
 @dataclass
@@ -141,8 +148,7 @@ class ApiClient:
             )
             if head.status_code >= 300:
                 body = await response.read_all(MAX_ERROR_BODY_BYTES)
-                error = Gone if head.status_code == 410 else ApiStatusError
-                raise error(head.status_code, status_message(body) or head.reason.decode())
+                raise _status_error(head.status_code, body, head.reason.decode())
             yield response
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -175,6 +181,19 @@ def status_message(body: bytes) -> str:
     except ValueError:
         return body[:200].decode("utf-8", "replace").strip()
     return str(doc.get("message", "")) if isinstance(doc, dict) else ""
+
+
+def _status_error(status: int, body: bytes, reason: str) -> ApiStatusError:
+    message = status_message(body) or reason
+    if status == 410:
+        return Gone(status, message)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if too_large_status(doc) or (status == 504 and "Too large resource version" in message):
+        return TooLargeResourceVersion(status, message)
+    return ApiStatusError(status, message)
 
 
 async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, timeout: float) -> h11.Event:

@@ -113,6 +113,7 @@ class KubernetesDiscovery:
         self.pod_identities: Mapping[str, PodIdentity] = {}
         self._dirty = trio.Event()
         self._published: dict[str, tuple[Endpoint, ...]] | None = None
+        registry.waiting_for = self.waiting_for
 
     def __repr__(self) -> str:
         stores = ", ".join(repr(r.store) for r in self.reflectors.values())
@@ -122,6 +123,15 @@ class KubernetesDiscovery:
     def synced(self) -> bool:
         """Every resource has been listed once (then the first snapshot is published)."""
         return all(r.store.synced for r in self.reflectors.values())
+
+    def waiting_for(self) -> str:
+        """The resources not listed yet, with their last error ('' once synced)."""
+        parts = []
+        for r in self.reflectors.values():
+            if not r.store.synced:
+                err = f": {r.failures} failures, last: {r.last_error}" if r.last_error else ""
+                parts.append(f"{r.resource.name}{err}")
+        return "; ".join(parts)
 
     def _mark_dirty(self) -> None:
         self._dirty.set()

@@ -10,7 +10,11 @@ One ``Reflector`` per resource, run as one task that is the only writer of its
 3. when the server ends the watch (its timeout), watch again from the last
    version seen -- bookmarks keep that version fresh, so no relist is needed;
 4. 410 Gone, as an HTTP status or as an ``ERROR`` event, means the version is
-   too old: list again right away;
+   too old: list again right away. So do 504 "Too large resource version" and
+   an event whose version is not newer than the cache's: the API's versions
+   went back (an etcd restore), and watching again from ours would wait
+   forever on stale state. A second relist in a row without a watch event in
+   between waits the backoff first, so a confused server is not hammered;
 5. any other failure (refused, reset, TLS, 5xx, 401 after a token mix-up, a
    malformed event): wait a capped, jittered exponential backoff and reconnect,
    watching again from the last version if there was one.
@@ -34,12 +38,14 @@ from nodeproxy.discovery.kubernetes.apiclient import (
     ApiStatusError,
     ApiUnavailable,
     Gone,
+    TooLargeResourceVersion,
 )
 from nodeproxy.discovery.kubernetes.store import (
     K8S_EVENTS,
     K8S_RELISTS,
     K8S_SYNCED,
     K8S_WATCH_RESTARTS,
+    RELIST,
     Backoff,
     LineBuffer,
     Obj,
@@ -86,6 +92,7 @@ class Reflector:
         self.settings = settings or ReflectorSettings()
         self.rng = rng or random.Random()
         self.failures = 0  # consecutive; the backoff exponent
+        self.last_error = ""  # why the last list or watch failed (for /ready before the sync)
 
     def __repr__(self) -> str:
         return f"<Reflector {self.resource.name} {self.store!r} [{self.failures} failures]>"
@@ -102,26 +109,33 @@ class Reflector:
                     self._count(K8S_RELISTS, reason=relist_reason)
                     await self.list()
                     relist_reason = ""
-                if await self.watch() is Outcome.GONE:
-                    self._count(K8S_WATCH_RESTARTS, reason="gone")
-                    relist_reason = "gone"
-                else:
+                outcome = await self.watch()
+                if outcome not in RELIST:
                     self._count(K8S_WATCH_RESTARTS, reason="timeout")
                     self.failures = 0
-                continue
-            except Gone as exc:
-                log.info("k8s_relist", resource=self.resource.name, reason=str(exc))
-                self._count(K8S_WATCH_RESTARTS, reason="gone")
-                relist_reason = "gone"
-                if self.failures == 0:  # one immediate relist; repeated 410s back off
-                    self.failures = 1
                     continue
+                relist_reason = outcome.value
+                why = f"watch event: {outcome.value}"
+            except (Gone, TooLargeResourceVersion) as exc:
+                relist_reason = "gone" if isinstance(exc, Gone) else "too_large"
+                why = str(exc)
             except (ApiUnavailable, ApiStatusError, WatchProtocolError) as exc:
                 log.warning("k8s_watch_failed", resource=self.resource.name, error=str(exc))
                 self._count(K8S_WATCH_RESTARTS, reason="error")
-            delay = self.settings.backoff.delay(self.failures, self.rng.random())
-            self.failures += 1
-            await trio.sleep(delay)
+                self.last_error = str(exc)
+                await self._back_off()
+                continue
+            log.info("k8s_relist", resource=self.resource.name, reason=relist_reason, error=why)
+            self._count(K8S_WATCH_RESTARTS, reason=relist_reason)
+            if self.failures == 0:  # one immediate relist; repeated ones back off
+                self.failures = 1
+            else:
+                await self._back_off()
+
+    async def _back_off(self) -> None:
+        delay = self.settings.backoff.delay(self.failures, self.rng.random())
+        self.failures += 1
+        await trio.sleep(delay)
 
     async def list(self) -> None:
         """One complete (paged) list, then replace the cache."""
@@ -136,7 +150,7 @@ class Reflector:
             if not cont:
                 break
         self.store.replace(items, version)
-        self.failures = 0
+        self.last_error = ""
         self.stats.gauge_set(K8S_SYNCED, labels(resource=self.resource.name), 1)
         log.info("k8s_listed", resource=self.resource.name, items=len(items), version=version)
         self.on_change()
@@ -154,12 +168,12 @@ class Reflector:
             while chunk := await response.next_chunk():
                 for line in lines.feed(chunk):
                     events += 1
-                    if self._apply(line) is Outcome.GONE:
-                        return Outcome.GONE
+                    if (outcome := self._apply(line)) in RELIST:
+                        return outcome
             for line in lines.finish():
                 events += 1
-                if self._apply(line) is Outcome.GONE:
-                    return Outcome.GONE
+                if (outcome := self._apply(line)) in RELIST:
+                    return outcome
         if events == 0 and trio.current_time() - started < s.min_watch_seconds:
             raise ApiUnavailable("the watch ended at once without events")
         return Outcome.APPLIED

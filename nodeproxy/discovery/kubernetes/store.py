@@ -9,10 +9,17 @@ client-go's reflector semantics, as plain synchronous code:
   object, ``DELETED`` drops it, and each moves ``resource_version`` to the
   object's own version; ``BOOKMARK`` moves only the version;
 - an ``ERROR`` event carries a ``Status``: code 410 means the version is too
-  old and the caller must list again (``Outcome.GONE``); any other error means
-  reconnect (``Outcome.ERROR``).
+  old and the caller must list again (``Outcome.GONE``); 504 "Too large
+  resource version" means the API is *behind* the version asked for -- an etcd
+  restore rolled it back -- and the caller must list again too
+  (``Outcome.TOO_LARGE``, client-go's ``isTooLargeResourceVersionError``); any
+  other error means reconnect (``Outcome.ERROR``);
+- an event whose version is not newer than the cache's (a bookmark: older)
+  comes from a rolled-back API that accepted the watch anyway: nothing is
+  applied and the caller lists again (``Outcome.ROLLBACK``).
 
-Resource versions are opaque strings, as the API demands. ``LineBuffer`` splits
+Resource versions are opaque strings, as the API demands; they are compared
+only to notice a rollback, and only when both are decimal numbers (etcd's). ``LineBuffer`` splits
 a watch body into newline-delimited JSON events with a cap on one line, and
 ``Backoff`` is the capped, jittered exponential delay (pure math; the shell sleeps).
 """
@@ -29,14 +36,16 @@ from urllib.parse import urlencode
 Obj = dict[str, Any]
 
 # -- metric names (the admin stats page renders them like any other) ----------
-K8S_RELISTS = "nodeproxy_k8s_relists_total"  # {resource, reason=initial|gone|error}
-K8S_WATCH_RESTARTS = "nodeproxy_k8s_watch_restarts_total"  # {resource, reason=timeout|gone|error}
+# reason: initial | gone (410) | too_large (504, rolled back) | rollback (versions went back)
+K8S_RELISTS = "nodeproxy_k8s_relists_total"  # {resource, reason}
+K8S_WATCH_RESTARTS = "nodeproxy_k8s_watch_restarts_total"  # {resource, reason=timeout|error|...}
 K8S_EVENTS = "nodeproxy_k8s_watch_events_total"  # {resource, type}
 K8S_SYNCED = "nodeproxy_k8s_synced"  # gauge {resource}: 1 after the first list
 K8S_PUBLISHES = "nodeproxy_k8s_snapshots_published_total"
 
 K8S_HELP: dict[str, str] = {
-    K8S_RELISTS: "Complete lists of a Kubernetes resource (initial, after 410 Gone, after errors).",
+    K8S_RELISTS: "Complete lists of a Kubernetes resource (initial, after 410 Gone, after a "
+    "rollback of the API's resource versions).",
     K8S_WATCH_RESTARTS: "Kubernetes watches started again, by reason.",
     K8S_EVENTS: "Kubernetes watch events received, by resource and type.",
     K8S_SYNCED: "1 once the resource has been listed completely.",
@@ -52,7 +61,41 @@ class Outcome(enum.Enum):
     APPLIED = "applied"  # the cache changed (or was rewritten)
     BOOKMARK = "bookmark"  # only the version moved
     GONE = "gone"  # 410: list again
+    TOO_LARGE = "too_large"  # 504 Too large resource version: the API went back; list again
+    ROLLBACK = "rollback"  # an event older than the cache: the API went back; list again
     ERROR = "error"  # another error event: reconnect
+
+
+RELIST = frozenset({Outcome.GONE, Outcome.TOO_LARGE, Outcome.ROLLBACK})
+
+
+def too_large_status(doc: Any) -> bool:
+    """A ``Status`` saying the requested resourceVersion is newer than the API's.
+
+    The cause ``ResourceVersionTooLarge`` (Kubernetes >= 1.18.6), or a 504
+    whose cause or message reads "Too large resource version" (older servers),
+    exactly as client-go's ``isTooLargeResourceVersionError`` decides.
+    """
+    if not isinstance(doc, dict):
+        return False
+    details = doc.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    for cause in causes if isinstance(causes, list) else ():
+        if isinstance(cause, dict) and cause.get("reason") == "ResourceVersionTooLarge":
+            return True
+    if doc.get("code") != 504:
+        return False
+    for cause in causes if isinstance(causes, list) else ():
+        if isinstance(cause, dict) and cause.get("message") == "Too large resource version":
+            return True
+    return "Too large resource version" in str(doc.get("message", ""))
+
+
+def _older(new: str, old: str, or_equal: bool) -> bool:
+    """``new`` comes before ``old`` (both etcd revisions; opaque versions never do)."""
+    if not (new.isdigit() and old.isdigit()):
+        return False
+    return int(new) <= int(old) if or_equal else int(new) < int(old)
 
 
 @dataclass(frozen=True)
@@ -126,18 +169,23 @@ class Store:
         kind, obj = event.get("type"), event.get("object")
         if not isinstance(obj, dict):
             raise WatchProtocolError(f"{kind} event without an object")
-        if kind in ("ADDED", "MODIFIED"):
-            self.objects[object_key(obj)] = obj
-        elif kind == "DELETED":
-            self.objects.pop(object_key(obj), None)
-        elif kind == "BOOKMARK":
-            self.resource_version = _version(obj)
-            return Outcome.BOOKMARK
-        elif kind == "ERROR":
-            return Outcome.GONE if obj.get("code") == 410 else Outcome.ERROR
-        else:
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                return Outcome.GONE
+            return Outcome.TOO_LARGE if too_large_status(obj) else Outcome.ERROR
+        if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
             raise WatchProtocolError(f"unknown watch event type {kind!r}")
-        self.resource_version = _version(obj)
+        version = _version(obj)
+        # one watch's events are strictly newer than where it started; a bookmark may repeat
+        if _older(version, self.resource_version, or_equal=kind != "BOOKMARK"):
+            return Outcome.ROLLBACK
+        self.resource_version = version
+        if kind == "BOOKMARK":
+            return Outcome.BOOKMARK
+        if kind == "DELETED":
+            self.objects.pop(object_key(obj), None)
+        else:
+            self.objects[object_key(obj)] = obj
         return Outcome.APPLIED
 
 
