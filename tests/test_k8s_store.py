@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from nodeproxy.discovery.kubernetes.listdecode import ListDecodeError, ListDecoder
 from nodeproxy.discovery.kubernetes.store import (
     Backoff,
     LineBuffer,
@@ -13,7 +14,6 @@ from nodeproxy.discovery.kubernetes.store import (
     Resource,
     Store,
     WatchProtocolError,
-    parse_list,
     too_large_status,
 )
 
@@ -35,8 +35,8 @@ TOO_LARGE = {
 
 def test_list_replaces_everything_and_marks_synced() -> None:
     store = Store("services")
-    store.replace([obj("a", "3"), obj("b", "4")], "10")
-    store.replace([obj("b", "11"), obj("c", "12", ns=None)], "12")
+    store.replace(map(store.entry, [obj("a", "3"), obj("b", "4")]), "10")
+    store.replace(map(store.entry, [obj("b", "11"), obj("c", "12", ns=None)]), "12")
     assert sorted(store.objects) == ["c", "default/b"]
     assert store.resource_version == "12"
     assert store.synced
@@ -49,7 +49,7 @@ def test_list_replaces_everything_and_marks_synced() -> None:
         ({"type": "ADDED", "object": obj("new", "21")}, Outcome.APPLIED, ["a", "new"], "21"),
         ({"type": "MODIFIED", "object": obj("a", "22", x=1)}, Outcome.APPLIED, ["a"], "22"),
         ({"type": "DELETED", "object": obj("a", "23")}, Outcome.APPLIED, [], "23"),
-        ({"type": "DELETED", "object": obj("zz", "24")}, Outcome.APPLIED, ["a"], "24"),
+        ({"type": "DELETED", "object": obj("zz", "24")}, Outcome.UNCHANGED, ["a"], "24"),
         ({"type": "BOOKMARK", "object": obj("", "30", ns=None)}, Outcome.BOOKMARK, ["a"], "30"),
         ({"type": "ERROR", "object": {"kind": "Status", "code": 410}}, Outcome.GONE, ["a"], "20"),
         ({"type": "ERROR", "object": {"kind": "Status", "code": 500}}, Outcome.ERROR, ["a"], "20"),
@@ -65,7 +65,7 @@ def test_watch_events(
     event: dict[str, Any], outcome: Outcome, keys: list[str], version: str
 ) -> None:
     store = Store("pods")
-    store.replace([obj("a", "20")], "20")
+    store.replace([store.entry(obj("a", "20"))], "20")
     assert store.apply(event) is outcome
     assert [k.removeprefix("default/") for k in store.objects] == keys
     assert store.resource_version == version
@@ -97,7 +97,7 @@ def test_opaque_versions_are_never_compared() -> None:
 
 def test_modified_stores_the_new_object() -> None:
     store = Store("pods")
-    store.replace([obj("a", "1", x=1)], "1")
+    store.replace([store.entry(obj("a", "1", x=1))], "1")
     store.apply({"type": "MODIFIED", "object": obj("a", "2", x=2)})
     assert store.objects["default/a"]["x"] == 2
 
@@ -137,13 +137,82 @@ def test_line_buffer_refuses_a_line_over_the_cap_before_it_ends() -> None:
         LineBuffer(max_line=4).feed(b"123456\n")
 
 
-def test_parse_list() -> None:
-    body = b'{"kind":"PodList","metadata":{"resourceVersion":"7","continue":"abc"},"items":[{}]}'
-    assert parse_list(body) == ([{}], "7", "abc")
-    assert parse_list(b'{"metadata":{"resourceVersion":"7"},"items":null}') == ([], "7", "")
-    for bad in (b"nope", b"[]", b'{"items": 3}'):
-        with pytest.raises(WatchProtocolError):
-            parse_list(bad)
+def test_projected_store_keeps_records_and_spots_unchanged_objects() -> None:
+    def project(o: dict[str, Any]) -> object:
+        return (o["metadata"]["name"], o.get("x"))  # what a projection keeps
+
+    store = Store("nodes", project)
+    store.replace(map(store.entry, [obj("a", "1", ns=None, x=1)]), "1")
+    kept = store.objects["a"]
+    assert kept == ("a", 1)
+    # a relist whose record is equal keeps the cached object (translation sees no change)
+    store.replace(map(store.entry, [obj("a", "2", ns=None, x=1, junk=[1] * 9)]), "2")
+    assert store.objects["a"] is kept
+    heartbeat = {"type": "MODIFIED", "object": obj("a", "3", ns=None, x=1, status="beat")}
+    assert store.apply(heartbeat) is Outcome.UNCHANGED
+    assert store.resource_version == "3"
+    assert store.apply({"type": "MODIFIED", "object": obj("a", "4", ns=None, x=2)}) is (
+        Outcome.APPLIED
+    )
+    assert store.objects["a"] == ("a", 2)
+
+
+LIST = (
+    '{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"abc",'
+    '"remainingItemCount":1},"items":[{"metadata":{"name":"a\\u00e9\u00e9"}},'
+    ' {"n": [1, 2.5e3, true, null, "x]}"]} ,{}]}'
+).encode()
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 64, len(LIST)])
+def test_list_decoder_yields_items_as_they_complete(step: int) -> None:
+    dec = ListDecoder(max_item=1024)
+    items: list[Any] = []
+    for i in range(0, len(LIST), step):
+        items += dec.feed(LIST[i : i + step])  # byte by byte splits UTF-8 sequences too
+    items += dec.finish()
+    assert items == [
+        {"metadata": {"name": "a\u00e9\u00e9"}},
+        {"n": [1, 2500.0, True, None, "x]}"]},
+        {},
+    ]
+    assert dec.fields == {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "7", "continue": "abc", "remainingItemCount": 1},
+    }
+    assert dec.count == 3
+
+
+def test_list_decoder_metadata_after_items_and_empty_lists() -> None:
+    meta = b'"metadata":{"resourceVersion":"3"}'
+    for body, n in ((b'{"items":[],' + meta + b"}", 0), (b'{"items":null,' + meta + b"}", 0),
+                    (b' { "items" : [ 1 ] , ' + meta + b" } ", 1)):  # fmt: skip
+        dec = ListDecoder(max_item=64)
+        assert len(dec.feed(body) + dec.finish()) == n
+        assert dec.fields["metadata"] == {"resourceVersion": "3"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"nope", b"[]", b'{"items": [1,', b'{"items": [1] "x": 2}', b'{"items": [1]} junk',
+     b'{"items": [{"a": tru}]}', b'{3: 4}', b'{"items": ["\xff"]}'],
+)  # fmt: skip
+def test_list_decoder_refuses_what_is_not_a_list(body: bytes) -> None:
+    def decode() -> None:
+        dec = ListDecoder(max_item=64)
+        dec.feed(body)
+        dec.finish()
+
+    with pytest.raises(ListDecodeError):
+        decode()
+
+
+def test_list_decoder_caps_one_item_before_it_ends() -> None:
+    dec = ListDecoder(max_item=32)
+    assert dec.feed(b'{"items": [{"a": "' + b"x" * 20) == []
+    with pytest.raises(ListDecodeError, match="longer than 32"):
+        dec.feed(b"x" * 20)
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,41 @@
-"""From Services, EndpointSlices/Endpoints, Pods and Nodes to clusters of endpoints (pure)."""
+"""From Services, EndpointSlices/Endpoints, Pods and Nodes to clusters of endpoints (pure).
+
+Objects go through the same two steps as in the reflector: projected to records
+(``project.py``) and translated (``translate.py``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from nodeproxy.config.model import EndpointConfig
-from nodeproxy.discovery.kubernetes.translate import (
-    PodIdentity,
-    cluster_name,
-    clusters_from_endpoints,
-    clusters_from_slices,
-    node_proxies,
-    pod_identities,
-)
+from nodeproxy.discovery.kubernetes import project, translate
+from nodeproxy.discovery.kubernetes.translate import PodIdentity, Translator, cluster_name
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, endpoints_v1, node, pod, service
+
+Objs = Iterable[dict[str, Any]]
+Clusters = dict[str, tuple[EndpointConfig, ...]]
+
+
+def clusters_from_slices(services: Objs, slices: Objs, pods: Objs = ()) -> Clusters:
+    return translate.clusters_from_slices(
+        map(project.service, services), map(project.endpoint_slice, slices), map(project.pod, pods)
+    )
+
+
+def clusters_from_endpoints(services: Objs, endpoints: Objs) -> Clusters:
+    return translate.clusters_from_endpoints(
+        map(project.service, services), map(project.endpoints_v1, endpoints)
+    )
+
+
+def node_proxies(nodes: Objs) -> dict[str, str]:
+    return translate.node_proxies(map(project.node, nodes))
+
+
+def pod_identities(pods: Objs) -> dict[str, PodIdentity]:
+    return translate.pod_identities(map(project.pod, pods))
 
 
 def hosts(eps: tuple[EndpointConfig, ...]) -> list[str]:
@@ -118,3 +142,65 @@ def test_pod_identities_by_ip() -> None:
     host["spec"]["hostNetwork"] = True
     pods = [pod("web", "10.0.0.1", ns="shop", service_account="web-sa"), done, host]
     assert pod_identities(pods) == {"10.0.0.1": PodIdentity("web", "shop", "web-sa")}
+
+
+def test_translator_rebuilds_only_the_services_whose_records_changed() -> None:
+    svcs = [project.service(service(f"s{i}", [("http", 80, 8080)])) for i in range(3)]
+    slices = [
+        project.endpoint_slice(endpoint_slice(f"s{i}-1", f"s{i}", [endpoint(f"10.0.0.{i}")]))
+        for i in range(3)
+    ]
+    t = Translator()
+    first = t.clusters(svcs, slices)
+    assert t.rebuilt == 3
+    again = t.clusters(svcs, slices)
+    assert t.rebuilt == 0
+    assert all(again[name] is first[name] for name in first)  # the same endpoint objects
+    slices[1] = project.endpoint_slice(endpoint_slice("s1-1", "s1", [endpoint("10.0.9.9")]))
+    third = t.clusters(svcs, slices)
+    assert t.rebuilt == 1
+    assert hosts(third["s1"]) == ["10.0.9.9:8080"]
+    assert third["s0"] is first["s0"]
+    # a local pod's labels changing rebuilds the service it backs
+    sl = project.endpoint_slice(endpoint_slice("s0-1", "s0", [endpoint("10.0.0.0", pod="p")]))
+    slices[0] = sl
+    t.clusters(svcs, slices, [project.pod(pod("p", "10.0.0.0", labels={"v": "1"}))])
+    fourth = t.clusters(svcs, slices, [project.pod(pod("p", "10.0.0.0", labels={"v": "2"}))])
+    assert t.rebuilt == 1
+    assert dict(fourth["s0"][0].labels) == {"v": "2"}
+    assert repr(t) == "<Translator [3 services cached, 1 rebuilt last]>"
+
+
+def test_records_keep_only_what_translation_reads() -> None:
+    sl = endpoint_slice("s-1", "s", [
+        endpoint("10.0.0.1", pod="a", zone="z1"), endpoint("10.0.0.2", ready=False),
+        endpoint("10.0.0.3", terminating=True),
+    ])  # fmt: skip
+    sl["metadata"]["managedFields"] = [{"manager": "x", "fieldsV1": {"f:endpoints": {}}}]
+    assert project.endpoint_slice(sl) == project.SliceRecord(
+        "default", "s", (("http", 8080),),
+        (project.EndpointRecord("10.0.0.1", "node-1", "z1", ("default", "a")),),
+    )  # fmt: skip
+    n = node("n1", "192.168.0.1")
+    n["status"]["images"] = [{"names": ["registry/app:v1"], "sizeBytes": 1}]
+    assert project.node(n) == project.NodeRecord("n1", "192.168.0.1")
+    # zone-only labels are one shared mapping per zone
+    svc = service("s", [("http", 80, 8080)])
+    two = endpoint_slice(
+        "s-1", "s", [endpoint("10.0.0.1", zone="z"), endpoint("10.0.0.2", zone="z")]
+    )
+    eps = clusters_from_slices([svc], [two])["s"]
+    assert eps[0].labels is eps[1].labels
+
+
+def test_malformed_objects_are_projected_field_by_field() -> None:
+    assert project.service({"metadata": "junk", "spec": {"ports": [3, {"port": "80"}]}}) == (
+        project.ServiceRecord("", "", ())
+    )
+    bad_slice: dict[str, Any] = {
+        "endpoints": [None, {"addresses": []}, {"addresses": ["10.0.0.1"], "targetRef": 3}]
+    }
+    assert project.endpoint_slice(bad_slice).endpoints == (
+        project.EndpointRecord("10.0.0.1", None, None, None),
+    )
+    assert project.pod({"status": {"podIPs": "x", "podIP": "10.0.0.5"}}).ips == ("10.0.0.5",)

@@ -17,9 +17,9 @@ Nodes. ``watched_resources`` lists them for RBAC checks.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 import trio
@@ -27,14 +27,13 @@ import trio
 from nodeproxy.admin.stats import Stats
 from nodeproxy.discovery.kubernetes.access import ApiAccess, from_kubeconfig, in_cluster
 from nodeproxy.discovery.kubernetes.apiclient import ApiClient
+from nodeproxy.discovery.kubernetes.project import PROJECTIONS, SERVICE_NAME_LABEL
 from nodeproxy.discovery.kubernetes.reflector import Reflector, ReflectorSettings
 from nodeproxy.discovery.kubernetes.store import K8S_PUBLISHES, Resource
 from nodeproxy.discovery.kubernetes.translate import (
     NODE_PROXY_PORT,
-    SERVICE_NAME_LABEL,
     PodIdentity,
-    clusters_from_endpoints,
-    clusters_from_slices,
+    Translator,
     node_proxies,
     pod_identities,
 )
@@ -106,9 +105,12 @@ class KubernetesDiscovery:
         self.default_namespace = default_namespace
         rng = rng or random.Random()
         self.reflectors = {
-            r.name: Reflector(client, r, stats, self._mark_dirty, config.reflector, rng)
+            r.name: Reflector(
+                client, r, stats, self._mark_dirty, config.reflector, rng, PROJECTIONS[r.name]
+            )
             for r in watched_resources(config)
         }
+        self.translator = Translator(default_namespace)
         self.node_proxies: Mapping[str, str] = {}
         self.pod_identities: Mapping[str, PodIdentity] = {}
         self._dirty = trio.Event()
@@ -136,20 +138,18 @@ class KubernetesDiscovery:
     def _mark_dirty(self) -> None:
         self._dirty.set()
 
-    def _objects(self, name: str) -> list[dict[str, object]]:
+    def _objects(self, name: str) -> Iterable[Any]:
         r = self.reflectors.get(name)
-        return list(r.store.objects.values()) if r else []
+        return r.store.objects.values() if r else ()
 
     def clusters(self) -> dict[str, tuple[Endpoint, ...]]:
-        """The clusters the current caches describe."""
+        """The clusters the current caches describe (only changed Services are rebuilt)."""
         services, pods = self._objects("services"), self._objects("pods")
         if self.config.endpoints_api == "endpointslices":
-            return clusters_from_slices(
-                services, self._objects("endpointslices"), pods, self.default_namespace
-            )
-        return clusters_from_endpoints(
-            services, self._objects("endpoints"), pods, self.default_namespace
-        )
+            slices = self._objects("endpointslices")
+        else:
+            slices = [s for e in self._objects("endpoints") for s in e.subsets]
+        return self.translator.clusters(services, slices, pods)
 
     def refresh(self) -> bool:
         """Translate and publish if the clusters changed; True when it published.

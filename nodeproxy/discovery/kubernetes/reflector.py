@@ -4,6 +4,8 @@ One ``Reflector`` per resource, run as one task that is the only writer of its
 ``Store``. The loop is client-go's ``ListAndWatch``:
 
 1. list (in pages of ``page_size``, following ``continue``) and replace the cache;
+   each page is decoded item by item as it arrives (``listdecode.py``) and each
+   item projected to its record at once, so no page is ever held whole;
 2. watch from the list's ``resourceVersion`` with ``allowWatchBookmarks=true``
    and a ``timeoutSeconds`` jittered in [T, 2T) so that a fleet of proxies does
    not reconnect in step; apply every event; tell the owner something changed;
@@ -40,6 +42,7 @@ from nodeproxy.discovery.kubernetes.apiclient import (
     Gone,
     TooLargeResourceVersion,
 )
+from nodeproxy.discovery.kubernetes.listdecode import ListDecodeError, ListDecoder
 from nodeproxy.discovery.kubernetes.store import (
     K8S_EVENTS,
     K8S_RELISTS,
@@ -53,8 +56,8 @@ from nodeproxy.discovery.kubernetes.store import (
     Resource,
     Store,
     WatchProtocolError,
+    keep_whole,
     parse_event,
-    parse_list,
 )
 
 log = structlog.get_logger("nodeproxy.discovery.kubernetes")
@@ -66,7 +69,7 @@ class ReflectorSettings:
 
     watch_timeout: float = 300.0  # server-side timeoutSeconds, jittered to [T, 2T)
     page_size: int = 500  # items per list page
-    max_list_bytes: int = 64 * 1024 * 1024  # one list page, read whole (it is one JSON doc)
+    max_list_bytes: int = 256 * 1024 * 1024  # one list page (streamed; a runaway-server bound)
     max_event_bytes: int = 4 * 1024 * 1024  # one watch event line (etcd objects are <= 1.5 MiB)
     min_watch_seconds: float = 1.0  # a watch ending sooner with no events counts as a failure
     backoff: Backoff = field(default_factory=Backoff)
@@ -83,10 +86,11 @@ class Reflector:
         on_change: Callable[[], None],
         settings: ReflectorSettings | None = None,
         rng: random.Random | None = None,
+        project: Callable[[Obj], object] = keep_whole,
     ) -> None:
         self.client = client
         self.resource = resource
-        self.store = Store(resource.name)
+        self.store = Store(resource.name, project)
         self.stats = stats
         self.on_change = on_change
         self.settings = settings or ReflectorSettings()
@@ -139,20 +143,34 @@ class Reflector:
 
     async def list(self) -> None:
         """One complete (paged) list, then replace the cache."""
-        items: list[Obj] = []
+        s, store = self.settings, self.store
+        entries: list[tuple[str, object]] = []
         cont, version = "", ""
         while True:
-            target = self.resource.list_target(self.settings.page_size, cont)
-            async with self.client.get(target) as response:
-                body = await response.read_all(self.settings.max_list_bytes)
-            page, version, cont = parse_list(body)
-            items.extend(page)
+            target = self.resource.list_target(s.page_size, cont)
+            decoder = ListDecoder(s.max_event_bytes)
+            size = 0
+            try:
+                async with self.client.get(target) as response:
+                    while chunk := await response.next_chunk():
+                        size += len(chunk)
+                        if size > s.max_list_bytes:
+                            raise ApiUnavailable(f"list page larger than {s.max_list_bytes} bytes")
+                        entries.extend(map(store.entry, decoder.feed(chunk)))
+                entries.extend(map(store.entry, decoder.finish()))
+            except ListDecodeError as exc:
+                raise WatchProtocolError(str(exc)) from exc
+            meta = decoder.fields.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            version, cont = str(meta.get("resourceVersion", "")), meta.get("continue") or ""
             if not cont:
                 break
-        self.store.replace(items, version)
+        store.replace(entries, version)
+        del entries
         self.last_error = ""
         self.stats.gauge_set(K8S_SYNCED, labels(resource=self.resource.name), 1)
-        log.info("k8s_listed", resource=self.resource.name, items=len(items), version=version)
+        items = len(store.objects)
+        log.info("k8s_listed", resource=self.resource.name, items=items, version=version)
         self.on_change()
 
     async def watch(self) -> Outcome:
@@ -184,7 +202,8 @@ class Reflector:
         self._count(K8S_EVENTS, type=str(event.get("type")))
         if outcome is Outcome.ERROR:
             raise ApiUnavailable(f"watch error event: {event.get('object')}")
-        if outcome is Outcome.APPLIED:
+        if outcome is Outcome.APPLIED or outcome is Outcome.UNCHANGED:
             self.failures = 0
+        if outcome is Outcome.APPLIED:
             self.on_change()
         return outcome

@@ -2,12 +2,16 @@
 
 client-go's reflector semantics, as plain synchronous code:
 
+- the cache holds each object's *projection* (``project.py``: the few fields
+  translation reads), keyed ``namespace/name``; the decoded dict is dropped;
 - a *list* replaces the whole cache at once and sets ``resource_version`` from
   the list's ``metadata.resourceVersion`` (pages are gathered first, so a
-  half-read list is never visible);
+  half-read list is never visible); a record equal to the one cached keeps
+  the cached object, so translation sees it unchanged;
 - each *watch event* applies to the cache: ``ADDED``/``MODIFIED`` store the
-  object, ``DELETED`` drops it, and each moves ``resource_version`` to the
-  object's own version; ``BOOKMARK`` moves only the version;
+  record, ``DELETED`` drops it, and each moves ``resource_version`` to the
+  object's own version; ``BOOKMARK`` moves only the version, and so does a
+  ``MODIFIED`` whose record did not change (a Node's status heartbeat);
 - an ``ERROR`` event carries a ``Status``: code 410 means the version is too
   old and the caller must list again (``Outcome.GONE``); 504 "Too large
   resource version" means the API is *behind* the version asked for -- an etcd
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -60,6 +64,7 @@ class WatchProtocolError(Exception):
 class Outcome(enum.Enum):
     APPLIED = "applied"  # the cache changed (or was rewritten)
     BOOKMARK = "bookmark"  # only the version moved
+    UNCHANGED = "unchanged"  # an object changed in nothing we keep: only the version moved
     GONE = "gone"  # 410: list again
     TOO_LARGE = "too_large"  # 504 Too large resource version: the API went back; list again
     ROLLBACK = "rollback"  # an event older than the cache: the API went back; list again
@@ -126,8 +131,10 @@ class Resource:
         return f"{self.path}?{query}"
 
 
-def object_key(obj: Mapping[str, Any]) -> str:
+def object_key(obj: Any) -> str:
     """``namespace/name`` (``name`` for cluster-scoped objects), as client-go keys them."""
+    if not isinstance(obj, dict):
+        raise WatchProtocolError("an item that is not an object")
     meta = obj.get("metadata") or {}
     ns, name = meta.get("namespace"), meta.get("name")
     if not isinstance(name, str) or not name:
@@ -142,12 +149,17 @@ def _version(obj: Mapping[str, Any]) -> str:
     return rv
 
 
+def keep_whole(obj: Obj) -> object:
+    return obj
+
+
 @dataclass
 class Store:
     """The cache of one resource; owned by its reflector task, read by the translator."""
 
     resource: str
-    objects: dict[str, Obj] = field(default_factory=dict)
+    project: Callable[[Obj], object] = field(default=keep_whole, repr=False)
+    objects: dict[str, Any] = field(default_factory=dict)
     resource_version: str = ""
     synced: bool = False  # a complete list has been applied at least once
 
@@ -158,9 +170,14 @@ class Store:
             f"version {self.resource_version or '-'}, {state}]>"
         )
 
-    def replace(self, items: Iterable[Obj], resource_version: str) -> None:
-        """Apply a complete list: the new contents replace the old at once."""
-        self.objects = {object_key(item): item for item in items}
+    def entry(self, obj: Any) -> tuple[str, object]:
+        """(key, record) of one listed object: the dict itself is not kept."""
+        return object_key(obj), self.project(obj)
+
+    def replace(self, entries: Iterable[tuple[str, object]], resource_version: str) -> None:
+        """Apply a complete list of ``entry`` pairs: they replace the old contents at once."""
+        old = self.objects
+        self.objects = {k: o if (o := old.get(k)) == v else v for k, v in entries}
         self.resource_version = resource_version
         self.synced = True
 
@@ -182,27 +199,14 @@ class Store:
         self.resource_version = version
         if kind == "BOOKMARK":
             return Outcome.BOOKMARK
+        key = object_key(obj)
         if kind == "DELETED":
-            self.objects.pop(object_key(obj), None)
-        else:
-            self.objects[object_key(obj)] = obj
+            return Outcome.APPLIED if self.objects.pop(key, None) is not None else Outcome.UNCHANGED
+        record = self.project(obj)
+        if self.objects.get(key) == record:
+            return Outcome.UNCHANGED
+        self.objects[key] = record
         return Outcome.APPLIED
-
-
-def parse_list(body: bytes) -> tuple[list[Obj], str, str]:
-    """(items, metadata.resourceVersion, metadata.continue) of a list response."""
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise WatchProtocolError(f"list body is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("items") or [], list):
-        raise WatchProtocolError("list body is not a list object")
-    meta = doc.get("metadata") or {}
-    return (
-        list(doc.get("items") or []),
-        str(meta.get("resourceVersion", "")),
-        meta.get("continue", "") or "",
-    )
 
 
 def parse_event(line: bytes) -> Obj:

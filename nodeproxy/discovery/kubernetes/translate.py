@@ -17,6 +17,13 @@ terminating pod finishes the requests it has, and receives no new ones.
 
 Each endpoint carries ``node`` (its ``nodeName``) and labels: the pod's labels
 when the pod runs on this node (only those are watched), plus the zone.
+
+Everything here reads the slim records of ``project.py``, never raw objects.
+``Translator`` remembers each Service's clusters with the records they came
+from and rebuilds only the Services whose records changed (compared by
+identity: a record is replaced, never mutated), so a refresh after one event
+costs a walk over the records, not a rebuild of every cluster, and unchanged
+endpoints stay the same objects from one snapshot to the next.
 ``node_proxies`` maps node names to their proxy address (InternalIP:4143) and
 ``pod_identities`` maps a local pod IP to its namespace and service account
 (issue 3 uses both for node-to-node mTLS and caller identity).
@@ -24,18 +31,26 @@ when the pod runs on this node (only those are watched), plus the zone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from nodeproxy.config.model import EMPTY_LABELS
-from nodeproxy.discovery.kubernetes.store import Obj
+from nodeproxy.discovery.kubernetes.project import (
+    EndpointRecord,
+    EndpointsRecord,
+    NodeRecord,
+    PodRecord,
+    ServiceRecord,
+    SliceRecord,
+)
 from nodeproxy.discovery.snapshot import Endpoint
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 NODE_PROXY_PORT = 4143
+
+Clusters = dict[str, tuple[Endpoint, ...]]
+Entries = tuple[tuple[str, tuple[Endpoint, ...]], ...]  # one Service's clusters
 
 
 @dataclass(frozen=True)
@@ -50,159 +65,135 @@ def cluster_name(service: str, namespace: str, default_namespace: str = "default
     return service if namespace == default_namespace else f"{service}.{namespace}"
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, dict) else {}
+def _same(a: Sequence[object], b: Sequence[object]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
-def _ports(service: Obj) -> list[tuple[str, int]]:
-    """(name, port) of each TCP service port, in spec order."""
-    out: list[tuple[str, int]] = []
-    for p in (service.get("spec") or {}).get("ports") or ():
-        if p.get("protocol", "TCP") == "TCP" and isinstance(p.get("port"), int):
-            out.append((str(p.get("name") or ""), p["port"]))
-    return out
+class Translator:
+    """Services + slices + local pods -> clusters, rebuilding only what changed.
 
+    Owned by the discovery task (its only caller); holds one entry per Service.
+    """
 
-def _pods_by_name(pods: Iterable[Obj]) -> dict[tuple[str, str], Obj]:
-    return {(_meta(p).get("namespace", ""), _meta(p).get("name", "")): p for p in pods}
+    def __init__(self, default_namespace: str = "default") -> None:
+        self.default_namespace = default_namespace
+        self._cache: dict[
+            tuple[str, str],
+            tuple[ServiceRecord, tuple[SliceRecord, ...], tuple[PodRecord | None, ...], Entries],
+        ] = {}
+        self._zones: dict[str, Mapping[str, str]] = {}  # zone -> its one-label mapping
+        self.rebuilt = 0  # Services rebuilt by the last call (tests and the bench read it)
 
+    def __repr__(self) -> str:
+        return f"<Translator [{len(self._cache)} services cached, {self.rebuilt} rebuilt last]>"
 
-def _labels(ref: Any, zone: Any, pods: Mapping[tuple[str, str], Obj]) -> Mapping[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(ref, dict) and ref.get("kind", "Pod") == "Pod":
-        pod = pods.get((str(ref.get("namespace", "")), str(ref.get("name", ""))))
-        if pod is not None:
-            out.update({str(k): str(v) for k, v in (_meta(pod).get("labels") or {}).items()})
-    if isinstance(zone, str) and zone:
-        out[ZONE_LABEL] = zone
-    return MappingProxyType(out) if out else EMPTY_LABELS
+    def clusters(
+        self,
+        services: Iterable[ServiceRecord],
+        slices: Iterable[SliceRecord],
+        pods: Iterable[PodRecord] = (),
+    ) -> Clusters:
+        pod_index = {(p.namespace, p.name): p for p in pods}
+        by_service: dict[tuple[str, str], list[SliceRecord]] = {}
+        for sl in slices:
+            if sl.service:
+                by_service.setdefault((sl.namespace, sl.service), []).append(sl)
+        out: Clusters = {}
+        cache = {}
+        self.rebuilt = 0
+        for svc in services:
+            if not svc.ports:
+                continue
+            key = (svc.namespace, svc.name)
+            found = tuple(by_service.get(key, ()))
+            local = tuple(pod_index.get(ep.pod) for sl in found for ep in sl.endpoints if ep.pod)
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] is svc and _same(hit[1], found) and _same(hit[2], local):
+                entries = hit[3]
+            else:
+                entries = self._build(svc, found, pod_index)
+                self.rebuilt += 1
+            cache[key] = (svc, found, local, entries)
+            out.update(entries)
+        self._cache = cache
+        return out
 
-
-def _assemble(
-    services: Iterable[Obj],
-    by_service: Mapping[tuple[str, str], dict[str, list[Endpoint]]],
-    default_namespace: str,
-) -> dict[str, tuple[Endpoint, ...]]:
-    """Clusters for every Service, from endpoints grouped by (ns, svc) and port name."""
-    clusters: dict[str, tuple[Endpoint, ...]] = {}
-    for svc in services:
-        if (svc.get("spec") or {}).get("type") == "ExternalName":
-            continue
-        name, ns = str(_meta(svc).get("name", "")), str(_meta(svc).get("namespace", ""))
-        ports = _ports(svc)
-        if not ports:
-            continue
-        found = by_service.get((ns, name), {})
-        base = cluster_name(name, ns, default_namespace)
-        primary = next((p for p in ports if p[1] == 80), ports[0])
-        for port_name, port in ports:
-            unique = {(e.host, e.port): e for e in reversed(found.get(port_name, []))}
+    def _build(
+        self,
+        svc: ServiceRecord,
+        slices: Sequence[SliceRecord],
+        pods: Mapping[tuple[str, str], PodRecord],
+    ) -> Entries:
+        buckets: dict[str, list[Endpoint]] = {}
+        for sl in slices:
+            for port_name, number in sl.ports:
+                bucket = buckets.setdefault(port_name, [])
+                for ep in sl.endpoints:
+                    bucket.append(Endpoint(ep.address, number, self._labels(ep, pods), ep.node))
+        base = cluster_name(svc.name, svc.namespace, self.default_namespace)
+        primary = next((p for p in svc.ports if p[1] == 80), svc.ports[0])
+        entries: list[tuple[str, tuple[Endpoint, ...]]] = []
+        for port_name, port in svc.ports:
+            unique = {(e.host, e.port): e for e in reversed(buckets.get(port_name, []))}
             eps = tuple(sorted(unique.values(), key=lambda e: (e.host, e.port)))
-            clusters[f"{base}:{port}"] = eps
+            entries.append((f"{base}:{port}", eps))
             if (port_name, port) == primary:
-                clusters[base] = eps
-    return clusters
+                entries.append((base, eps))
+        return tuple(entries)
 
-
-def _ready(conditions: Any) -> bool:
-    c = conditions if isinstance(conditions, dict) else {}
-    return c.get("ready") is not False and c.get("terminating") is not True
+    def _labels(
+        self, ep: EndpointRecord, pods: Mapping[tuple[str, str], PodRecord]
+    ) -> Mapping[str, str]:
+        pod = pods.get(ep.pod) if ep.pod else None
+        if pod is None or not pod.labels:
+            if not ep.zone:
+                return EMPTY_LABELS
+            zone = self._zones.get(ep.zone)
+            if zone is None:  # one mapping per zone, shared by all its endpoints
+                zone = self._zones[ep.zone] = MappingProxyType({ZONE_LABEL: ep.zone})
+            return zone
+        out = dict(pod.labels)
+        if ep.zone:
+            out[ZONE_LABEL] = ep.zone
+        return MappingProxyType(out)
 
 
 def clusters_from_slices(
-    services: Iterable[Obj],
-    slices: Iterable[Obj],
-    pods: Iterable[Obj] = (),
+    services: Iterable[ServiceRecord],
+    slices: Iterable[SliceRecord],
+    pods: Iterable[PodRecord] = (),
     default_namespace: str = "default",
-) -> dict[str, tuple[Endpoint, ...]]:
-    """Clusters from EndpointSlices (``discovery.k8s.io/v1``)."""
-    pod_index = _pods_by_name(pods)
-    by_service: dict[tuple[str, str], dict[str, list[Endpoint]]] = {}
-    for sl in slices:
-        meta = _meta(sl)
-        svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if not svc:
-            continue
-        ports = by_service.setdefault((str(meta.get("namespace", "")), str(svc)), {})
-        for port in sl.get("ports") or ():
-            number = port.get("port")
-            if not isinstance(number, int) or port.get("protocol", "TCP") != "TCP":
-                continue
-            bucket = ports.setdefault(str(port.get("name") or ""), [])
-            for ep in sl.get("endpoints") or ():
-                addresses = ep.get("addresses") or ()
-                if not addresses or not _ready(ep.get("conditions")):
-                    continue
-                bucket.append(
-                    Endpoint(
-                        host=str(addresses[0]),  # the API: all addresses are fungible
-                        port=number,
-                        labels=_labels(ep.get("targetRef"), ep.get("zone"), pod_index),
-                        node=ep.get("nodeName") or None,
-                    )
-                )
-    return _assemble(services, by_service, default_namespace)
+) -> Clusters:
+    """Clusters from EndpointSlices (``discovery.k8s.io/v1``), in one go."""
+    return Translator(default_namespace).clusters(services, slices, pods)
 
 
 def clusters_from_endpoints(
-    services: Iterable[Obj],
-    endpoints: Iterable[Obj],
-    pods: Iterable[Obj] = (),
+    services: Iterable[ServiceRecord],
+    endpoints: Iterable[EndpointsRecord],
+    pods: Iterable[PodRecord] = (),
     default_namespace: str = "default",
-) -> dict[str, tuple[Endpoint, ...]]:
-    """Clusters from v1 Endpoints (``subsets[].addresses``; ``notReadyAddresses`` skipped)."""
-    pod_index = _pods_by_name(pods)
-    by_service: dict[tuple[str, str], dict[str, list[Endpoint]]] = {}
-    for obj in endpoints:
-        meta = _meta(obj)
-        ports = by_service.setdefault((str(meta.get("namespace", "")), str(meta["name"])), {})
-        for subset in obj.get("subsets") or ():
-            for port in subset.get("ports") or ():
-                number = port.get("port")
-                if not isinstance(number, int) or port.get("protocol", "TCP") != "TCP":
-                    continue
-                bucket = ports.setdefault(str(port.get("name") or ""), [])
-                for addr in subset.get("addresses") or ():
-                    bucket.append(
-                        Endpoint(
-                            host=str(addr["ip"]),
-                            port=number,
-                            labels=_labels(addr.get("targetRef"), None, pod_index),
-                            node=addr.get("nodeName") or None,
-                        )
-                    )
-    return _assemble(services, by_service, default_namespace)
+) -> Clusters:
+    """Clusters from v1 Endpoints (each subset is a slice of its own)."""
+    slices = [s for e in endpoints for s in e.subsets]
+    return Translator(default_namespace).clusters(services, slices, pods)
 
 
-def node_proxies(nodes: Iterable[Obj], port: int = NODE_PROXY_PORT) -> dict[str, str]:
+def node_proxies(nodes: Iterable[NodeRecord], port: int = NODE_PROXY_PORT) -> dict[str, str]:
     """Node name -> ``InternalIP:port`` of the proxy on it (ExternalIP if no InternalIP)."""
-    out: dict[str, str] = {}
-    for node in nodes:
-        addrs = (node.get("status") or {}).get("addresses") or ()
-        by_type: dict[str, str] = {}
-        for a in addrs:
-            by_type.setdefault(str(a.get("type")), str(a.get("address")))
-        ip = by_type.get("InternalIP") or by_type.get("ExternalIP")
-        if ip:
-            out[str(_meta(node).get("name"))] = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    return out
+    return {
+        n.name: f"[{n.address}]:{port}" if ":" in n.address else f"{n.address}:{port}"
+        for n in nodes
+        if n.address
+    }
 
 
-def pod_identities(pods: Iterable[Obj]) -> dict[str, PodIdentity]:
+def pod_identities(pods: Iterable[PodRecord]) -> dict[str, PodIdentity]:
     """Pod IP -> who the pod is, for running pods (host-network pods share the node IP: skipped)."""
     out: dict[str, PodIdentity] = {}
     for pod in pods:
-        spec, status, meta = pod.get("spec") or {}, pod.get("status") or {}, _meta(pod)
-        if spec.get("hostNetwork") or status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        ident = PodIdentity(
-            name=str(meta.get("name", "")),
-            namespace=str(meta.get("namespace", "")),
-            service_account=str(spec.get("serviceAccountName") or "default"),
-        )
-        ips = [p.get("ip") for p in status.get("podIPs") or ()] or [status.get("podIP")]
-        for ip in ips:
-            if ip:
-                out[str(ip)] = ident
+        if pod.ips:
+            ident = PodIdentity(pod.name, pod.namespace, pod.service_account)
+            for ip in pod.ips:
+                out[ip] = ident
     return out
