@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -195,6 +196,21 @@ class Stats:
         """Bring scrape-time gauges up to date; every reader of ``gauges`` calls this."""
         for collect in self._collectors:
             collect(self)
+
+    def drop_series(self, doomed: Callable[[Labels], bool]) -> int:
+        """Forget every series whose labels ``doomed`` picks (an endpoint that is gone)."""
+        dropped = 0
+        tables: tuple[dict[str, dict[Labels, Any]], ...] = (
+            self.counters,
+            self.gauges,
+            self.histograms,
+        )
+        for table in tables:
+            for series in table.values():
+                for lbls in [lbls for lbls in series if doomed(lbls)]:
+                    del series[lbls]
+                    dropped += 1
+        return dropped
 
     def counter(self, name: str, lbls: Labels = ()) -> float:
         return self.counters.get(name, {}).get(lbls, 0)

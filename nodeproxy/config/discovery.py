@@ -23,7 +23,14 @@ from nodeproxy.config.model import (
 )
 from nodeproxy.config.yamlsrc import Node
 
-KUBERNETES_KEYS = ("endpoints_api", "kubeconfig", "context", "watch_timeout", "node_proxy_port")
+KUBERNETES_KEYS = (
+    "endpoints_api",
+    "kubeconfig",
+    "context",
+    "watch_timeout",
+    "node_proxy_port",
+    "endpoint_grace",
+)
 EndpointsApi = Literal["endpointslices", "endpoints"]
 MIN_WATCH_TIMEOUT = 10.0  # shorter watches only add reconnects (client-go uses 5-10 min)
 
@@ -65,4 +72,5 @@ def _kubernetes(node: Node) -> KubernetesConfig:
         context=f.opt("context", Node.text, None),
         watch_timeout=timeout,
         node_proxy_port=f.opt("node_proxy_port", lambda n: n.integer(1, 65535), d.node_proxy_port),
+        endpoint_grace=f.opt("endpoint_grace", Node.duration, d.endpoint_grace),
     )

@@ -216,6 +216,7 @@ class KubernetesConfig:
     context: str | None = None  # kubeconfig context; None: its current-context
     watch_timeout: float = 300.0  # server-side timeoutSeconds, jittered to [T, 2T)
     node_proxy_port: int = 4143  # every node's inbound mTLS port (node -> InternalIP:port)
+    endpoint_grace: float = 60.0  # a pool whose endpoint left discovery is forgotten after this
 
 
 @dataclass(frozen=True)

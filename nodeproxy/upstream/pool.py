@@ -19,6 +19,10 @@ A ``PeerEndpoint`` (a pod on another node, reached through that node's
 inbound mTLS listener, ``peer.py``) is pooled by (peer node, identity) and
 connected with TLS presenting the calling workload's certificate; the data
 path above sees the same ``UpstreamConnection`` either way.
+
+The reaper task also forgets pools whose endpoint left discovery more than
+``endpoint_grace`` ago (``prune.py``): their idle connections are closed and
+their metric series dropped, so pod churn does not grow them forever.
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ from nodeproxy.upstream.connection import UpstreamConnection as UpstreamConnecti
 from nodeproxy.upstream.connection import stirred
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
 from nodeproxy.upstream.peer import PeerEndpoint, open_peer_stream
+from nodeproxy.upstream.prune import Presence, Sweep
 
 if TYPE_CHECKING:
     from nodeproxy.tls.node_certs import MeshCertificates
 
 _MIN_REAP_INTERVAL = 0.05
 _MAX_REAP_INTERVAL = 30.0
+DEFAULT_ENDPOINT_GRACE = 60.0  # static config: its endpoints never leave anyway
 
 _Key = tuple[str, str]  # (cluster name, endpoint address)
 
@@ -74,6 +80,9 @@ class Target:
 @dataclass
 class _Entry:
     pool: EndpointPool[UpstreamConnection]
+    cluster: str  # where the endpoint was found (pruning checks it is still there)
+    address: str
+    peer_node: str | None = None  # a mesh peer pool: present while its node has endpoints
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
     ep_labels: Labels = ()
     idle_labels: Labels = ()
@@ -92,6 +101,10 @@ class Upstreams:
         self._max_header_bytes = runtime.config.limits.max_request_header_bytes
         self._entries: dict[_Key, _Entry] = {}
         self._stats.add_collector(self._publish_all)
+        k8s = runtime.config.discovery.kubernetes
+        self._sweep: Sweep[_Key] = Sweep(
+            k8s.endpoint_grace if k8s is not None else DEFAULT_ENDPOINT_GRACE
+        )
 
     def __repr__(self) -> str:
         active = sum(e.pool.active for e in self._entries.values())
@@ -108,6 +121,9 @@ class Upstreams:
             lbls = {"cluster": key[0], "endpoint": key[1]}
             entry = self._entries[key] = _Entry(
                 pool=EndpointPool(cluster.max_connections_per_endpoint, cluster.idle_timeout),
+                cluster=cluster.name,
+                address=endpoint.address,
+                peer_node=endpoint.node if isinstance(endpoint, PeerEndpoint) else None,
                 ep_labels=labels(**lbls),
                 idle_labels=labels(**lbls, state="idle"),
                 active_labels=labels(**lbls, state="active"),
@@ -252,13 +268,37 @@ class Upstreams:
                 closed += len(expired)
         return closed
 
+    def prune(self, now: float) -> int:
+        """Forget the pools of endpoints gone from discovery for ``endpoint_grace``
+        (none lent out): close their idle connections, drop their metric series."""
+        present = Presence(self._runtime.endpoints.current())
+        states = (
+            (
+                key,
+                present.has_node(e.peer_node)
+                if e.peer_node is not None
+                else present.has(e.cluster, e.address),
+                e.pool.active > 0 or bool(e.lot),
+            )
+            for key, e in self._entries.items()
+        )
+        gone = set(self._sweep.due(now, states))
+        for key in gone:
+            for conn in self._entries.pop(key).pool.take_all_idle():
+                conn.close()
+        if gone:
+            self._stats.drop_series(lambda lbls: _pool_key(lbls) in gone)
+        return len(gone)
+
     async def run(self) -> None:
         """The reaper task: runs until cancelled."""
         timeouts = [c.idle_timeout for c in self._clusters.values()] or [_MAX_REAP_INTERVAL]
         interval = min(max(min(timeouts) / 2, _MIN_REAP_INTERVAL), _MAX_REAP_INTERVAL)
         while True:
             await trio.sleep(interval)
-            self.reap(trio.current_time())
+            now = trio.current_time()
+            self.reap(now)
+            self.prune(now)
 
     async def aclose(self) -> None:
         """Shutdown: close idle connections (lent ones close with their request)."""
@@ -273,3 +313,10 @@ class Upstreams:
                 conn.close()
                 closed += 1
         return closed
+
+
+def _pool_key(lbls: Labels) -> tuple[str, str] | None:
+    """The (cluster, endpoint) a series is labelled with, if both are there."""
+    found = dict(lbls)
+    cluster, endpoint = found.get("cluster"), found.get("endpoint")
+    return (cluster, endpoint) if cluster is not None and endpoint is not None else None
