@@ -25,6 +25,7 @@ from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.signer_client import SignerClient, SignerUnavailable, csr_for
 from nodeproxy.tls.store import IssuedCert
 from tests.fakes.apiserver import FakeApiServer, fake_apiserver
+from tests.fakes.k8s_objects import pod
 from tests.helpers.signer import (
     RunningSigner,
     client_ssl,
@@ -301,3 +302,17 @@ async def test_slow_and_excess_connections_are_closed(
         # the slots are free again: a real request is served
         token = c.api.token_reviews.issue("nodeproxy-a", "nodeproxy")
         assert (await c.post(token, NODE_A)).status_code == 200
+
+
+async def test_a_node_with_more_identities_than_one_request_holds_asks_in_batches(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as c:
+        accounts = [f"team-{i}" for i in range(70)]
+        for i, sa in enumerate(accounts):
+            c.api.add("pods", pod(f"p-{i}", f"10.0.3.{i}", node="node-a", ns="shop",
+                                  service_account=sa))  # fmt: skip
+        ids = [NODE_A, *(SpiffeId.workload("shop", sa) for sa in accounts)]
+        out = await c.node_client().sign(ids, lifetime=HOUR, client=None)
+        assert sorted(i.spiffe_id for i in out.issued) == sorted(ids)
+        assert c.signer.signer.counts == {"signed": 2}  # 64 + 7 CSRs

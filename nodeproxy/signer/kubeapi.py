@@ -9,8 +9,9 @@
 
 Read fresh for every signing request, never cached: "has a pod on that node
 right now" must not be answered from a minute ago. Each call has a deadline
-and a bounded answer; at most ``concurrency`` run at once, so a burst of
-node restarts queues here instead of stampeding the API server. Any failure
+(waiting for a slot included) and a bounded answer; at most ``concurrency``
+run at once, so a burst of node restarts queues here instead of stampeding
+the API server, and what waits too long is a 503 the node retries. Any failure
 to get an answer is a 503 ``unavailable`` for the node, which retries.
 """
 
@@ -92,14 +93,15 @@ class KubeApi:
             token = self.access.bearer_token()
         except (OSError, ValueError) as exc:
             raise _unavailable(f"cannot read the signer's own token: {exc}") from exc
+        path = target.split("?")[0]
         headers = [("Accept", "application/json")]
         if body:
             headers.append(("Content-Type", "application/json"))
         if token:
             headers.append(("Authorization", f"Bearer {token}"))
-        async with self._limiter:
-            try:
-                with trio.fail_after(self.timeout):
+        try:
+            with trio.fail_after(self.timeout):  # the wait for a slot counts too
+                async with self._limiter:
                     stream = await self._connect()
                     try:
                         status, raw = await exchange(
@@ -108,12 +110,10 @@ class KubeApi:
                         )  # fmt: skip
                     finally:
                         await trio.aclose_forcefully(stream)
-            except trio.TooSlowError:
-                raise _unavailable(
-                    f"{method} {target.split('?')[0]}: no answer in {self.timeout:g}s"
-                ) from None
-            except (ExchangeError, OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-                raise _unavailable(f"{method} {target.split('?')[0]}: {exc}") from None
+        except trio.TooSlowError:
+            raise _unavailable(f"{method} {path}: no answer in {self.timeout:g}s") from None
+        except (ExchangeError, OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise _unavailable(f"{method} {path}: {exc}") from None
         try:
             return status, json.loads(raw)
         except ValueError:

@@ -120,6 +120,8 @@ class MeshCertificates:
             self._accept(issued)
         for refusal in outcome.refused:
             log.warning("certificate_refused", identity=refusal.spiffe_id, reason=refusal.reason)
+        if outcome.error is not None:  # a later batch failed: keep the first, retry the rest
+            raise SignerUnavailable(outcome.error)
         self.status.succeeded({r.spiffe_id: r.reason for r in outcome.refused})
         return [issued.spiffe_id for issued in outcome.issued]
 

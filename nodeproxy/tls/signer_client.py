@@ -55,6 +55,7 @@ class SignerUnavailable(Exception):
 class SignOutcome:
     issued: list[IssuedCert] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    error: str | None = None  # a later batch failed: what was issued before still counts
 
 
 class SignerClient:
@@ -87,14 +88,24 @@ class SignerClient:
             request = SignRequest(
                 tuple(csr_for(sid, key) for sid, key in keys.items()), int(lifetime.total_seconds())
             )
-            status, body = await self._post(request.to_json(), client)
+            try:
+                status, body = await self._post(request.to_json(), client)
+            except SignerUnavailable as exc:
+                if not outcome.issued:
+                    raise
+                outcome.error = str(exc)
+                return outcome
             if status == 403:
                 _, reason, refused = error_reason(body)
                 outcome.refused.extend(refused or [Refusal(str(s), reason) for s in batch])
                 continue
             if status != 200:
                 cause, reason, _ = error_reason(body)
-                raise SignerUnavailable(f"the signer answered {status} {cause}: {reason}")
+                error = f"the signer answered {status} {cause}: {reason}"
+                if not outcome.issued:
+                    raise SignerUnavailable(error)
+                outcome.error = error
+                return outcome
             try:
                 response = SignResponse.from_json(body)
             except (ValueError, KeyError, TypeError) as exc:
