@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 import trio
 
@@ -230,13 +230,22 @@ def with_kubeconfig(config: Config, path: str, context: str | None = None) -> Co
     return dataclasses.replace(config, discovery=DiscoveryConfig(kubernetes=k8s))
 
 
-def start_logging(config: Config, *, warn: bool = True) -> str | None:
-    """Pick the codec and configure logging once; an error text when the codec cannot load."""
+def start_logging(config: Config, *, warn: bool = True, fleet: bool = False) -> str | None:
+    """Pick the codec and configure logging once; an error text when the codec cannot load.
+
+    ``fleet``: a supervisor or a worker, whose processes share stdout (workers/output.py).
+    """
     if (problem := _select_codec(config)) is not None:
         return problem
     from nodeproxy.logs import configure_logging
 
-    configure_logging(config.log)
+    stream = None
+    if fleet:
+        from nodeproxy.workers.output import WholeLines
+
+        sys.stdout.flush()
+        stream = cast(TextIO, WholeLines(sys.stdout.fileno()))  # a TextIOBase, as TextIO wants
+    configure_logging(config.log, stream)
     if warn and config.warnings:
         import structlog
 
@@ -247,7 +256,7 @@ def start_logging(config: Config, *, warn: bool = True) -> str | None:
 
 
 def serve(config: Config, link: WorkerLink | None = None) -> int:
-    if (problem := start_logging(config, warn=link is None)) is not None:
+    if (problem := start_logging(config, warn=link is None, fleet=link is not None)) is not None:
         print(f"nodeproxy: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     from nodeproxy.app import run_app

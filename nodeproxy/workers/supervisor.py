@@ -275,7 +275,7 @@ def supervise(config: Config, count: int, child: ChildArgs) -> int:
     """``nodeproxy run`` with ``workers`` > 1: the supervisor's process, until it stops."""
     from nodeproxy.cli import EXIT_CONFIG, _leaves, start_logging
 
-    if (problem := start_logging(config)) is not None:
+    if (problem := start_logging(config, fleet=True)) is not None:
         print(f"nodeproxy: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     try:
