@@ -14,6 +14,7 @@ One function, ``run_app``, owns the process's lifetime:
     ├── certificate rotation    (mesh only: renews at 2/3 of life, from the local CA
     │                            or the signer, tls/node_certs.py)
     ├── signal watcher          (SIGTERM/SIGINT -> drain; a second signal -> stop now)
+    ├── handoff server          (handoff_socket only: hands our sockets to a successor)
     └── serving nursery
         ├── one task per listener, each with its own connection nursery
         └── the inbound mTLS listener (mesh only, server/inbound.py)
@@ -23,11 +24,18 @@ this same tree with a ``WorkerLink`` in place of the admin server, the health
 checker and the Kubernetes watch, which its supervisor runs once for all
 workers; its listeners take the sockets the supervisor bound.
 
-Drain is the only way out: a signal or ``POST /drain`` flips ``DrainState``;
-listeners stop accepting, finish in-flight requests and close idle
-keep-alives; the serving nursery gets a deadline of ``limits.drain_timeout``
-and whatever is still running then is cancelled. Then the rest of the tree is
-cancelled and ``run_app`` returns, so the process exits 0.
+Every listening socket (admin and probes included) is acquired before the
+tree starts (``handoff/process.py``): with ``handoff_socket`` set, taken
+over from the process running there, else bound afresh. Once the listeners
+serve, this process owns that path and the predecessor, if any, drains.
+
+Drain is the only way out: a signal, ``POST /drain`` or a handoff to a
+successor flips ``DrainState``; listeners stop accepting, finish in-flight
+requests and close idle keep-alives; the serving nursery gets a deadline of
+``limits.drain_timeout`` and whatever is still running then is cancelled.
+After a handoff the admin stops accepting too (the successor has its socket)
+and the successor hears "done". Then the rest of the tree is cancelled and
+``run_app`` returns, so the process exits 0.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from nodeproxy.admin.server import serve_admin, serve_probes
 from nodeproxy.admin.stats import BUILD_INFO, labels
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
+from nodeproxy.handoff.process import ProcessSockets
 from nodeproxy.http1 import impl
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import DrainState, Runtime
@@ -103,56 +112,73 @@ async def run_app(
         link.attach(runtime, mesh)
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
     handle = AppHandle(runtime, mesh=mesh)
+    # A worker's sockets come from its supervisor (link.attach); ours are acquired here.
+    own = await ProcessSockets.acquire(config, runtime) if link is None else None
     addresses: dict[str, str] = {}
-    async with trio.open_nursery() as root:
-        if link is None:
-            handle.admin_port = await root.start(serve_admin, runtime)
-            if config.admin.probe_port is not None:
-                handle.probe_port = await root.start(serve_probes, runtime)
-            root.start_soon(HealthChecker(runtime).run)
-        else:
-            root.start_soon(link.run)
-        root.start_soon(upstreams.run)
-        root.start_soon(access_log.run_flusher)  # batched access lines, flushed at the end
-        if kubernetes is not None:
-            await root.start(kubernetes.run)  # /ready stays 503 until its first sync
-        if mesh is not None:  # first certificates before the listeners (a signer may not answer)
-            runtime.health_checks.append(mesh.certs.readiness)
-            await root.start(mesh.certs.run)
-        if handle_signals:
-            root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
-        async with trio.open_nursery() as serving:
-            for lc in config.listeners:
-                port = await serving.start(
-                    partial(serve_listener, mesh=mesh), runtime, lc, upstreams
-                )
-                handle.listener_ports[lc.name] = port
-                addresses[lc.name] = f"{lc.host}:{port}"
-            if mesh is not None:
-                port = await serving.start(serve_inbound, runtime, mesh, upstreams)
-                handle.listener_ports["inbound"] = port
-                addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
-            runtime.listeners_ready = True
+    try:
+        async with trio.open_nursery() as root:
+            if own is not None:
+                stop = own.handed_off
+                admin_task = partial(serve_admin, bound=own.admin, stop_accepting=stop)
+                handle.admin_port = await root.start(admin_task, runtime)
+                if config.admin.probe_port is not None:
+                    probes_task = partial(serve_probes, bound=own.probes, stop_accepting=stop)
+                    handle.probe_port = await root.start(probes_task, runtime)
+                root.start_soon(HealthChecker(runtime).run)
             if link is not None:
-                link.listening.set()
-            admin = {"admin": f"{config.admin.host}:{handle.admin_port}"} if link is None else {}
-            log.info(
-                "started" if link is None else "worker_started",
-                listeners=addresses,
-                **admin,
-                clusters=len(config.clusters),
-                discovery=config.discovery.mode,
-                codec=f"{impl.NAME} {impl.VERSION}",
-            )
-            task_status.started(handle)
-            await runtime.drain.started.wait()
-            deadline = trio.current_time() + config.limits.drain_timeout
-            serving.cancel_scope.deadline = deadline
-            log.info(
-                "draining", reason=runtime.drain.reason, deadline_s=config.limits.drain_timeout
-            )
-        if serving.cancel_scope.cancelled_caught:
-            log.warning("drain_deadline_reached_connections_cancelled")
-        await upstreams.aclose()
-        log.info("stopped")
-        root.cancel_scope.cancel()
+                root.start_soon(link.run)
+            root.start_soon(upstreams.run)
+            root.start_soon(access_log.run_flusher)  # batched access lines, flushed at the end
+            if kubernetes is not None:
+                await root.start(kubernetes.run)  # /ready stays 503 until its first sync
+            # First certificates before the listeners (a signer may not answer).
+            if mesh is not None:
+                runtime.health_checks.append(mesh.certs.readiness)
+                await root.start(mesh.certs.run)
+            if handle_signals:
+                root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
+            async with trio.open_nursery() as serving:
+                for lc in config.listeners:
+                    port = await serving.start(
+                        partial(serve_listener, mesh=mesh), runtime, lc, upstreams
+                    )
+                    handle.listener_ports[lc.name] = port
+                    addresses[lc.name] = f"{lc.host}:{port}"
+                if mesh is not None:
+                    port = await serving.start(serve_inbound, runtime, mesh, upstreams)
+                    handle.listener_ports["inbound"] = port
+                    addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
+                runtime.listeners_ready = True
+                if link is not None:
+                    link.listening.set()
+                if own is not None:
+                    await own.serving(root)  # the handoff path is ours; a predecessor drains
+                admin = (
+                    {"admin": f"{config.admin.host}:{handle.admin_port}"} if link is None else {}
+                )
+                log.info(
+                    "started" if link is None else "worker_started",
+                    listeners=addresses,
+                    **admin,
+                    clusters=len(config.clusters),
+                    discovery=config.discovery.mode,
+                    codec=f"{impl.NAME} {impl.VERSION}",
+                    **(own.log_fields() if own is not None else {}),
+                )
+                task_status.started(handle)
+                await runtime.drain.started.wait()
+                deadline = trio.current_time() + config.limits.drain_timeout
+                serving.cancel_scope.deadline = deadline
+                log.info(
+                    "draining", reason=runtime.drain.reason, deadline_s=config.limits.drain_timeout
+                )
+            if serving.cancel_scope.cancelled_caught:
+                log.warning("drain_deadline_reached_connections_cancelled")
+            await upstreams.aclose()
+            if own is not None:
+                await own.finish(signals=handle_signals)  # "done" to a successor
+            log.info("stopped")
+            root.cancel_scope.cancel()
+    finally:
+        if own is not None:
+            own.close()  # what no listener took (a failed start), and our copies

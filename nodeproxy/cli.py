@@ -3,6 +3,8 @@
     nodeproxy run --config FILE        serve (native YAML or an Envoy bootstrap)
                   [--kubeconfig F]     discover services from that cluster's API
                   [--workers N|auto]   N worker processes under a supervisor
+                  [--handoff-socket P] take over the listening sockets of the
+                                       process running there (hitless restart)
     nodeproxy check-config FILE...     validate and summarise (and warn), start nothing
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
@@ -15,6 +17,7 @@ is 1: nothing starts half-configured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -25,8 +28,10 @@ import trio
 
 from nodeproxy import __version__
 from nodeproxy.config import load_config
+from nodeproxy.config.checks import handoff_path_problem
 from nodeproxy.config.model import CODEC_ENV, Config, DiscoveryConfig, KubernetesConfig
 from nodeproxy.errors import ConfigError
+from nodeproxy.handoff.protocol import HandoffError
 from nodeproxy.signer.cli import add_signer_subcommand
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
@@ -102,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes: a number or auto (the CPUs this process may use); "
         "overrides the config's workers (default 1: one process)",
     )
+    run.add_argument(
+        "--handoff-socket",
+        metavar="PATH",
+        help="Unix socket where a running nodeproxy hands over its listening sockets "
+        "(and where this one will hand them over in turn); overrides handoff_socket",
+    )
+    run.add_argument(
+        "--after-handoff",
+        choices=["exit", "wait"],
+        help="once handed off and drained: exit 0 at once, or wait for SIGTERM/SIGINT "
+        "first; overrides after_handoff",
+    )
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("config", nargs="+", help="one or more config files")
     demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
@@ -155,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config is None:
         return EXIT_CONFIG
+    if args.handoff_socket is not None:
+        if (problem := handoff_path_problem(args.handoff_socket)) is not None:
+            print(f"nodeproxy: --handoff-socket: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        config = dataclasses.replace(config, handoff_socket=args.handoff_socket)
+    if args.after_handoff is not None:
+        config = dataclasses.replace(config, after_handoff=args.after_handoff)
     workers = args.workers if args.workers is not None else config.workers
     if workers == "auto":
         from nodeproxy.workers.count import available_cpus
@@ -268,6 +292,10 @@ def serve(config: Config, link: WorkerLink | None = None) -> int:
         for error in errors.exceptions:
             print(f"nodeproxy: config error: {error}", file=sys.stderr)
         code = EXIT_CONFIG
+    except* HandoffError as refusals:  # refused: a handoff already running, another version
+        for refusal in refusals.exceptions:
+            print(f"nodeproxy: cannot start: {refusal}", file=sys.stderr)
+        code = 1
     except* OSError as group:  # e.g. address in use: say so plainly, no traceback
         # A worker binds nothing: what fails there is its output (the supervisor is gone).
         what = "cannot start" if link is None else f"worker {link.index} stopped"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import h11
 import pytest
 import trio
+import trio.testing
 
-from nodeproxy.admin.stats import POOL_CONNECTIONS, labels
+from nodeproxy.admin.stats import DOWNSTREAM_CONNECTIONS_ACTIVE, POOL_CONNECTIONS, labels
 from tests.helpers.backends import backend, read_all, read_response, run_proxy, simple_config
 
 
@@ -48,6 +49,30 @@ async def test_drain_finishes_in_flight_request_and_closes_idle_connections() ->
     assert (b"connection", b"close") in list(response.headers)
     assert isinstance(in_flight[-1], h11.EndOfMessage)
     assert after == [b""]
+
+
+async def test_drain_answers_the_first_request_of_a_connection_accepted_before_it() -> None:
+    """Accepted, no byte read yet, then drain (a handoff's successor serves from here on):
+    the client is sending its request, so it is answered with ``Connection: close``
+    instead of being closed unanswered (a failure no client retries)."""
+    async with backend() as b, run_proxy(simple_config({"svc": [b.address]})) as p:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", p.port)
+            active = labels(listener="outbound")
+            while p.runtime.stats.gauge(DOWNSTREAM_CONNECTIONS_ACTIVE, active) == 0:  # accepted
+                await trio.lowlevel.checkpoint()
+            await trio.testing.wait_all_tasks_blocked()  # waiting for its first request
+            p.runtime.drain.start("test")
+            await trio.testing.wait_all_tasks_blocked()  # the drain closed what it closes
+            async with stream:
+                await stream.send_all(b"GET /late HTTP/1.1\r\nHost: svc\r\n\r\n")
+                events = await read_response(stream)
+                assert await read_all(stream) == b""
+            await p.done.wait()
+    response = events[0]
+    assert isinstance(response, h11.Response)
+    assert response.status_code == 200
+    assert (b"connection", b"close") in list(response.headers)
 
 
 async def test_cancelling_a_drain_closes_everything() -> None:

@@ -14,6 +14,8 @@ answers only ``/ready`` and ``/healthz`` (``probes.py``).
 
 from __future__ import annotations
 
+import socket
+from functools import partial
 from http import HTTPStatus
 
 import h11
@@ -244,43 +246,69 @@ async def serve_admin(
     runtime: Runtime,
     workers: WorkersView | None = None,
     *,
+    bound: list[socket.socket] | None = None,
+    stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind ``config.admin``, report the bound port via ``task_status``, serve until cancelled.
+    """Bind ``config.admin`` (or take the listening sockets ``bound``), report the
+    bound port via ``task_status``, serve until cancelled.
 
     ``workers``: a supervisor's view, whose stats and clusters are its workers' merged.
+    ``stop_accepting`` (a handoff: the successor serves on the same sockets now)
+    ends the accept loop and drops this process's copy of the sockets; admin
+    requests already accepted are still answered until the app ends.
     """
     cfg = runtime.config.admin
-    await _serve(runtime, cfg.host, cfg.port, "admin_listening", False, workers, task_status)
+    listeners = await _listeners(cfg.host, cfg.port, bound)
+    await _serve(runtime, listeners, cfg.host, False, workers, stop_accepting, task_status)
 
 
 async def serve_probes(
     runtime: Runtime,
     workers: WorkersView | None = None,
     *,
+    bound: list[socket.socket] | None = None,
+    stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind ``admin.probe_address`` (``/ready`` and ``/healthz`` only), serve until cancelled."""
     cfg = runtime.config.admin
     assert cfg.probe_port is not None, "only started when admin.probe_address is set"
-    await _serve(
-        runtime, cfg.probe_host, cfg.probe_port, "probes_listening", True, workers, task_status
-    )
+    listeners = await _listeners(cfg.probe_host, cfg.probe_port, bound)
+    await _serve(runtime, listeners, cfg.probe_host, True, workers, stop_accepting, task_status)
+
+
+async def _listeners(
+    host: str, port: int, bound: list[socket.socket] | None
+) -> list[trio.SocketListener]:
+    if bound is None:
+        return await trio.open_tcp_listeners(port, host=host)
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in bound]
 
 
 async def _serve(
     runtime: Runtime,
+    listeners: list[trio.SocketListener],
     host: str,
-    port: int,
-    event: str,
     probes_only: bool,
     workers: WorkersView | None,
+    stop_accepting: trio.Event | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound: int = listeners[0].socket.getsockname()[1]
+    port: int = listeners[0].socket.getsockname()[1]
+    name = "probes" if probes_only else "admin"
     ctx = AdminContext(runtime, started_at=trio.current_time(), workers=workers)
     server = AdminServer(ctx, probes_only=probes_only)
-    log.info(event, address=f"{host}:{bound}")
-    task_status.started(bound)
-    await trio.serve_listeners(server.handle_connection, listeners)
+    log.info(f"{name}_listening", address=f"{host}:{port}")
+    handler = server.handle_connection
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(
+                partial(trio.serve_listeners, handler, listeners, handler_nursery=connections)
+            )
+            task_status.started(port)
+            await (trio.Event() if stop_accepting is None else stop_accepting).wait()
+            accepting.cancel_scope.cancel()
+        for listener in listeners:
+            listener.socket.close()
+        log.info(f"{name}_stopped_accepting")

@@ -114,3 +114,25 @@ def upgrade_token(node: Node) -> str:
 def upgrade_tokens(node: Node) -> tuple[str, ...]:
     """A list of Upgrade tokens relayed (``[websocket]``); ``[]`` relays none."""
     return tuple(upgrade_token(item) for item in node.items())
+
+
+# A Unix socket path holds 107 bytes; the handoff binds ``<path>.<pid>`` first.
+HANDOFF_PATH_MAX = 96
+
+
+def handoff_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a handoff socket path, or None."""
+    if not path:
+        return "must not be empty"
+    if len(path.encode()) > HANDOFF_PATH_MAX:
+        return f"path over {HANDOFF_PATH_MAX} bytes (a Unix socket address is short)"
+    if "\0" in path:
+        return "path contains a NUL byte"
+    return None
+
+
+def handoff_path(node: Node) -> str:
+    path = node.text()
+    if (problem := handoff_path_problem(path)) is not None:
+        raise node.error(problem)
+    return path

@@ -20,13 +20,16 @@ from nodeproxy.config.checks import (
     check_host,
     check_unique_binds,
     dns_label,
+    handoff_path,
     upgrade_tokens,
 )
 from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
 from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
+    AFTER_HANDOFF,
     CODEC_NAMES,
     AdminConfig,
+    AfterHandoff,
     CodecName,
     Config,
     DiscoveryConfig,
@@ -47,7 +50,8 @@ HostPortMatch = Literal["strip_any", "strip_matching", "exact"]
 HOST_PORT_MATCHES = ("strip_any", "strip_matching", "exact")
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
-    "services", "mesh", "discovery", "fairness", "codec", "workers",
+    "services", "mesh", "discovery", "fairness", "codec", "workers", "handoff_socket",
+    "handoff_timeout", "after_handoff",
 )  # fmt: skip
 
 
@@ -98,6 +102,11 @@ def load_native(root: Node) -> Config:
         fairness=f.opt("fairness", read_fairness, None),
         codec=cast(CodecName, f.opt("codec", lambda n: n.choice(*CODEC_NAMES), "auto")),
         workers=f.opt("workers", read_workers, 1),
+        handoff_socket=f.opt("handoff_socket", handoff_path, None),
+        handoff_timeout=f.opt("handoff_timeout", Node.duration, 10.0),
+        after_handoff=cast(
+            AfterHandoff, f.opt("after_handoff", lambda n: n.choice(*AFTER_HANDOFF), "exit")
+        ),
     )
 
 

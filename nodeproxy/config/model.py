@@ -230,6 +230,10 @@ class DiscoveryConfig:
         return "static" if self.kubernetes is None else "kubernetes"
 
 
+AfterHandoff = Literal["exit", "wait"]
+AFTER_HANDOFF: tuple[AfterHandoff, ...] = ("exit", "wait")
+
+
 @dataclass(frozen=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
@@ -253,6 +257,13 @@ class Config:
     # Worker processes: 1 (one process, as always), a number, or "auto" (the CPUs this
     # process may use, resolved at start by workers/count.py); see docs/architecture.md.
     workers: int | Literal["auto"] = 1
+    # Hitless restarts (nodeproxy/handoff/): the Unix socket where a new process finds
+    # this one and takes over its listening sockets; None: bind afresh, hand nothing over.
+    handoff_socket: str | None = None
+    handoff_timeout: float = 10.0  # each handoff step: hello -> sockets, sockets -> serving
+    # After handing off and draining: "exit" 0 at once, or "wait" for SIGTERM/SIGINT
+    # first (a container that must not restart and take the sockets back).
+    after_handoff: AfterHandoff = "exit"
     # Strings that came from ${VAR} expansion: /config_dump prints them as [redacted].
     env_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     # Fields the file set that change nothing nodeproxy does (Envoy files): one line each,

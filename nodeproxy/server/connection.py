@@ -46,6 +46,10 @@ from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
 
 # How late a timeout may fire: the sweeper's period (``ConnectionLoop.sweep``).
 SWEEP_INTERVAL = 0.05
+# Drain: how long a connection accepted before it, with no byte read yet, may still
+# deliver its first request. Its client is sending it (a handoff's successor serves
+# everything after); closing it unanswered would fail a request no client retries.
+DRAIN_FIRST_REQUEST_GRACE = 1.0
 
 # After these the stream cannot be trusted to frame a next request (bad framing,
 # a head cut short, an unread body): answer, then close.
@@ -66,7 +70,8 @@ class ConnectionLoop:
         # Connections waiting for a request head, in the order they started to
         # wait (dicts as ordered sets): keep-alives between requests (the oldest
         # is closed first to make room at the connection cap) and new
-        # connections before their first request. Drain wakes both.
+        # connections before their first request. Drain wakes the keep-alives and
+        # gives the new ones ``DRAIN_FIRST_REQUEST_GRACE`` for their first request.
         self.idle: dict[Downstream, None] = {}
         self.live: set[Downstream] = set()  # every open connection (the sweeper reads it)
         self.opening: dict[Downstream, None] = {}
@@ -79,11 +84,14 @@ class ConnectionLoop:
         return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"
 
     def close_idle(self) -> None:
-        """Drain: wake every connection waiting for a next request, so it closes."""
-        for waiting in (self.idle, self.opening):
-            for down in waiting:
-                if down.scope is not None:
-                    down.scope.cancel()
+        """Drain: wake every keep-alive waiting for a next request, so it closes; a
+        new connection waiting for its first request closes after a short grace."""
+        for down in self.idle:
+            if down.scope is not None:
+                down.scope.cancel()
+        grace = trio.current_time() + DRAIN_FIRST_REQUEST_GRACE
+        for down in self.opening:
+            down.deadline = min(down.deadline, grace)
 
     async def sweep(self, interval: float = SWEEP_INTERVAL) -> None:
         """Fire the deadlines of this listener's connections; returns once drained and empty.
@@ -202,7 +210,10 @@ class ConnectionLoop:
             await trio.lowlevel.checkpoint()
         else:  # nothing pipelined: wait (idle) for the first byte
             if self.runtime.drain.draining:
-                return None
+                if down.bytes_in:
+                    return None
+                grace = trio.current_time() + DRAIN_FIRST_REQUEST_GRACE
+                idle_deadline = min(idle_deadline, grace)
             down.arm(idle_deadline)
             waiting = self.idle if down.bytes_in else self.opening  # nothing read yet: new
             waiting[down] = None

@@ -57,7 +57,14 @@ class RunningProxy:
             assert self.process.stdout is not None
             while chunk := await self.process.stdout.receive_some(65536):
                 self._buffer += chunk
-            return await self.process.wait()
+            code = await self.process.wait()
+        for raw in bytes(self._buffer).splitlines():  # the lines not read yet, into ``lines``
+            try:
+                self.lines.append(json.loads(raw))
+            except ValueError:
+                continue
+        self._buffer.clear()
+        return code
 
 
 def _port(address: str) -> int:
