@@ -31,6 +31,7 @@ from nodeproxy.handoff import (
     wanted_listeners,
 )
 from nodeproxy.handoff import protocol as p
+from nodeproxy.handoff.channel import Channel, PeerGone
 from nodeproxy.handoff.sockets import MESH_INBOUND, serves
 from nodeproxy.mesh.inbound import LISTENER as MESH_LISTENER
 from tests.helpers.backends import simple_config
@@ -297,3 +298,72 @@ async def test_the_new_side_raises_a_refusal_it_cannot_work_around(tmp_path: Pat
             nursery.start_soon(scripted_peer, listener, answer, None)
             with pytest.raises(HandoffRefused, match="a handoff to pid 9 runs"):
                 await acquire_listen_sockets(WANTED, str(path), 5.0)
+
+
+class Successor:
+    """A hand-driven new process: says hello over a real Unix socket, reads the answer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.channel = Channel(self.sock, p.Role.NEW)
+
+    async def hello(self) -> p.Message:
+        await self.sock.connect(str(self.path))
+        await self.channel.send(p.hello(os.getpid()))
+        answer = await self.channel.receive()
+        p.close_fds(answer.fds)
+        return answer
+
+
+async def test_a_second_hello_while_one_handoff_runs_is_refused_and_an_unconfirmed_one_aborts(
+    tmp_path: Path,
+) -> None:
+    """The first successor takes the sockets but never says "serving": a second one is
+    refused meanwhile; after ``timeout`` the handoff aborts, nothing drained, and the next
+    successor gets the sockets."""
+    path = tmp_path / "h.sock"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = HandoffServer(str(path), {"listener/web": [sock]}, _never, timeout=0.5)
+        with trio.fail_after(10), capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                first, second, third = Successor(path), Successor(path), Successor(path)
+                assert (await first.hello()).type == "sockets"
+                refusal = await second.hello()
+                assert refusal.fields["code"] == "busy"
+                assert refusal.fields["reason"] == (
+                    f"a handoff to pid {os.getpid()} is already in progress"
+                )
+                with pytest.raises(PeerGone):  # the old side gave up waiting for "serving"
+                    await first.channel.receive()
+                assert (await third.hello()).type == "sockets"
+                for successor in (first, second, third):
+                    successor.channel.close()
+                nursery.cancel_scope.cancel()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)  # never closed here
+    assert not server.handed_off
+    assert "handoff_not_confirmed" in [log["event"] for log in logs]
+
+
+async def test_a_draining_process_refuses_so_the_new_one_binds_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "h.sock"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        old_address = sock.getsockname()
+        server = HandoffServer(
+            str(path), {"listener/web": [sock]}, _never, timeout=5.0, draining=lambda: True
+        )
+        with trio.fail_after(10), capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                acquired = await acquire_listen_sockets(WANTED, str(path), 5.0)
+                nursery.cancel_scope.cancel()
+    assert acquired.predecessor is None
+    assert acquired.sockets["listener/web"][0].getsockname() != old_address
+    close_all(acquired.sockets)
+    refused = [log for log in logs if log["event"] == "handoff_refused_draining"]
+    assert refused[0]["reason"] == f"pid {os.getpid()} is draining"
