@@ -38,8 +38,12 @@ class LoadResult:
     stop: trio.Event = field(default_factory=trio.Event)
     running: int = 0
     finished: trio.Event = field(default_factory=trio.Event)
+    # (finished at, seconds) per successful request: bounded by the clients' max_requests
+    latencies: list[tuple[float, float]] = field(default_factory=list)
 
-    def count_ok(self) -> None:
+    def count_ok(self, started: float) -> None:
+        now = trio.current_time()
+        self.latencies.append((now, now - started))
         self.ok += 1
         if self.ok % self.progress_every == 0:
             self.progress.set()
@@ -120,6 +124,7 @@ async def keepalive_client(
             if stop.is_set():
                 return
             target = f"/{name}/{n}"
+            started = trio.current_time()
             for attempt in (1, 2):
                 fresh = conn is None
                 try:
@@ -142,7 +147,7 @@ async def keepalive_client(
                 if status != 200:
                     result.failures.append(f"{target}: status {status}")
                 else:
-                    result.count_ok()
+                    result.count_ok(started)
                 if not keep:
                     await conn.aclose()
                     conn = None
@@ -159,6 +164,7 @@ async def fresh_client(
         if stop.is_set():
             return
         target = f"/{name}/{n}"
+        started = trio.current_time()
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
                 conn = await _connect(port)
@@ -172,7 +178,7 @@ async def fresh_client(
         if status != 200:
             result.failures.append(f"{target}: status {status}")
         else:
-            result.count_ok()
+            result.count_ok(started)
 
 
 async def _client(kind: Client, result: LoadResult, *args: object) -> None:
