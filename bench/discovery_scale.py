@@ -9,7 +9,8 @@ discovery pointed at it by a kubeconfig, so the numbers are the real reflector's
 process of its own, read from /proc:
 
 1. start -> `/ready` 200: time to ready, then RSS once synced;
-2. C changes (EndpointSlice updates, one every 20 ms): the proxy's CPU per change, and RSS;
+2. C changes (EndpointSlice updates, one every ``--change-interval``, 100 ms: each one
+   handled on its own, not coalesced): the proxy's CPU per change, and RSS;
 3. a full relist of every resource (history compacted, every watch ended with 410 Gone):
    the peak RSS while it lists again (VmHWM, reset just before through clear_refs).
 
@@ -17,6 +18,9 @@ Everything is bounded: the proxy is stopped on exit, each wait has a deadline.
 
     .venv/bin/python bench/discovery_scale.py                  # 6000 Services, 1000 Nodes
     .venv/bin/python bench/discovery_scale.py --services 500 --nodes 100 --changes 10
+
+To measure an older version of the proxy against the same fake API server:
+``git archive REV nodeproxy | tar -x -C /tmp/old`` and run with ``PYTHONPATH=/tmp/old``.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = write_config(Path(tmp), api, admin_port)
             argv = [sys.executable, "-m", "nodeproxy", "run", "--config", str(cfg)]
-            proc = await trio.lowlevel.open_process(argv, start_new_session=True)
+            # cwd: not the checkout, so PYTHONPATH=<an older checkout> picks the code to measure
+            proc = await trio.lowlevel.open_process(argv, start_new_session=True, cwd=tmp)
             try:
                 result.update(await scenario(api, proc.pid, admin_port, args))
             finally:
@@ -182,7 +187,7 @@ async def scenario(
             i = (c * 97) % args.services
             sl = realistic_slice(i, f"ns-{i % 50}", args.nodes, pods=2 + c % 3)
             api.modify("endpointslices", sl)
-            await trio.sleep(0.02)
+            await trio.sleep(args.change_interval)
         with trio.move_on_after(args.deadline):
             while await metric(client, stats, events) < args.changes:  # noqa: ASYNC110
                 await trio.sleep(0.5)  # another process's counter
@@ -219,6 +224,7 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--local-pods", type=int, default=30, help="pods on the proxy's node")
     p.add_argument("--changes", type=int, default=50)
+    p.add_argument("--change-interval", type=float, default=0.1, help="seconds between changes")
     p.add_argument("--deadline", type=float, default=300.0, help="seconds per wait")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()

@@ -151,7 +151,11 @@ def test_catalog_follows_snapshots_and_overlay_keeps_configured_endpoints() -> N
     registry.publish({})
     assert "api.shop:8080" not in catalog
     assert list(catalog) == ["db", "web"]
-    assert repr(catalog) == "<ClusterCatalog [2 configured, 0 discovered]>"
+    assert repr(catalog) == "<ClusterCatalog [2 configured, 0 discovered, 0 in use]>"
+    registry.publish({f"s{i}": (a,) for i in range(100)})
+    assert len(catalog) == 102
+    assert catalog["s7"] is catalog["s7"]  # made once, on first use
+    assert repr(catalog) == "<ClusterCatalog [2 configured, 100 discovered, 1 in use]>"
 
 
 def test_kubeconfig_flag_turns_discovery_on_and_overrides(tmp_path: Path) -> None:

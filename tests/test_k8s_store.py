@@ -157,6 +157,25 @@ def test_projected_store_keeps_records_and_spots_unchanged_objects() -> None:
     assert store.objects["a"] == ("a", 2)
 
 
+def test_drain_names_the_keys_that_changed_since_the_last_drain() -> None:
+    def project(o: dict[str, Any]) -> object:
+        return o.get("x")
+
+    store = Store("pods", project)
+    store.replace(map(store.entry, [obj("a", "1", x=1), obj("b", "1", x=1)]), "1")
+    assert sorted(store.drain()) == [("default/a", 1), ("default/b", 1)]
+    assert store.drain() == []
+    # a relist: a is the same, b changed, c is new, d never existed; then b goes
+    store.replace(
+        map(store.entry, [obj("a", "2", x=1), obj("b", "2", x=2), obj("c", "2", x=3)]), "2"
+    )
+    assert sorted(store.drain()) == [("default/b", 2), ("default/c", 3)]
+    store.apply({"type": "DELETED", "object": obj("b", "3")})
+    store.apply({"type": "MODIFIED", "object": obj("a", "4", x=1, junk=True)})  # unchanged
+    store.replace(map(store.entry, [obj("a", "5", x=1), obj("c", "5", x=3)]), "5")
+    assert store.drain() == [("default/b", None)]
+
+
 LIST = (
     '{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"abc",'
     '"remainingItemCount":1},"items":[{"metadata":{"name":"a\\u00e9\u00e9"}},'

@@ -144,31 +144,43 @@ def test_pod_identities_by_ip() -> None:
     assert pod_identities(pods) == {"10.0.0.1": PodIdentity("web", "shop", "web-sa")}
 
 
-def test_translator_rebuilds_only_the_services_whose_records_changed() -> None:
-    svcs = [project.service(service(f"s{i}", [("http", 80, 8080)])) for i in range(3)]
-    slices = [
-        project.endpoint_slice(endpoint_slice(f"s{i}-1", f"s{i}", [endpoint(f"10.0.0.{i}")]))
-        for i in range(3)
-    ]
+def test_translator_rebuilds_only_the_services_a_change_touches() -> None:
+    def slice_of(i: int, ip: str, pod_name: str | None = None) -> project.SliceRecord:
+        return project.endpoint_slice(
+            endpoint_slice(f"s{i}-1", f"s{i}", [endpoint(ip, pod=pod_name)])
+        )
+
     t = Translator()
-    first = t.clusters(svcs, slices)
+    svcs = [
+        (f"default/s{i}", project.service(service(f"s{i}", [("http", 80, 8080)]))) for i in range(3)
+    ]
+    assert t.update(svcs, [(f"default/s{i}-1", slice_of(i, f"10.0.0.{i}")) for i in range(3)])
     assert t.rebuilt == 3
-    again = t.clusters(svcs, slices)
-    assert t.rebuilt == 0
-    assert all(again[name] is first[name] for name in first)  # the same endpoint objects
-    slices[1] = project.endpoint_slice(endpoint_slice("s1-1", "s1", [endpoint("10.0.9.9")]))
-    third = t.clusters(svcs, slices)
+    first = dict(t.clusters)
+    assert sorted(first) == ["s0", "s0:80", "s1", "s1:80", "s2", "s2:80"]
+    # one slice changes: one service rebuilt, the others keep their very objects
+    assert t.update([], [("default/s1-1", slice_of(1, "10.0.9.9"))])
     assert t.rebuilt == 1
-    assert hosts(third["s1"]) == ["10.0.9.9:8080"]
-    assert third["s0"] is first["s0"]
-    # a local pod's labels changing rebuilds the service it backs
-    sl = project.endpoint_slice(endpoint_slice("s0-1", "s0", [endpoint("10.0.0.0", pod="p")]))
-    slices[0] = sl
-    t.clusters(svcs, slices, [project.pod(pod("p", "10.0.0.0", labels={"v": "1"}))])
-    fourth = t.clusters(svcs, slices, [project.pod(pod("p", "10.0.0.0", labels={"v": "2"}))])
+    assert hosts(t.clusters["s1"]) == ["10.0.9.9:8080"]
+    assert t.clusters["s0"] is first["s0"]
+    # a change that changes nothing publishes nothing
+    assert not t.update([], [("default/s1-1", slice_of(1, "10.0.9.9"))])
+    # a local pod's labels rebuild only the service its endpoint backs
+    t.update([], [("default/s0-1", slice_of(0, "10.0.0.0", "p"))])
+    t.update([], [], [("default/p", project.pod(pod("p", "10.0.0.0", labels={"v": "1"})))])
     assert t.rebuilt == 1
-    assert dict(fourth["s0"][0].labels) == {"v": "2"}
-    assert repr(t) == "<Translator [3 services cached, 1 rebuilt last]>"
+    assert dict(t.clusters["s0"][0].labels) == {"v": "1"}
+    t.update([], [], [("default/p", None)])
+    assert dict(t.clusters["s0"][0].labels) == {}
+    # a slice that moves to another service, a deleted service, an unknown pod
+    assert t.update([], [("default/s0-1", slice_of(2, "10.0.5.5"))])
+    assert hosts(t.clusters["s0"]) == []
+    assert hosts(t.clusters["s2"]) == ["10.0.0.2:8080", "10.0.5.5:8080"]
+    assert t.update([("default/s2", None)], [])
+    assert "s2" not in t.clusters
+    assert "s2:80" not in t.clusters
+    assert not t.update([], [], [("default/nobody", None)])
+    assert repr(t) == "<Translator [2 services, 4 clusters, 0 rebuilt last]>"
 
 
 def test_records_keep_only_what_translation_reads() -> None:

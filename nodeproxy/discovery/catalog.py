@@ -9,7 +9,10 @@ endpoint snapshot with default settings (``ClusterConfig`` defaults, its
 namespace read from the name). app.py puts it in place of ``config.clusters``,
 so none of those readers changes. Its only writer is the registry's publisher
 (discovery): the view follows each snapshot and keeps nothing of a cluster
-that left it.
+that left it. A discovered cluster's settings are made the first time
+something asks for them and kept while it exists: at 6000 Services (18000
+clusters with their ports) memory follows the clusters traffic goes to, not
+all of them.
 
 ``OverlayRegistry`` keeps configured endpoints alive under discovery: a
 ``services`` entry with ``endpoints`` (a database outside the cluster, say)
@@ -51,25 +54,22 @@ class ClusterCatalog(Mapping[str, ClusterConfig]):
         self._default_ns = default_namespace
         self._template = template or ClusterConfig(name="")
         self._version = -1
-        self._discovered: dict[str, ClusterConfig] = {}
+        self._discovered: dict[str, ClusterConfig] = {}  # made on first use
+        self._count = 0  # discovered clusters in the current snapshot
 
     def __repr__(self) -> str:
-        self._sync()
         return (
             f"<ClusterCatalog [{len(self._configured)} configured, "
-            f"{len(self._discovered)} discovered]>"
+            f"{len(self) - len(self._configured)} discovered, {len(self._sync())} in use]>"
         )
 
     def _sync(self) -> dict[str, ClusterConfig]:
-        """The discovered clusters of the current snapshot (rebuilt once per version)."""
+        """Settings made so far, of clusters still in the snapshot (pruned once per version)."""
         snapshot = self._registry.current()
         if snapshot.version != self._version:
-            old = self._discovered
-            self._discovered = {
-                name: old.get(name) or self._cluster(name)
-                for name in snapshot.clusters
-                if name not in self._configured
-            }
+            clusters = snapshot.clusters
+            self._discovered = {n: c for n, c in self._discovered.items() if n in clusters}
+            self._count = sum(1 for n in clusters if n not in self._configured)
             self._version = snapshot.version
         return self._discovered
 
@@ -90,14 +90,21 @@ class ClusterCatalog(Mapping[str, ClusterConfig]):
         configured = self._configured.get(name)
         if configured is not None:
             return configured
-        return self._sync()[name]
+        made = self._sync()
+        cluster = made.get(name)
+        if cluster is None:
+            if name not in self._registry.current().clusters:
+                raise KeyError(name)
+            cluster = made[name] = self._cluster(name)
+        return cluster
 
     def __contains__(self, name: object) -> bool:
-        return name in self._configured or name in self._sync()
+        return name in self._configured or name in self._registry.current().clusters
 
     def __iter__(self) -> Iterator[str]:
         yield from self._configured
-        yield from list(self._sync())
+        yield from [n for n in self._registry.current().clusters if n not in self._configured]
 
     def __len__(self) -> int:
-        return len(self._configured) + len(self._sync())
+        self._sync()
+        return len(self._configured) + self._count

@@ -37,7 +37,7 @@ from nodeproxy.discovery.kubernetes.translate import (
     node_proxies,
     pod_identities,
 )
-from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
+from nodeproxy.discovery.snapshot import EndpointRegistry
 
 log = structlog.get_logger("nodeproxy.discovery.kubernetes")
 
@@ -114,7 +114,7 @@ class KubernetesDiscovery:
         self.node_proxies: Mapping[str, str] = {}
         self.pod_identities: Mapping[str, PodIdentity] = {}
         self._dirty = trio.Event()
-        self._published: dict[str, tuple[Endpoint, ...]] | None = None
+        self._published: bool | None = None  # None until the first publish
         registry.waiting_for = self.waiting_for
 
     def __repr__(self) -> str:
@@ -142,32 +142,33 @@ class KubernetesDiscovery:
         r = self.reflectors.get(name)
         return r.store.objects.values() if r else ()
 
-    def clusters(self) -> dict[str, tuple[Endpoint, ...]]:
-        """The clusters the current caches describe (only changed Services are rebuilt)."""
-        services, pods = self._objects("services"), self._objects("pods")
-        if self.config.endpoints_api == "endpointslices":
-            slices = self._objects("endpointslices")
-        else:
-            slices = [s for e in self._objects("endpoints") for s in e.subsets]
-        return self.translator.clusters(services, slices, pods)
+    def _changes(self, name: str) -> list[tuple[str, Any]]:
+        r = self.reflectors.get(name)
+        return r.store.drain() if r else []
 
     def refresh(self) -> bool:
-        """Translate and publish if the clusters changed; True when it published.
+        """Translate what changed and publish if a cluster did; True when it published.
 
         ``on_refresh`` runs first (synchronously, so no request sees a snapshot
-        whose nodes or pods the mesh does not know yet).
+        whose nodes or pods the mesh does not know yet), when nodes or pods changed.
         """
-        self.node_proxies = node_proxies(self._objects("nodes"), self.config.node_proxy_port)
-        self.pod_identities = pod_identities(self._objects("pods"))
-        if self.on_refresh is not None:
+        first = self._published is None
+        nodes, pods = self._changes("nodes"), self._changes("pods")
+        if nodes or first:
+            self.node_proxies = node_proxies(self._objects("nodes"), self.config.node_proxy_port)
+        if pods or first:
+            self.pod_identities = pod_identities(self._objects("pods"))
+        if (nodes or pods or first) and self.on_refresh is not None:
             self.on_refresh()
-        clusters = self.clusters()
-        if clusters == self._published:
+        slices = "endpointslices" if self.config.endpoints_api == "endpointslices" else "endpoints"
+        changed = self.translator.update(self._changes("services"), self._changes(slices), pods)
+        if not changed and not first:
             return False
-        self.registry.publish(clusters)
-        self._published = clusters
+        self.registry.publish(self.translator.clusters)
+        self._published = True
         self.stats.inc(K8S_PUBLISHES)
-        log.info("k8s_published", clusters=len(clusters), version=self.registry.current().version)
+        log.info("k8s_published", clusters=len(self.translator.clusters),
+                 version=self.registry.current().version)  # fmt: skip
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

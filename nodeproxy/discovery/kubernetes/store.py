@@ -160,6 +160,7 @@ class Store:
     resource: str
     project: Callable[[Obj], object] = field(default=keep_whole, repr=False)
     objects: dict[str, Any] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set, repr=False)  # keys since the last drain
     resource_version: str = ""
     synced: bool = False  # a complete list has been applied at least once
 
@@ -171,13 +172,17 @@ class Store:
         )
 
     def entry(self, obj: Any) -> tuple[str, object]:
-        """(key, record) of one listed object: the dict itself is not kept."""
-        return object_key(obj), self.project(obj)
+        """(key, record) of one listed object: the dict itself is not kept, and a record
+        equal to the cached one is the cached one (the new copy dies at once)."""
+        key, record = object_key(obj), self.project(obj)
+        cached = self.objects.get(key)
+        return key, cached if cached == record else record
 
     def replace(self, entries: Iterable[tuple[str, object]], resource_version: str) -> None:
         """Apply a complete list of ``entry`` pairs: they replace the old contents at once."""
-        old = self.objects
-        self.objects = {k: o if (o := old.get(k)) == v else v for k, v in entries}
+        old, self.objects = self.objects, dict(entries)
+        self.changed.update(k for k, v in self.objects.items() if old.get(k) is not v)
+        self.changed.update(k for k in old if k not in self.objects)
         self.resource_version = resource_version
         self.synced = True
 
@@ -201,12 +206,20 @@ class Store:
             return Outcome.BOOKMARK
         key = object_key(obj)
         if kind == "DELETED":
-            return Outcome.APPLIED if self.objects.pop(key, None) is not None else Outcome.UNCHANGED
-        record = self.project(obj)
-        if self.objects.get(key) == record:
-            return Outcome.UNCHANGED
-        self.objects[key] = record
+            if self.objects.pop(key, None) is None:
+                return Outcome.UNCHANGED
+        else:
+            record = self.project(obj)
+            if self.objects.get(key) == record:
+                return Outcome.UNCHANGED
+            self.objects[key] = record
+        self.changed.add(key)
         return Outcome.APPLIED
+
+    def drain(self) -> list[tuple[str, Any]]:
+        """(key, record now or None if gone) of every key changed since the last drain."""
+        keys, self.changed = self.changed, set()
+        return [(k, self.objects.get(k)) for k in keys]
 
 
 def parse_event(line: bytes) -> Obj:

@@ -19,10 +19,11 @@ Each endpoint carries ``node`` (its ``nodeName``) and labels: the pod's labels
 when the pod runs on this node (only those are watched), plus the zone.
 
 Everything here reads the slim records of ``project.py``, never raw objects.
-``Translator`` remembers each Service's clusters with the records they came
-from and rebuilds only the Services whose records changed (compared by
-identity: a record is replaced, never mutated), so a refresh after one event
-costs a walk over the records, not a rebuild of every cluster, and unchanged
+``Translator`` is fed *changes* (a store key and its record now, or None when
+it is gone; the stores log which keys changed) and keeps the clusters up to
+date in place: a change to a slice rebuilds only its Service, a change to a
+local pod only the Services whose endpoints it backs. A refresh after one
+event costs that Service, not a walk over 6000 of them, and unchanged
 endpoints stay the same objects from one snapshot to the next.
 ``node_proxies`` maps node names to their proxy address (InternalIP:4143) and
 ``pod_identities`` maps a local pod IP to its namespace and service account
@@ -34,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from nodeproxy.config.model import EMPTY_LABELS
 from nodeproxy.discovery.kubernetes.project import (
@@ -65,71 +67,108 @@ def cluster_name(service: str, namespace: str, default_namespace: str = "default
     return service if namespace == default_namespace else f"{service}.{namespace}"
 
 
-def _same(a: Sequence[object], b: Sequence[object]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+Change = tuple[str, Any]  # (store key "ns/name", its record now or None)
+PodRef = tuple[str, str]
+
+
+def _parts(record: Any) -> tuple[SliceRecord, ...]:
+    """The slices a slice-store record holds: an EndpointSlice, or v1 Endpoints' subsets."""
+    if isinstance(record, SliceRecord):
+        return (record,)
+    return record.subsets if isinstance(record, EndpointsRecord) else ()
 
 
 class Translator:
-    """Services + slices + local pods -> clusters, rebuilding only what changed.
+    """Services + slices + local pods -> ``clusters``, updated in place from changes.
 
-    Owned by the discovery task (its only caller); holds one entry per Service.
+    Owned by the discovery task (its only caller). Keys are the stores' keys;
+    a Service's key ``ns/name`` is also how its slices find it.
     """
 
     def __init__(self, default_namespace: str = "default") -> None:
         self.default_namespace = default_namespace
-        self._cache: dict[
-            tuple[str, str],
-            tuple[ServiceRecord, tuple[SliceRecord, ...], tuple[PodRecord | None, ...], Entries],
-        ] = {}
+        self.clusters: Clusters = {}  # the current result (publish copies it)
+        self._services: dict[str, ServiceRecord] = {}
+        self._slices: dict[str, dict[str, tuple[SliceRecord, ...]]] = {}  # service -> slices
+        self._owner: dict[str, str] = {}  # slice key -> its service
+        self._pods: dict[PodRef, PodRecord] = {}
+        self._users: dict[PodRef, set[str]] = {}  # pod -> services whose endpoints it backs
+        self._built: dict[str, tuple[Entries, tuple[PodRef, ...]]] = {}
         self._zones: dict[str, Mapping[str, str]] = {}  # zone -> its one-label mapping
-        self.rebuilt = 0  # Services rebuilt by the last call (tests and the bench read it)
+        self.rebuilt = 0  # Services rebuilt by the last update (tests and the bench read it)
 
     def __repr__(self) -> str:
-        return f"<Translator [{len(self._cache)} services cached, {self.rebuilt} rebuilt last]>"
+        return (
+            f"<Translator [{len(self._services)} services, {len(self.clusters)} clusters, "
+            f"{self.rebuilt} rebuilt last]>"
+        )
 
-    def clusters(
-        self,
-        services: Iterable[ServiceRecord],
-        slices: Iterable[SliceRecord],
-        pods: Iterable[PodRecord] = (),
-    ) -> Clusters:
-        pod_index = {(p.namespace, p.name): p for p in pods}
-        by_service: dict[tuple[str, str], list[SliceRecord]] = {}
-        for sl in slices:
-            if sl.service:
-                by_service.setdefault((sl.namespace, sl.service), []).append(sl)
-        out: Clusters = {}
-        cache = {}
-        self.rebuilt = 0
-        for svc in services:
-            if not svc.ports:
-                continue
-            key = (svc.namespace, svc.name)
-            found = tuple(by_service.get(key, ()))
-            local = tuple(pod_index.get(ep.pod) for sl in found for ep in sl.endpoints if ep.pod)
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] is svc and _same(hit[1], found) and _same(hit[2], local):
-                entries = hit[3]
+    def update(
+        self, services: Iterable[Change], slices: Iterable[Change], pods: Iterable[Change] = ()
+    ) -> bool:
+        """Apply the changes; True when a cluster's endpoints changed."""
+        dirty: set[str] = set()
+        for key, svc in services:
+            if isinstance(svc, ServiceRecord) and svc.ports:
+                self._services[key] = svc
             else:
-                entries = self._build(svc, found, pod_index)
-                self.rebuilt += 1
-            cache[key] = (svc, found, local, entries)
-            out.update(entries)
-        self._cache = cache
-        return out
+                self._services.pop(key, None)
+            dirty.add(key)
+        for key, record in slices:
+            old = self._owner.pop(key, None)
+            if old is not None:
+                group = self._slices[old]
+                del group[key]
+                if not group:
+                    del self._slices[old]
+                dirty.add(old)
+            parts = _parts(record)
+            if parts and parts[0].service:
+                owner = f"{parts[0].namespace}/{parts[0].service}"
+                self._owner[key] = owner
+                self._slices.setdefault(owner, {})[key] = parts
+                dirty.add(owner)
+        for key, pod in pods:
+            ns, _, name = key.partition("/")
+            if isinstance(pod, PodRecord):
+                self._pods[(ns, name)] = pod
+            else:
+                self._pods.pop((ns, name), None)
+            dirty.update(self._users.get((ns, name), ()))
+        changed = False
+        for key in dirty:
+            changed |= self._rebuild(key)
+        self.rebuilt = len(dirty)
+        return changed
 
-    def _build(
-        self,
-        svc: ServiceRecord,
-        slices: Sequence[SliceRecord],
-        pods: Mapping[tuple[str, str], PodRecord],
-    ) -> Entries:
+    def _rebuild(self, key: str) -> bool:
+        old, refs = self._built.pop(key, ((), ()))
+        for name, _ in old:
+            del self.clusters[name]
+        for ref in refs:
+            users = self._users[ref]
+            users.discard(key)
+            if not users:
+                del self._users[ref]
+        svc = self._services.get(key)
+        if svc is None:
+            return bool(old)
+        slices = [p for parts in self._slices.get(key, {}).values() for p in parts]
+        entries = self._build(svc, slices)
+        refs = tuple({ep.pod for sl in slices for ep in sl.endpoints if ep.pod})
+        for ref in refs:
+            self._users.setdefault(ref, set()).add(key)
+        self.clusters.update(entries)
+        self._built[key] = (entries, refs)
+        return entries != old
+
+    def _build(self, svc: ServiceRecord, slices: Sequence[SliceRecord]) -> Entries:
         buckets: dict[str, list[Endpoint]] = {}
         for sl in slices:
             for port_name, number in sl.ports:
                 bucket = buckets.setdefault(port_name, [])
                 for ep in sl.endpoints:
-                    bucket.append(Endpoint(ep.address, number, self._labels(ep, pods), ep.node))
+                    bucket.append(Endpoint(ep.address, number, self._labels(ep), ep.node))
         base = cluster_name(svc.name, svc.namespace, self.default_namespace)
         primary = next((p for p in svc.ports if p[1] == 80), svc.ports[0])
         entries: list[tuple[str, tuple[Endpoint, ...]]] = []
@@ -141,10 +180,8 @@ class Translator:
                 entries.append((base, eps))
         return tuple(entries)
 
-    def _labels(
-        self, ep: EndpointRecord, pods: Mapping[tuple[str, str], PodRecord]
-    ) -> Mapping[str, str]:
-        pod = pods.get(ep.pod) if ep.pod else None
+    def _labels(self, ep: EndpointRecord) -> Mapping[str, str]:
+        pod = self._pods.get(ep.pod) if ep.pod else None
         if pod is None or not pod.labels:
             if not ep.zone:
                 return EMPTY_LABELS
@@ -158,6 +195,21 @@ class Translator:
         return MappingProxyType(out)
 
 
+def _translate(
+    services: Iterable[ServiceRecord],
+    slices: Iterable[object],
+    pods: Iterable[PodRecord],
+    default_namespace: str,
+) -> Clusters:
+    t = Translator(default_namespace)
+    t.update(
+        ((f"{s.namespace}/{s.name}", s) for s in services),
+        ((f"#{i}", sl) for i, sl in enumerate(slices)),
+        ((f"{p.namespace}/{p.name}", p) for p in pods),
+    )
+    return dict(t.clusters)
+
+
 def clusters_from_slices(
     services: Iterable[ServiceRecord],
     slices: Iterable[SliceRecord],
@@ -165,7 +217,7 @@ def clusters_from_slices(
     default_namespace: str = "default",
 ) -> Clusters:
     """Clusters from EndpointSlices (``discovery.k8s.io/v1``), in one go."""
-    return Translator(default_namespace).clusters(services, slices, pods)
+    return _translate(services, slices, pods, default_namespace)
 
 
 def clusters_from_endpoints(
@@ -175,8 +227,7 @@ def clusters_from_endpoints(
     default_namespace: str = "default",
 ) -> Clusters:
     """Clusters from v1 Endpoints (each subset is a slice of its own)."""
-    slices = [s for e in endpoints for s in e.subsets]
-    return Translator(default_namespace).clusters(services, slices, pods)
+    return _translate(services, endpoints, pods, default_namespace)
 
 
 def node_proxies(nodes: Iterable[NodeRecord], port: int = NODE_PROXY_PORT) -> dict[str, str]:
