@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import h11
 import httpx
+import pytest
 import trio
 
+from nodeproxy.tls.ca import init_ca
 from tests.fakes.apiserver import fake_apiserver
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, node
 from tests.helpers.backends import Backend, ask, backend, free_port, read_response
@@ -417,3 +420,48 @@ def test_bad_worker_counts_are_refused_clearly(tmp_path: Path) -> None:
     done = run_cli("run", "--config", str(config), "--workers", "0")
     assert done.returncode == 2
     assert "--workers: expected 1..256 or auto, got '0'" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_mesh_example_with_two_workers_per_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/mesh/mesh.yaml with --workers 2 on both nodes: the inbound mTLS listener is
+    bound by each supervisor and served by its workers; policy holds as with one process."""
+    init_ca(tmp_path / "ca")
+    example = str(Path(__file__).parent.parent / "examples" / "mesh" / "mesh.yaml")
+    async with backend() as auth, backend() as database:
+        for name, value in {
+            "CA_DIR": str(tmp_path / "ca"),
+            "AUTH_PORT": str(auth.port),
+            "DATABASE_PORT": str(database.port),
+            "OUTBOUND": "127.0.0.1:0",
+            "ADMIN": "127.0.0.1:0",
+            "INBOUND": "127.0.0.1:0",
+            "NODE_NAME": "node-b",
+        }.items():
+            monkeypatch.setenv(name, value)
+        async with fleet(Path(example), "--workers", "2") as node_b:
+            monkeypatch.setenv("NODE_NAME", "node-a")
+            monkeypatch.setenv("NODE_B_INBOUND", f"127.0.0.1:{node_b.listener_ports['inbound']}")
+            async with fleet(Path(example), "--workers", "2") as node_a:
+                url = f"http://127.0.0.1:{node_a.listener_ports['outbound']}/"
+                web = ("--interface", "127.0.0.2")
+                for _ in range(4):  # new connections each: both workers of each node serve
+                    assert await _curl(*web, "-H", "Host: auth-api.shop", url) == (0, "200")
+                    assert await _curl(*web, "-H", "Host: database.shop", url) == (0, "403")
+                assert len(auth.requests) == 4
+                assert database.requests == []
+                samples = await scrape(node_b.admin_port)
+                assert total(samples, "nodeproxy_requests_total") == 8
+
+
+async def _curl(*args: str) -> tuple[int, str]:
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return done.returncode, done.stdout.decode()
