@@ -5,16 +5,14 @@ one accept queue that every idle worker takes from, so a busy or dead worker
 never strands connections, and a restart loses nothing. The alternative, one
 ``SO_REUSEPORT`` socket per worker (the kernel hashes each connection to one
 of them), is kept for the comparison in docs/architecture.md and chosen only
-by ``NODEPROXY_WORKER_SOCKETS=reuseport``. This module is also the seam where
-sockets received from a running predecessor (a handoff) would come in
-instead of fresh binds.
+by ``NODEPROXY_WORKER_SOCKETS=reuseport``. The shared sockets themselves come
+from ``handoff/process.py`` (taken over from a running predecessor at
+``handoff_socket``, or bound afresh), as for a single process.
 """
 
 from __future__ import annotations
 
 import socket
-
-import trio
 
 from nodeproxy.config.model import Config, ListenerConfig
 
@@ -28,16 +26,6 @@ def wanted_listeners(config: Config) -> list[ListenerConfig]:
         m = config.mesh
         wanted.append(ListenerConfig(name="inbound", host=m.inbound_host, port=m.inbound_port))
     return wanted
-
-
-async def bind_listeners(config: Config) -> dict[str, list[socket.socket]]:
-    """Every data-path listener bound once, by name: what every worker inherits."""
-    out: dict[str, list[socket.socket]] = {}
-    for lc in wanted_listeners(config):
-        listeners = await trio.open_tcp_listeners(lc.port, host=lc.host or None)
-        # The stdlib sockets: inheritable by the workers, still owned (closed) here.
-        out[lc.name] = [socket.socket(fileno=sl.socket.detach()) for sl in listeners]
-    return out
 
 
 def bind_reuseport(config: Config, count: int) -> list[dict[str, list[socket.socket]]]:

@@ -12,8 +12,11 @@ Listening sockets: the supervisor binds each listener once and every worker
 inherits the same socket, so all workers accept from one queue (measured
 against one SO_REUSEPORT socket per worker in docs/architecture.md). A worker
 that dies takes nothing with it: the socket stays open here and the other
-workers keep accepting while its slot restarts. ``bind_listeners`` is the one
-place sockets come from, so a handoff from an older process can supply them.
+workers keep accepting while its slot restarts. The sockets come from
+``handoff/process.py`` as in a single process: taken over from a running
+predecessor (``--handoff-socket``) or bound afresh; after the workers are
+up the supervisor owns the handoff path, and a successor's handoff drains
+every worker while the successor already serves on the same sockets.
 
 Endpoint snapshots, health verdicts and breaker trips go to each worker's
 ``Outbox`` (latest wins). Drain (signal or ``POST /drain``) is sent to every
@@ -28,6 +31,7 @@ import contextlib
 import os
 import socket
 import sys
+from functools import partial
 from typing import Any
 
 import structlog
@@ -42,12 +46,14 @@ from nodeproxy.discovery.kubernetes import KubernetesDiscovery
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
 from nodeproxy.discovery.snapshot import EndpointSnapshot
 from nodeproxy.errors import ConfigError
+from nodeproxy.handoff.process import ProcessSockets
+from nodeproxy.handoff.protocol import HandoffError
 from nodeproxy.runtime import Runtime
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import ChildArgs, RestartBudget, Slot, backoff, spawn
 from nodeproxy.workers.merge import Retired
-from nodeproxy.workers.sockets import SOCKETS_ENV, bind_listeners, bind_reuseport
+from nodeproxy.workers.sockets import SOCKETS_ENV, bind_reuseport
 from nodeproxy.workers.view import AdminView, total
 
 __all__ = ["ChildArgs", "supervise"]
@@ -190,17 +196,26 @@ class Supervisor:
 
     async def run(self) -> None:
         runtime = self.runtime
+        own: ProcessSockets | None = None
         if os.environ.get(SOCKETS_ENV) == "reuseport":
             self.listen = bind_reuseport(self.config, len(self.slots))
-        else:
-            self.listen = [await bind_listeners(self.config)] * len(self.slots)
+        else:  # from a predecessor at handoff_socket, or bound afresh (handoff/process.py)
+            own = await ProcessSockets.acquire(self.config, runtime)
+            shared = dict(runtime.listen_sockets)  # the workers', not this process's listeners
+            runtime.listen_sockets.clear()
+            self.listen = [shared] * len(self.slots)
         ports = {name: socks[0].getsockname()[1] for name, socks in self.listen[0].items()}
         try:
             async with trio.open_nursery() as root:
                 self.view.started_at = trio.current_time()
-                admin_port = await root.start(serve_admin, runtime, self.view)
+                admin, probes = serve_admin, serve_probes
+                if own is not None:
+                    stop = own.handed_off
+                    admin = partial(serve_admin, bound=own.admin, stop_accepting=stop)
+                    probes = partial(serve_probes, bound=own.probes, stop_accepting=stop)
+                admin_port = await root.start(admin, runtime, self.view)
                 if self.config.admin.probe_port is not None:
-                    await root.start(serve_probes, runtime, self.view)
+                    await root.start(probes, runtime, self.view)
                 root.start_soon(HealthChecker(runtime, on_change=self._health_changed).run)
                 if self.kubernetes is not None:
                     await root.start(self.kubernetes.run)
@@ -212,7 +227,9 @@ class Supervisor:
                     with trio.move_on_after(60.0):  # a worker that cannot start: its keeper says
                         await _first(self.all_up.wait(), runtime.drain.started.wait())
                     if self.all_up.is_set():
-                        self._log_started(ports, admin_port)
+                        if own is not None:  # the handoff path is ours; a predecessor drains
+                            await own.serving(root)
+                        self._log_started(ports, admin_port, own)
                     await runtime.drain.started.wait()
                     log.info("draining", reason=runtime.drain.reason, workers=len(self.slots))
                     for slot in self.slots:
@@ -221,10 +238,14 @@ class Supervisor:
                     fleet.cancel_scope.deadline = (
                         trio.current_time() + self.config.limits.drain_timeout + DRAIN_GRACE
                     )
+                if own is not None:
+                    await own.finish()  # "done" to a successor, after every worker is gone
                 log.info("stopped")
                 root.cancel_scope.cancel()
         finally:
             self._close_listen()
+            if own is not None:
+                own.close()
 
     def _close_listen(self) -> None:
         for listen in self.listen:
@@ -237,7 +258,9 @@ class Supervisor:
             await trio.sleep(STATS_INTERVAL)
             await self.view.refresh(clusters=False)
 
-    def _log_started(self, ports: dict[str, int], admin_port: int) -> None:
+    def _log_started(
+        self, ports: dict[str, int], admin_port: int, own: ProcessSockets | None
+    ) -> None:
         hosts = {lc.name: lc.host for lc in self.config.listeners}
         if self.config.mesh is not None:
             hosts["inbound"] = self.config.mesh.inbound_host
@@ -248,6 +271,7 @@ class Supervisor:
             workers=len(self.slots),
             pids=[s.process.pid for s in self.slots if s.process is not None],
             discovery=self.config.discovery.mode,
+            **(own.log_fields() if own is not None else {}),
         )
 
 
@@ -290,6 +314,10 @@ def supervise(config: Config, count: int, child: ChildArgs) -> int:
         for error in errors.exceptions:
             print(f"nodeproxy: config error: {error}", file=sys.stderr)
         code = EXIT_CONFIG
+    except* HandoffError as refusals:  # a handoff already running, another version
+        for refusal in refusals.exceptions:
+            print(f"nodeproxy: cannot start: {refusal}", file=sys.stderr)
+        code = 1
     except* OSError as group:
         for leaf in _leaves(group):
             print(f"nodeproxy: cannot start: {leaf}", file=sys.stderr)
