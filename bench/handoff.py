@@ -1,6 +1,6 @@
 """What a hitless handoff costs the clients: failures, retries, and the latency bump.
 
-Runs ``nodeproxy run --handoff-socket`` (one process, ``--workers 1``), puts steady load on
+Runs ``nodeproxy run --handoff-socket`` (``--workers 1`` unless told), puts steady load on
 it (keep-alive clients and new-connection clients, the ones tests/test_handoff.py uses:
 a keep-alive client retries once only when a reused connection closed before any response
 byte), and replaces the running process ``--handoffs`` times in a row, each by a new
@@ -68,6 +68,7 @@ async def _run(args: argparse.Namespace) -> int:
         async with backend() as upstream, AsyncExitStack() as processes:
             config = _config(tmp, upstream.port, free_port(), free_port())
             run: tuple[str, ...] = ("run", "--config", config, "--log-format", "json")
+            run += ("--workers", str(args.workers))
             if args.mode == "handoff":
                 run += ("--handoff-socket", handoff)
             current = await processes.enter_async_context(running_nodeproxy(*run))
@@ -133,6 +134,7 @@ def main() -> int:
         "a new one (what a restart costs without a handoff, for comparison)",
     )
     parser.add_argument("--handoffs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1, help="nodeproxy run --workers")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of load between")
     parser.add_argument("--keepalive", type=int, default=4)
     parser.add_argument("--fresh", type=int, default=4)
