@@ -219,22 +219,32 @@ def test_the_daemonset_config_passes_check_config(
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("config")
     ]
     text = cm["data"]["config.yaml"]
-    assert "ca_dir: /etc/nodeproxy/ca " in text  # the Secret's mount: a test CA stands in
-    path = tmp_path / "config.yaml"
-    path.write_text(text.replace("/etc/nodeproxy/ca ", f"{ca_dir} "))
-    for name, value in {
-        "NODE_NAME": "node-1",
-        "HOST_IP": "10.0.0.1",
-        "POD_IP": "10.244.0.7",
+    # the mounts (CA certificate ConfigMap, projected signer token): test files stand in
+    token = tmp_path / "token"
+    token.write_text("header.payload.signature\n")
+    for mounted, local in {
+        "ca_cert: /etc/nodeproxy/ca/ca.crt ": f"ca_cert: {ca_dir / 'ca.crt'} ",
+        "token_file: /var/run/secrets/nodeproxy-signer/token ": f"token_file: {token} ",
     }.items():
+        assert mounted in text
+        text = text.replace(mounted, local)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    for name, value in {"NODE_NAME": "node-1", "HOST_IP": "10.0.0.1"}.items():
         monkeypatch.setenv(name, value)
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok: native config")
-    assert out.endswith("admin 10.244.0.7:9901, discovery kubernetes\n")
+    assert out.endswith("admin 127.0.0.1:9901, discovery kubernetes\n")
     config = load_config_text(path.read_text(), source=str(path))
     assert config.discovery.kubernetes is not None
     assert config.discovery.kubernetes.watch_timeout == 300.0
     assert config.node_name == "node-1"
-    assert config.admin.host == "10.244.0.7"
+    assert (config.admin.host, config.admin.probe_host, config.admin.probe_port) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        9902,
+    )
+    assert (config.listeners[0].host, config.listeners[0].port) == ("169.254.20.41", 4140)
+    assert config.handoff_socket == "/run/nodeproxy/handoff.sock"
     assert config.listeners[0].virtual_hosts[-1] == KUBERNETES_VHOST
