@@ -246,5 +246,5 @@ def test_the_daemonset_config_passes_check_config(
         9902,
     )
     assert (config.listeners[0].host, config.listeners[0].port) == ("169.254.20.41", 4140)
-    assert config.handoff_socket == "/run/nodeproxy/handoff.sock"
+    assert (config.handoff_socket, config.after_handoff) == ("/run/nodeproxy/handoff.sock", "wait")
     assert config.listeners[0].virtual_hosts[-1] == KUBERNETES_VHOST
