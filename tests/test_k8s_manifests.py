@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -241,27 +242,32 @@ def test_startup_probe_waits_for_ready_with_a_real_budget() -> None:
     startup = container["startupProbe"]
     probe_port = host_port(native_config()["admin"]["probe_address"])[1]
     script = startup["exec"]["command"][-1]
-    assert f"ss -Hltnp 'sport = :{probe_port}' | grep -q 'pid='" in script  # held here
+    handoff = native_config()["handoff_socket"]
+    assert f"ss -Hxlp | grep -F {handoff} | grep -q pid=" in script  # taken over here
     assert f"http://127.0.0.1:{probe_port}/ready" in script  # not the liveness path
     assert startup["timeoutSeconds"] >= 2  # a Python start on a busy node
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert 120 <= budget <= 600, budget
 
 
-def startup_probe(port: int) -> list[str]:
+def startup_probe(port: int, handoff: str) -> list[str]:
     """The manifest's startup probe command, for a probe listener on ``port``."""
-    probe_port = host_port(native_config()["admin"]["probe_address"])[1]
+    config = native_config()
+    probe_port = host_port(config["admin"]["probe_address"])[1]
     command: list[str] = proxy_container()["startupProbe"]["exec"]["command"]
     return [
-        part.replace(f":{probe_port}", f":{port}").replace("python -c", f"{sys.executable} -c")
+        part.replace(f":{probe_port}", f":{port}")
+        .replace(config["handoff_socket"], handoff)
+        .replace("python -c", f"{sys.executable} -c")
         for part in command
     ]
 
 
 APP = """
-admin: {address: "127.0.0.1:0", probe_address: "127.0.0.1:0"}
-listeners: [{address: "127.0.0.1:0"}]
-services: [{name: web, endpoints: [{address: "127.0.0.1:9"}]}]
+{handoff}
+admin: {{address: "127.0.0.1:0", probe_address: "127.0.0.1:0"}}
+listeners: [{{address: "127.0.0.1:0"}}]
+services: [{{name: web, endpoints: [{{address: "127.0.0.1:9"}}]}}]
 """
 
 
@@ -269,30 +275,38 @@ services: [{name: web, endpoints: [{address: "127.0.0.1:9"}]}]
     os.geteuid() != 0 or shutil.which("ss") is None or shutil.which("unshare") is None,
     reason="needs root, ss and unshare (another PID namespace stands in for another pod)",
 )
-async def test_startup_probe_passes_only_in_the_container_whose_process_holds_the_socket() -> None:
+async def test_startup_probe_passes_only_in_the_container_whose_process_took_over() -> None:
     other_pod = ("unshare", "--pid", "--fork", "--mount-proc")
 
     async def probe(*prefix: str, command: list[str] | None = None) -> int:
-        argv = [*prefix, *(command or startup_probe(port))]
+        argv = [*prefix, *(command or startup_probe(port, handoff))]
         done = await trio.run_process(argv, check=False, capture_stdout=True, capture_stderr=True)
         return done.returncode
 
-    async with trio.open_nursery() as nursery:
-        handle: AppHandle = await nursery.start(
-            partial(run_app, load_config_text(APP), handle_signals=False)
-        )
-        assert handle.probe_port is not None
-        port = handle.probe_port
-        with trio.fail_after(60):
-            assert await probe() == 0  # this process holds the socket and is ready
-            # the new pod during an upgrade: the old pod's process answers 200 on the same
-            # address, but no process of this container (PID namespace) holds the socket
-            assert await probe(*other_pod) != 0
-            get_ready = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/ready')"
-            assert await probe(*other_pod, command=[sys.executable, "-c", get_ready]) == 0
-            handle.runtime.listeners_ready = False  # held here, but /ready says 503
-            assert await probe() != 0
-        handle.runtime.drain.start("test")
+    with tempfile.TemporaryDirectory(prefix="np-probe-") as tmp:  # short: sun_path
+        handoff = f"{tmp}/handoff.sock"
+        for takes_the_path in (True, False):
+            text = APP.format(handoff=f"handoff_socket: {handoff}" if takes_the_path else "")
+            async with trio.open_nursery() as nursery:
+                app = partial(run_app, load_config_text(text), handle_signals=False)
+                handle: AppHandle = await nursery.start(app)
+                assert handle.probe_port is not None
+                port = handle.probe_port
+                with trio.fail_after(60):
+                    if not takes_the_path:  # ready, holds the sockets, but no handoff path
+                        assert await probe() != 0
+                        handle.runtime.drain.start("test")
+                        continue
+                    assert await probe() == 0  # took over the path, and ready
+                    # the new pod during an upgrade: the old pod's process answers 200 on
+                    # the same address, but no process of this container (PID namespace)
+                    # listens on the handoff path
+                    assert await probe(*other_pod) != 0
+                    get = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/ready')"
+                    assert await probe(*other_pod, command=[sys.executable, "-c", get]) == 0
+                    handle.runtime.listeners_ready = False  # took over, but /ready says 503
+                    assert await probe() != 0
+                handle.runtime.drain.start("test")
 
 
 def test_linux_nodes_only_and_a_quota_for_the_priority_class() -> None:
