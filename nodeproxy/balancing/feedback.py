@@ -90,12 +90,12 @@ class EndpointLoad:
 
     def observe(self, now: float, rtt: float, decay: float) -> None:
         """Fold one latency sample in (peak-sensitive)."""
-        current = self.decayed(now, decay)
+        w = math.exp(-max(0.0, now - self.updated) / decay)  # ``decayed``'s factor, once
+        current = self.ewma * w
         if rtt > current:
             self.ewma = rtt
         else:
-            w = math.exp(-max(0.0, now - self.updated) / decay)
-            self.ewma = self.ewma * w + rtt * (1.0 - w)
+            self.ewma = current + rtt * (1.0 - w)
         self.updated = now
 
 

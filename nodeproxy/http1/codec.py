@@ -253,7 +253,11 @@ class H11ClientCodec:
         become the next request's answer on this connection: it is not reused.
         """
         conn = self.conn
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.leftover
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]  # ``leftover``, inlined: once a request
+        )
 
     @property
     def leftover(self) -> bool:
