@@ -165,12 +165,6 @@ class Overloaded(ProxyError):
     body = "overloaded"
 
 
-class Draining(ProxyError):
-    status = 503
-    cause = "draining"
-    body = "proxy is draining"
-
-
 # -- traffic policy (issue 5) -------------------------------------------------
 
 

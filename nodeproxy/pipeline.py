@@ -306,23 +306,6 @@ class Pipeline:
     def timeout_of(decision: RouteDecision, cluster: ClusterConfig) -> float:
         return decision.rule.timeout or cluster.response_timeout
 
-    def balance(self, decision: RouteDecision) -> Target:
-        """Pick an endpoint without sending (kept for callers outside the data path).
-
-        The pick is counted and completed at once (CANCELLED: no sample), so
-        the balancer's in-flight counts stay exact.
-        """
-        now = trio.current_time()
-        cluster = self.cluster_of(decision)
-        state = self.traffic.cluster(cluster, now)
-        ticket = state.admit(now)
-        try:
-            attempt = self.start(state, ticket, decision, cluster, now)
-            attempt.close(now)
-        finally:
-            ticket.close(now)
-        return Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
-
 
 def _timeout_or(down: Downstream, exc: BaseException) -> BaseException:
     """The connection's response deadline firing is a timeout of the try, not a cancel."""

@@ -53,7 +53,7 @@ def test_release_wakes_the_released_sources_own_waiter() -> None:
     q = s.admit("a", 0.5)
     assert isinstance(q, Queued)
     t = s.release("a", 1.0)
-    assert t == Ticket(q.ticket.id, "a", 0.5)
+    assert t == Ticket(q.ticket.id, "a")
     assert s.active("a") == 1  # the woken ticket owns the slot
     assert s.release("a", 2.0) is None
     assert s.total_active == 0
@@ -76,7 +76,7 @@ def test_full_queue_pushes_out_the_fattest_source() -> None:
     assert d.evicted == queued[-1].ticket  # the newest flood ticket went
     assert (s.queued("flood"), s.queued("polite"), s.total_queued) == (3, 1, 4)
     assert isinstance(queued[-2], Queued)
-    assert s.admit("other", 1.0) == Queued(Ticket(6, "other", 1.0), queued[-2].ticket)
+    assert s.admit("other", 1.0) == Queued(Ticket(6, "other"), queued[-2].ticket)
     s2 = FairScheduler(max_active=1, max_active_per_source=1, max_queued_total=1)
     s2.admit("a", 0.0)
     s2.admit("a", 0.0)

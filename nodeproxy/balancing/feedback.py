@@ -71,11 +71,10 @@ class EndpointLoad:
     estimate toward zero so an idle endpoint is eventually tried again.
     """
 
-    __slots__ = ("active", "completed", "ewma", "failures", "updated")
+    __slots__ = ("active", "ewma", "failures", "updated")
 
     def __init__(self, now: float, default_rtt: float) -> None:
         self.active = 0
-        self.completed = 0
         self.failures = 0  # consecutive failures/429s seen by the balancer
         self.ewma = default_rtt
         self.updated = now
@@ -152,7 +151,6 @@ class LoadTable:
         if outcome is Outcome.CANCELLED:
             return
         rtt = latency if latency is not None else max(0.0, now - token.started)
-        load.completed += 1
         if outcome is Outcome.SUCCESS:
             load.failures = 0
         else:

@@ -20,11 +20,10 @@ from nodeproxy.balancing.locality import DEFAULT_SATURATION, LocalityAware
 from nodeproxy.balancing.p2c_ewma import P2CEwma
 from nodeproxy.balancing.round_robin import RoundRobin
 from nodeproxy.balancing.weighted import WeightedRandom, WeightedRoundRobin
-from nodeproxy.config.model import DEFAULT_LB_POLICY, LB_POLICIES
+from nodeproxy.config.model import LB_POLICIES
 from nodeproxy.discovery.snapshot import Endpoint
 
 POLICIES = LB_POLICIES
-DEFAULT_POLICY = DEFAULT_LB_POLICY
 
 
 class TrackedRoundRobin(Tracking):

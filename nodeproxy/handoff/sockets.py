@@ -82,18 +82,6 @@ async def bind_fresh(address: ListenAddress) -> list[socket.socket]:
     return bound
 
 
-async def bind_all(wanted: Mapping[str, ListenAddress]) -> Sockets:
-    """Bind every address in ``wanted``; closes what it bound when one fails."""
-    out: Sockets = {}
-    try:
-        for name, address in wanted.items():
-            out[name] = await bind_fresh(address)
-    except BaseException:
-        close_all(out)
-        raise
-    return out
-
-
 def close_all(sockets: Mapping[str, list[socket.socket]]) -> None:
     for socks in sockets.values():
         for sock in socks:
@@ -127,8 +115,3 @@ def serves(address: ListenAddress, sock: socket.socket) -> bool:
         return have is not None and have.is_unspecified
     want = _ip(address.host)
     return want is None or want == have
-
-
-def port_of(socks: list[socket.socket]) -> int:
-    """The port of the first socket (as the listeners report it)."""
-    return int(socks[0].getsockname()[1])

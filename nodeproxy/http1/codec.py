@@ -1,11 +1,11 @@
-"""HTTP/1.1 framing for both sides of the proxy, behind a small interface.
+"""HTTP/1.1 framing for both sides of the proxy, behind two small classes.
 
-The data path never touches ``h11.Connection`` directly: it talks to a
-``ServerCodec`` (downstream, we are the server) or a ``ClientCodec``
+The data path never touches ``h11.Connection`` directly: it talks to an
+``H11ServerCodec`` (downstream, we are the server) or an ``H11ClientCodec``
 (upstream, we are the client). The vocabulary is h11's event classes
 (``Request``, ``Response``, ``Data``, ``EndOfMessage``...), which are plain
-value objects, so a faster parser can later implement the same two protocols
-and produce the same events without the rest of the proxy noticing.
+value objects, so a faster parser could take either class's place and
+produce the same events without the rest of the proxy noticing.
 
 Parse errors are mapped here, once, to the proxy's typed errors: a request
 line over ``limits.max_request_header_bytes`` becomes ``UriTooLong`` (414), a
@@ -27,7 +27,7 @@ Content-Lengths, bad chunk sizes and obs-fold tricks it cannot parse.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from nodeproxy.errors import (
     BadFraming,
@@ -53,22 +53,6 @@ if TYPE_CHECKING:
 else:
     _H11Headers = h11._headers.Headers
     MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL
-
-
-class ServerCodec(Protocol):
-    """Downstream framing: parses requests, serializes responses."""
-
-    def receive(self, data: bytes) -> None: ...
-    def next_event(self) -> Event: ...
-    def send(self, event: h11.Event) -> bytes: ...
-
-
-class ClientCodec(Protocol):
-    """Upstream framing: serializes requests, parses responses."""
-
-    def receive(self, data: bytes) -> None: ...
-    def next_event(self) -> Event: ...
-    def send(self, event: h11.Event) -> bytes: ...
 
 
 # Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
@@ -110,7 +94,7 @@ _TE_LINE = re.compile(rb"(?im)^transfer-encoding:(.*(?:\r?\n[ \t].*)*)")
 
 
 class H11ServerCodec:
-    """``ServerCodec`` on h11; bounds the request head at ``max_header_bytes``.
+    """The downstream codec on h11; bounds the request head at ``max_header_bytes``.
 
     While a head is incomplete the codec keeps references to the reads that
     carry it (no copy): only an error needs them, to tell a request line too
@@ -211,7 +195,7 @@ class H11ServerCodec:
 
 
 class H11ClientCodec:
-    """``ClientCodec`` on h11; one per upstream connection, reused across requests."""
+    """The upstream codec on h11; one per upstream connection, reused across requests."""
 
     __slots__ = ("conn",)
 
@@ -256,13 +240,8 @@ class H11ClientCodec:
         return (
             conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
-            and not conn.trailing_data[0]  # ``leftover``, inlined: once a request
+            and not conn.trailing_data[0]  # bytes past the response: once a request
         )
-
-    @property
-    def leftover(self) -> bool:
-        """Bytes were received beyond the end of the current response."""
-        return bool(self.conn.trailing_data[0])
 
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()

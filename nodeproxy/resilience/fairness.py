@@ -33,7 +33,6 @@ from dataclasses import dataclass
 class Ticket:
     id: int
     source: str
-    enqueued_at: float
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class FairScheduler:
                 return Rejected(source, "queue_full")
             evicted = self._queues[fattest].pop()
             self._dequeued(fattest)
-        ticket = Ticket(next(self._ids), source, now)
+        ticket = Ticket(next(self._ids), source)
         q = self._queues.get(source)
         if q is None:
             q = self._queues[source] = deque()

@@ -29,7 +29,7 @@ class ClientGone(Exception):
 
 
 class Downstream:
-    """The client side of one connection: its socket and its ``ServerCodec``."""
+    """The client side of one connection: its socket and its ``H11ServerCodec``."""
 
     __slots__ = (
         "bytes_in",

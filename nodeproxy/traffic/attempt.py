@@ -118,7 +118,7 @@ class Attempt:
         outcome = Outcome.from_status(status)
         self.state.balancer.on_complete(self.token, now, outcome)
         self.ticket.verdict = status < 500
-        return self.state.note(self.state.outlier.put_status(self.endpoint, status, now))
+        return self.state.outlier.put_status(self.endpoint, status, now)
 
     def report_error(self, error: BaseException, now: float) -> Ejection | None:
         """The try ended with ``error`` before a response head; ignored unless it is
@@ -129,7 +129,7 @@ class Attempt:
         self.reported = True
         self.state.balancer.on_complete(self.token, now, Outcome.FAILURE)
         self.ticket.verdict = False
-        return self.state.note(self.state.outlier.put_result(self.endpoint, result, now))
+        return self.state.outlier.put_result(self.endpoint, result, now)
 
     def close(self, now: float) -> None:
         """Complete the balancer's token as CANCELLED if nothing was reported."""

@@ -29,7 +29,7 @@ from nodeproxy.discovery.snapshot import Endpoint, EndpointRegistry
 from nodeproxy.errors import NoHealthyUpstream
 from nodeproxy.resilience.breaker import CircuitBreaker
 from nodeproxy.resilience.health import HealthTracker
-from nodeproxy.resilience.outlier import Ejection, HostState, OutlierDetector
+from nodeproxy.resilience.outlier import HostState, OutlierDetector
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.traffic.attempt import Attempt, Ticket
 
@@ -66,18 +66,12 @@ class ClusterTraffic:
         self.health = HealthTracker(hc) if hc is not None else None  # probed by health_check.py
         self.health_panics = 0  # picks made over all-unhealthy endpoints
         self.subset_requests: dict[str, int] = {}  # canary counters; keys come from the config
-        self.last_ejection: Ejection | None = None
 
     def __repr__(self) -> str:
         return (
             f"<ClusterTraffic {self.name} [{self.balancer!r} | {self.outlier!r} | "
             f"{self.breaker!r} | {self.overload!r} | {self.health!r}]>"
         )
-
-    def note(self, ejection: Ejection | None) -> Ejection | None:
-        if ejection is not None:
-            self.last_ejection = ejection
-        return ejection
 
     def admit(self, now: float) -> Ticket:
         """Breaker, then overload: ``CircuitOpen`` / ``Overloaded`` (503) before any I/O."""

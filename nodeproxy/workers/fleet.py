@@ -75,7 +75,6 @@ class Slot:
         self.outbox = wire.Outbox()
         self.process: trio.Process | None = None
         self.ready = False
-        self.starts = 0
         self.restarts = 0
         self.last: wire.StatsReply | None = None
         self.clusters: dict[str, object] | None = None
@@ -136,7 +135,6 @@ async def spawn(
         raise
     finally:
         theirs.close()
-    slot.starts += 1
     slot.process = process
     return process, trio.SocketStream(trio.socket.from_stdlib_socket(ours))
 
