@@ -5,9 +5,9 @@ greeter is what users know. It is deliberately small but well behaved, so the de
 proxy the way a real service would: HTTP/1.1 keep-alive, content-length bodies, a bounded request
 body (64 KiB -> 413), and a header `x-greeter-replica` so round robin is visible from curl.
 
-The decision (`respond`) is plain synchronous code that takes the request and `today`; the trio
-shell below only moves bytes. Run one standalone with
-`python -m nodeproxy.demo.greeter --port 3000 --replica a`.
+The decision (`respond`) is plain synchronous code that takes the request and `today`; the
+server shell (`http1/small_server.py`, shared with the admin listener) only moves bytes. Run
+one standalone with `python -m nodeproxy.demo.greeter --port 3000 --replica a`.
 """
 
 from __future__ import annotations
@@ -20,22 +20,31 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 from urllib.parse import unquote
 
-import h11
 import trio
 
+from nodeproxy.http1.small_server import (
+    Request,
+    Response,
+    ServerLimits,
+    SmallServer,
+    reason_phrase,
+)
+
 MAX_BODY_BYTES = 64 * 1024
-MAX_HEADER_BYTES = 16 * 1024
-IDLE_TIMEOUT_S = 60.0
-MAX_CONNECTIONS = 256
-LINGER_S = 1.0
-LINGER_MAX_BYTES = 1024 * 1024
+LIMITS = ServerLimits(
+    max_connections=256,
+    max_header_bytes=16 * 1024,
+    max_body_bytes=MAX_BODY_BYTES,
+    header_timeout=60.0,
+    idle_timeout=60.0,
+    body_timeout=60.0,
+    send_timeout=60.0,
+)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 Today = Callable[[], datetime.date]
-_Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
 def wall_clock_today() -> datetime.date:
@@ -100,100 +109,27 @@ def respond(method: str, target: str, body: bytes, today: datetime.date) -> Repl
     return _greeting(name, birthday=(born.month, born.day) == (today.month, today.day))
 
 
-class _BodyTooLarge(Exception):
-    """The request body is over MAX_BODY_BYTES; answered 413 and the connection closed."""
-
-
-async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> _Next:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await stream.receive_some(65536))
-
-
-async def _read_body(
-    stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
-) -> bytes:
-    for key, value in request.headers:
-        if key == b"content-length" and int(value) > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await _next_event(stream, conn)
-        if isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > MAX_BODY_BYTES:
-                raise _BodyTooLarge
-            chunks.append(event.data)
-        elif isinstance(event, h11.EndOfMessage):
-            return b"".join(chunks)
-        else:  # ConnectionClosed mid-body: nothing to answer
-            raise trio.BrokenResourceError("client closed during the body")
-
-
-def _encode(conn: h11.Connection, reply: Reply, replica: str, *, head: bool, close: bool) -> bytes:
+def _response(reply: Reply, replica: str) -> Response:
     body = json.dumps(reply.doc).encode() + b"\n"
-    headers = [
+    headers = (
         ("content-type", "application/json"),
         ("content-length", str(len(body))),
         ("x-greeter-replica", replica),
         *reply.headers,
-    ]
-    if close:
-        headers.append(("connection", "close"))
-    reason = HTTPStatus(reply.status).phrase.encode()
-    out = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason))
-    if not head:
-        out += conn.send(h11.Data(data=body))
-    return out + conn.send(h11.EndOfMessage())
+    )
+    return Response(reply.status, headers, body)
 
 
-async def _linger(stream: trio.SocketStream) -> None:
-    """Half-close, then discard what the client still sends (bounded), so the kernel does not
-    answer its unread upload with a reset that would destroy our 413 before it is read."""
-    await stream.send_eof()
-    discarded = 0
-    with trio.move_on_after(LINGER_S):
-        while discarded < LINGER_MAX_BYTES and (data := await stream.receive_some(65536)):
-            discarded += len(data)
+def greeter_server(replica: str, today: Today = wall_clock_today) -> SmallServer:
+    """The greeter's connections (``http1/small_server.py`` frames them)."""
 
+    async def app(request: Request) -> Response:
+        return _response(respond(request.method, request.target, request.body, today()), replica)
 
-async def _serve_one(
-    stream: trio.SocketStream, conn: h11.Connection, replica: str, today: Today
-) -> bool:
-    """Answer one request; True if the connection can carry another one."""
-    try:
-        with trio.fail_after(IDLE_TIMEOUT_S):
-            event = await _next_event(stream, conn)
-            if not isinstance(event, h11.Request):
-                return False  # ConnectionClosed: the client is done
-            target = event.target.decode("ascii", "replace")
-            body = await _read_body(stream, conn, event)
-    except _BodyTooLarge:
-        reply = _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        await stream.send_all(_encode(conn, reply, replica, head=False, close=True))
-        await _linger(stream)
-        return False
-    except h11.RemoteProtocolError as exc:
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            reply = _error(exc.error_status_hint, f"bad request: {exc}")
-            await stream.send_all(_encode(conn, reply, replica, head=False, close=True))
-        return False
-    reply = respond(event.method.decode(), target, body, today())
-    await stream.send_all(_encode(conn, reply, replica, head=event.method == b"HEAD", close=False))
-    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+    def error_page(status: int, detail: str) -> Response:
+        return _response(_error(status, f"{reason_phrase(status).lower()}: {detail}"), replica)
 
-
-async def _serve_connection(stream: trio.SocketStream, replica: str, today: Today) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-    async with stream:
-        try:
-            while await _serve_one(stream, conn, replica, today):
-                conn.start_next_cycle()
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the client went away or idled out: nobody to answer
+    return SmallServer("greeter", app, error_page, LIMITS)
 
 
 async def serve_greeter(
@@ -210,14 +146,8 @@ async def serve_greeter(
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
-
-    async def handler(stream: trio.SocketStream) -> None:
-        async with limiter:
-            await _serve_connection(stream, replica, today)
-
     task_status.started(bound_port)
-    await trio.serve_listeners(handler, listeners)
+    await trio.serve_listeners(greeter_server(replica, today).handle_connection, listeners)
 
 
 async def _run_standalone(host: str, port: int, replica: str) -> None:
