@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from nodeproxy.admin.stats import Stats
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import EndpointRegistry
+from nodeproxy.stats.registry import Stats
 from nodeproxy.traffic.routes import Routes
 from nodeproxy.traffic.state import Traffic
 

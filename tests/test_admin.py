@@ -14,10 +14,8 @@ import structlog
 import trio
 
 from nodeproxy.admin import server as admin_server
-from nodeproxy.admin import stats as s
 from nodeproxy.admin.dump import REDACTED, config_dump, is_sensitive, to_jsonable
 from nodeproxy.admin.handlers import ROUTES, AdminContext, AdminResponse, handle
-from nodeproxy.admin.prometheus import CONTENT_TYPE
 from nodeproxy.admin.server import AdminServer, serve_admin
 from nodeproxy.config.model import (
     AdminConfig,
@@ -32,6 +30,9 @@ from nodeproxy.config.model import (
 )
 from nodeproxy.discovery.snapshot import static_snapshot
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats import names as s
+from nodeproxy.stats.prometheus import CONTENT_TYPE
+from nodeproxy.stats.registry import labels
 from tests.test_stats import parse_exposition
 
 EP1 = EndpointConfig("127.0.0.1", 3000, MappingProxyType({"version": "v1"}), node="node-a")
@@ -132,8 +133,8 @@ def test_index_lists_every_endpoint() -> None:
 
 def test_prometheus_page_has_runtime_and_process_gauges() -> None:
     rt = make_runtime()
-    rt.stats.inc(s.REQUESTS, s.labels(cluster="bdgreeter", code_class="2xx", listener="outbound"))
-    rt.stats.observe(s.REQUEST_DURATION, s.labels(cluster="bdgreeter"), 0.004)
+    rt.stats.inc(s.REQUESTS, labels(cluster="bdgreeter", code_class="2xx", listener="outbound"))
+    rt.stats.observe(s.REQUEST_DURATION, labels(cluster="bdgreeter"), 0.004)
     resp = call(rt, "GET", "/stats/prometheus")
     assert header(resp, "content-type") == CONTENT_TYPE
     types, samples = parse_exposition(resp.text)
@@ -155,8 +156,8 @@ def test_prometheus_page_has_runtime_and_process_gauges() -> None:
 
 def test_stats_json() -> None:
     rt = make_runtime()
-    rt.stats.inc(s.PROXY_ERRORS, s.labels(cause="connection_failure"), 3)
-    rt.stats.observe(s.REQUEST_DURATION, s.labels(cluster="bdgreeter"), 0.004)
+    rt.stats.inc(s.PROXY_ERRORS, labels(cause="connection_failure"), 3)
+    rt.stats.observe(s.REQUEST_DURATION, labels(cluster="bdgreeter"), 0.004)
     data = json.loads(call(rt, "GET", "/stats").body)
     assert data["counters"][s.PROXY_ERRORS] == [
         {"labels": {"cause": "connection_failure"}, "value": 3}
@@ -169,15 +170,13 @@ def test_stats_json() -> None:
 
 def record_traffic(rt: Runtime) -> None:
     ce = {"cluster": "bdgreeter", "endpoint": EP1.address}
-    rt.stats.inc(s.UPSTREAM_REQUESTS, s.labels(**ce, code_class="2xx"), 7)
-    rt.stats.inc(s.UPSTREAM_REQUESTS, s.labels(**ce, code_class="5xx"), 1)
-    rt.stats.inc(s.UPSTREAM_CONNECT_FAILURES, s.labels(cluster="bdgreeter", endpoint=EP2.address))
-    rt.stats.inc(s.UPSTREAM_CONNECTIONS_OPENED, s.labels(**ce), 2)
-    rt.stats.gauge_set(s.POOL_CONNECTIONS, s.labels(**ce, state="idle"), 1)
-    rt.stats.gauge_set(s.POOL_CONNECTIONS, s.labels(**ce, state="active"), 1)
-    rt.stats.inc(
-        s.REQUESTS, s.labels(cluster="bdgreeter", code_class="2xx", listener="outbound"), 7
-    )
+    rt.stats.inc(s.UPSTREAM_REQUESTS, labels(**ce, code_class="2xx"), 7)
+    rt.stats.inc(s.UPSTREAM_REQUESTS, labels(**ce, code_class="5xx"), 1)
+    rt.stats.inc(s.UPSTREAM_CONNECT_FAILURES, labels(cluster="bdgreeter", endpoint=EP2.address))
+    rt.stats.inc(s.UPSTREAM_CONNECTIONS_OPENED, labels(**ce), 2)
+    rt.stats.gauge_set(s.POOL_CONNECTIONS, labels(**ce, state="idle"), 1)
+    rt.stats.gauge_set(s.POOL_CONNECTIONS, labels(**ce, state="active"), 1)
+    rt.stats.inc(s.REQUESTS, labels(cluster="bdgreeter", code_class="2xx", listener="outbound"), 7)
 
 
 def test_clusters_json_joins_config_snapshot_and_stats() -> None:

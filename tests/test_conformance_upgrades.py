@@ -16,8 +16,9 @@ from dataclasses import replace
 import trio
 from structlog.testing import capture_logs
 
-from nodeproxy.admin.stats import TUNNEL_BYTES, UPGRADES, labels
 from nodeproxy.config.model import Config, Limits
+from nodeproxy.stats.names import TUNNEL_BYTES, UPGRADES
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import (
     backend,
     raw_request,

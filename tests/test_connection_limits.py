@@ -18,16 +18,15 @@ import pytest
 import trio
 
 import tests.helpers.mesh as mesh_helpers
-from nodeproxy.admin.stats import (
-    DOWNSTREAM_CONNECTIONS_ACTIVE,
-    DOWNSTREAM_CONNECTIONS_EVICTED,
-    DOWNSTREAM_CONNECTIONS_REJECTED,
-    Stats,
-    labels,
-)
 from nodeproxy.config import ConfigError, load_config_text
 from nodeproxy.config.model import Limits
 from nodeproxy.server.connection_limits import ConnectionSlots
+from nodeproxy.stats.names import (
+    DOWNSTREAM_CONNECTIONS_ACTIVE,
+    DOWNSTREAM_CONNECTIONS_EVICTED,
+    DOWNSTREAM_CONNECTIONS_REJECTED,
+)
+from nodeproxy.stats.registry import Stats, labels
 from tests.helpers.backends import backend, read_all, read_response, run_proxy, simple_config
 from tests.helpers.mesh import two_node_mesh
 from tests.test_mesh_inbound import mint_ctx

@@ -11,7 +11,6 @@ import pytest
 import trio
 import yaml
 
-from nodeproxy.admin.stats import Stats
 from nodeproxy.cli import main, with_kubeconfig
 from nodeproxy.config import load_config_text
 from nodeproxy.config.discovery import KUBERNETES_VHOST
@@ -22,6 +21,7 @@ from nodeproxy.errors import ConfigError, UnknownService
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.routing.authority import parse_authority
 from nodeproxy.routing.router import Router
+from nodeproxy.stats.registry import Stats
 from nodeproxy.tls.ca import init_ca
 from nodeproxy.tls.identity import SpiffeId
 

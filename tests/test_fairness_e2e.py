@@ -18,8 +18,9 @@ from dataclasses import replace
 import httpx
 import trio
 
-from nodeproxy.admin.stats import FAIRNESS_QUEUED, FAIRNESS_REJECTED, labels
 from nodeproxy.config.model import Config, FairnessConfig
+from nodeproxy.stats.names import FAIRNESS_QUEUED, FAIRNESS_REJECTED
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import Backend, ProxyHandle, backend, run_proxy, simple_config
 
 FLOOD = 30

@@ -13,7 +13,6 @@ import trio.testing
 import trustme
 import yaml
 
-from nodeproxy.admin.stats import Stats
 from nodeproxy.discovery.kubernetes import (
     ApiAccess,
     ApiClient,
@@ -25,6 +24,7 @@ from nodeproxy.discovery.kubernetes import (
 from nodeproxy.discovery.kubernetes.store import K8S_WATCH_RESTARTS
 from nodeproxy.discovery.snapshot import EndpointRegistry
 from nodeproxy.errors import ConfigError
+from nodeproxy.stats.registry import Stats
 from tests.fakes.apiserver import fake_apiserver
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, service
 

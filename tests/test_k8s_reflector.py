@@ -16,7 +16,6 @@ import pytest
 import trio
 import trio.testing
 
-from nodeproxy.admin.stats import Stats
 from nodeproxy.discovery.kubernetes import (
     ApiAccess,
     ApiClient,
@@ -28,6 +27,7 @@ from nodeproxy.discovery.kubernetes import (
 from nodeproxy.discovery.kubernetes.store import K8S_EVENTS, K8S_RELISTS, K8S_WATCH_RESTARTS
 from nodeproxy.discovery.kubernetes.translate import PodIdentity
 from nodeproxy.discovery.snapshot import EndpointRegistry
+from nodeproxy.stats.registry import Stats
 from tests.fakes.apiserver import FakeApiServer, GoneAs, TooLargeAs, fake_apiserver
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, endpoints_v1, node, pod, service
 

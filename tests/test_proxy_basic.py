@@ -11,7 +11,7 @@ import httpx
 import trio
 from structlog.testing import capture_logs
 
-from nodeproxy.admin.stats import UPSTREAM_CONNECTIONS_OPENED
+from nodeproxy.stats.names import UPSTREAM_CONNECTIONS_OPENED
 from tests.helpers.backends import (
     backend,
     raw_request,

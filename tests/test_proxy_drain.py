@@ -7,7 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from nodeproxy.admin.stats import DOWNSTREAM_CONNECTIONS_ACTIVE, POOL_CONNECTIONS, labels
+from nodeproxy.stats.names import DOWNSTREAM_CONNECTIONS_ACTIVE, POOL_CONNECTIONS
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import backend, read_all, read_response, run_proxy, simple_config
 
 

@@ -11,11 +11,6 @@ import h11
 import httpx
 import trio
 
-from nodeproxy.admin.stats import (
-    PROXY_ERRORS,
-    UPSTREAM_CONNECT_FAILURES,
-    labels,
-)
 from nodeproxy.config.model import Limits
 from nodeproxy.errors import (
     NoHealthyUpstream,
@@ -24,6 +19,8 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
     UpstreamResponseTimeout,
 )
+from nodeproxy.stats.names import PROXY_ERRORS, UPSTREAM_CONNECT_FAILURES
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import (
     backend,
     free_port,

@@ -15,7 +15,6 @@ import httpx
 import pytest
 import trio
 
-from nodeproxy.admin.stats import RATE_LIMITED, labels
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import (
     BucketConfig,
@@ -25,6 +24,8 @@ from nodeproxy.config.model import (
     RetryConfig,
 )
 from nodeproxy.errors import ConfigError
+from nodeproxy.stats.names import RATE_LIMITED
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import ProxyHandle, backend, run_proxy, simple_config
 
 

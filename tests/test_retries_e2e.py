@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import trio
 
-from nodeproxy.admin.stats import RETRIES, RETRIES_DENIED, labels
 from nodeproxy.config.model import Config, RetryConfig
+from nodeproxy.stats.names import RETRIES, RETRIES_DENIED
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import backend, free_port, run_proxy, simple_config
 
 

@@ -22,12 +22,13 @@ import pytest
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, handle
-from nodeproxy.admin.stats import RETRIES_DENIED, labels
 from nodeproxy.balancing.policies import POLICIES, untried
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import ClusterConfig, Config, EndpointConfig
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import RETRIES_DENIED
+from nodeproxy.stats.registry import labels
 from nodeproxy.traffic.attempt import Ticket
 from nodeproxy.traffic.state import ClusterTraffic
 from tests.helpers.backends import free_port, run_proxy

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from nodeproxy.admin.stats import RETRIES_DENIED, labels
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import static_snapshot
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.listener import serve_listener
+from nodeproxy.stats.names import RETRIES_DENIED
+from nodeproxy.stats.registry import labels
 from nodeproxy.upstream.pool import Upstreams
 from tests.helpers.backends import backend, free_port
 

@@ -18,11 +18,12 @@ import httpx
 import pytest
 import trio
 
-from nodeproxy.admin.stats import EARLIEST_EXPIRY, SIGNER_REQUESTS, SIGNER_UP, Stats, labels
 from nodeproxy.app import run_app
 from nodeproxy.cli import main
 from nodeproxy.config import load_config_text
 from nodeproxy.errors import ConfigError
+from nodeproxy.stats.names import EARLIEST_EXPIRY, SIGNER_REQUESTS, SIGNER_UP
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.ca import build_ca, init_ca, utc_now
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.node_certs import MeshCertificates

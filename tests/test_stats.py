@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from nodeproxy.admin import stats as s
-from nodeproxy.admin.prometheus import (
+from nodeproxy.stats import names as s
+from nodeproxy.stats.prometheus import (
     Family,
     escape_label_value,
     families_json,
@@ -16,7 +16,7 @@ from nodeproxy.admin.prometheus import (
     render,
     stats_families,
 )
-from nodeproxy.admin.stats import Histogram, Stats, labels
+from nodeproxy.stats.registry import DEFAULT_BUCKETS, Histogram, Stats, labels
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
@@ -153,7 +153,7 @@ def test_rendered_exposition_parses_back_and_histograms_are_cumulative() -> None
             for name, lbl, v in samples
             if name == f"{s.REQUEST_DURATION}_bucket" and lbl["cluster"] == cluster
         ]
-        assert len(buckets) == len(s.DEFAULT_BUCKETS) + 1
+        assert len(buckets) == len(DEFAULT_BUCKETS) + 1
         values = [v for _, v in buckets]
         assert values == sorted(values), "buckets must be cumulative"
         bounds = [float(le.replace("Inf", "inf")) for le, _ in buckets]

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle
-from nodeproxy.admin.stats import RETRIES_DENIED, labels
 from nodeproxy.config import load_config_text
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import RETRIES_DENIED
+from nodeproxy.stats.registry import labels
 from tests.helpers.backends import run_proxy
 from tests.helpers.replicas import Replica, keep_alive, replicas
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from nodeproxy.admin.stats import BUILD_INFO, REQUEST_DURATION, REQUESTS, Stats, labels
 from nodeproxy.config.model import EndpointConfig
 from nodeproxy.resilience.breaker import BreakerState, CircuitBreaker
 from nodeproxy.resilience.health import HealthState, HealthTracker
+from nodeproxy.stats.names import BUILD_INFO, REQUEST_DURATION, REQUESTS
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.workers import wire
 from nodeproxy.workers.count import cgroup_quota, cpus_allowed, quota_v1, quota_v2
 from nodeproxy.workers.fleet import RestartBudget, backoff

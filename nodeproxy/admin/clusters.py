@@ -13,16 +13,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from nodeproxy.admin.stats import (
+from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import (
     POOL_CONNECTIONS,
     REQUESTS,
     UPSTREAM_CONNECT_FAILURES,
     UPSTREAM_CONNECTIONS_OPENED,
     UPSTREAM_REQUESTS,
-    Labels,
-    Stats,
 )
-from nodeproxy.runtime import Runtime
+from nodeproxy.stats.registry import Labels, Stats
 
 ENDPOINT_STATE_ACTIVE = "active"
 

@@ -24,9 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 from nodeproxy.admin.clusters import clusters_text, clusters_view
 from nodeproxy.admin.dump import config_dump
 from nodeproxy.admin.process import process_families, runtime_families
-from nodeproxy.admin.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
-from nodeproxy.admin.prometheus import Family, families_json, render, stats_families
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
+from nodeproxy.stats.prometheus import Family, families_json, render, stats_families
 from nodeproxy.traffic.explain import explain
 
 TEXT = "text/plain; charset=utf-8"

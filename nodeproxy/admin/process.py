@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import resource
 
-from nodeproxy.admin.prometheus import Family
-from nodeproxy.admin.stats import labels
 from nodeproxy.resilience.breaker import BreakerState
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.prometheus import Family
+from nodeproxy.stats.registry import labels
 
 RESIDENT_MEMORY = "nodeproxy_process_resident_memory_bytes"
 CPU_SECONDS = "nodeproxy_process_cpu_seconds_total"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from nodeproxy.admin.stats import HELP
 from nodeproxy.config.model import Config, KubernetesConfig
 from nodeproxy.discovery.catalog import ClusterCatalog, OverlayRegistry
 from nodeproxy.discovery.kubernetes import (
@@ -34,6 +33,7 @@ from nodeproxy.discovery.kubernetes import (
 from nodeproxy.discovery.snapshot import static_snapshot
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import HELP
 
 
 def discovery_config(config: Config, k8s: KubernetesConfig) -> KubernetesDiscoveryConfig:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from nodeproxy.admin.stats import Stats, labels
 from nodeproxy.config.model import (
     ClusterConfig,
     Config,
@@ -32,6 +31,7 @@ from nodeproxy.config.model import (
     WorkloadConfig,
 )
 from nodeproxy.policy.model import Decision, Denied, Policy
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.ca import CAError, CertificateAuthority, load_ca, load_ca_cert, utc_now
 from nodeproxy.tls.context import TLSConfigError
 from nodeproxy.tls.identity import SpiffeId

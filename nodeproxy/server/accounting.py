@@ -12,18 +12,16 @@ from __future__ import annotations
 import trio
 
 from nodeproxy import access_log
-from nodeproxy.admin.stats import (
+from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.stats.names import (
     BYTES_RECEIVED,
     BYTES_SENT,
     REQUEST_DURATION,
     REQUESTS,
     TUNNEL_BYTES,
     UPGRADES,
-    Labels,
-    Stats,
-    labels,
 )
-from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.stats.registry import Labels, Stats, labels
 
 
 class Accounting:

@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from nodeproxy.admin.stats import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED, Stats, labels
 from nodeproxy.config.model import FairnessConfig, ListenerConfig, RouteRule
 from nodeproxy.errors import RateLimited, SourceOverloaded
 from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.fairness import Admitted, FairScheduler, Rejected, Ticket
 from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.stats.names import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.traffic.routes import Limiter, Routes
 
 Handler = Callable[[Downstream, h11.Request, Exchange], Awaitable[bool]]

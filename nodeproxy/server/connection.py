@@ -25,10 +25,6 @@ from http import HTTPStatus
 import structlog
 import trio
 
-from nodeproxy.admin.stats import (
-    PROXY_ERRORS,
-    labels,
-)
 from nodeproxy.errors import (
     ERROR_HEADER,
     BadRequest,
@@ -43,6 +39,8 @@ from nodeproxy.pipeline import Pipeline
 from nodeproxy.routing.header_edits import client_source
 from nodeproxy.server.accounting import Accounting
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
+from nodeproxy.stats.names import PROXY_ERRORS
+from nodeproxy.stats.registry import labels
 
 # How late a timeout may fire: the sweeper's period (``ConnectionLoop.sweep``).
 SWEEP_INTERVAL = 0.05

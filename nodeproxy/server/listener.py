@@ -30,19 +30,19 @@ import errno
 import structlog
 import trio
 
-from nodeproxy.admin.stats import (
-    DOWNSTREAM_CONNECTIONS_ACTIVE,
-    DOWNSTREAM_CONNECTIONS_EVICTED,
-    DOWNSTREAM_CONNECTIONS_REJECTED,
-    DOWNSTREAM_CONNECTIONS_TOTAL,
-    labels,
-)
 from nodeproxy.config.model import ListenerConfig
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
 from nodeproxy.server.connection_limits import ConnectionSlots
+from nodeproxy.stats.names import (
+    DOWNSTREAM_CONNECTIONS_ACTIVE,
+    DOWNSTREAM_CONNECTIONS_EVICTED,
+    DOWNSTREAM_CONNECTIONS_REJECTED,
+    DOWNSTREAM_CONNECTIONS_TOTAL,
+)
+from nodeproxy.stats.registry import labels
 from nodeproxy.upstream.pool import Upstreams
 
 log = structlog.get_logger("nodeproxy.server")

@@ -40,7 +40,6 @@ from collections.abc import Callable
 
 import trio
 
-from nodeproxy.admin.stats import RETRIES, RETRIES_DENIED, Stats, labels
 from nodeproxy.errors import (
     PeerTLSFailure,
     ProxyError,
@@ -55,6 +54,8 @@ from nodeproxy.resilience.retry import RetryPolicy, TryFailure
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import Outgoing, relay, send
+from nodeproxy.stats.names import RETRIES, RETRIES_DENIED
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.traffic.attempt import Attempt
 from nodeproxy.traffic.routes import RouteState
 from nodeproxy.upstream.pool import Target, Upstreams

@@ -33,7 +33,8 @@ from datetime import datetime, timedelta
 import structlog
 import trio
 
-from nodeproxy.admin.stats import EARLIEST_EXPIRY, SIGNER_REQUESTS, SIGNER_UP, Stats, labels
+from nodeproxy.stats.names import EARLIEST_EXPIRY, SIGNER_REQUESTS, SIGNER_UP
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.ca import CAError, CertificateAuthority, issue_workload_cert, utc_now
 from nodeproxy.tls.context import RotatingContext, TLSConfigError
 from nodeproxy.tls.identity import SpiffeId

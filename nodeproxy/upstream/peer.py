@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from nodeproxy.admin.stats import Stats, labels
 from nodeproxy.config.model import EndpointConfig
 from nodeproxy.errors import PeerTLSFailure, UpstreamConnectTimeout
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.context import PeerIdentityError, verify_peer
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.stream import TLSStream

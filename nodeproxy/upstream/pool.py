@@ -32,15 +32,6 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from nodeproxy.admin.stats import (
-    POOL_CONNECTIONS,
-    UPSTREAM_CONNECT_FAILURES,
-    UPSTREAM_CONNECTIONS_OPENED,
-    UPSTREAM_REQUESTS,
-    Labels,
-    Stats,
-    labels,
-)
 from nodeproxy.config.model import ClusterConfig
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.errors import (
@@ -52,6 +43,13 @@ from nodeproxy.errors import (
 from nodeproxy.http1.codec import H11ClientCodec
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import (
+    POOL_CONNECTIONS,
+    UPSTREAM_CONNECT_FAILURES,
+    UPSTREAM_CONNECTIONS_OPENED,
+    UPSTREAM_REQUESTS,
+)
+from nodeproxy.stats.registry import Labels, Stats, labels
 from nodeproxy.upstream.connection import UpstreamConnection as UpstreamConnection
 from nodeproxy.upstream.connection import stirred
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull

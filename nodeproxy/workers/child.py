@@ -28,9 +28,9 @@ import trio
 
 from nodeproxy.admin.clusters import clusters_view
 from nodeproxy.admin.process import resident_memory_bytes, traffic_families
-from nodeproxy.admin.stats import Stats
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.registry import Stats
 from nodeproxy.workers import wire
 
 log = structlog.get_logger("nodeproxy.worker")

@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nodeproxy.admin.process import BREAKER_OPEN
-from nodeproxy.admin.stats import BUILD_INFO, Histogram, Labels, Stats
+from nodeproxy.stats.names import BUILD_INFO
+from nodeproxy.stats.registry import Histogram, Labels, Stats
 from nodeproxy.workers.wire import StatsReply
 
 MAX_GAUGES = frozenset({BUILD_INFO, BREAKER_OPEN})

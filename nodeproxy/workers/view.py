@@ -16,9 +16,10 @@ import trio
 
 from nodeproxy.admin.clusters import clusters_view
 from nodeproxy.admin.process import process_families, runtime_families
-from nodeproxy.admin.prometheus import Family, stats_families
-from nodeproxy.admin.stats import DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS, Stats, labels
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
+from nodeproxy.stats.prometheus import Family, stats_families
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import Slot
 from nodeproxy.workers.merge import Retired, merge_clusters, merged

@@ -24,7 +24,6 @@ from typing import Any, Literal
 import structlog
 import trio
 
-from nodeproxy.admin.stats import Stats
 from nodeproxy.discovery.kubernetes.access import ApiAccess, from_kubeconfig, in_cluster
 from nodeproxy.discovery.kubernetes.apiclient import ApiClient
 from nodeproxy.discovery.kubernetes.project import PROJECTIONS, SERVICE_NAME_LABEL
@@ -38,6 +37,7 @@ from nodeproxy.discovery.kubernetes.translate import (
     pod_identities,
 )
 from nodeproxy.discovery.snapshot import EndpointRegistry
+from nodeproxy.stats.registry import Stats
 
 log = structlog.get_logger("nodeproxy.discovery.kubernetes")
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from nodeproxy.admin.stats import Stats, labels
 from nodeproxy.discovery.kubernetes.apiclient import (
     ApiClient,
     ApiStatusError,
@@ -59,6 +58,7 @@ from nodeproxy.discovery.kubernetes.store import (
     keep_whole,
     parse_event,
 )
+from nodeproxy.stats.registry import Stats, labels
 
 log = structlog.get_logger("nodeproxy.discovery.kubernetes")
 

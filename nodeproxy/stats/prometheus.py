@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeproxy.admin.stats import HELP, Histogram, Labels, Stats
+from nodeproxy.stats.names import HELP
+from nodeproxy.stats.registry import Histogram, Labels, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
