@@ -7,13 +7,16 @@ is in flight.
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from nodeproxy.demo.greeter import serve_greeter
@@ -55,6 +58,31 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "nope.yaml" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_listener_port_in_use_is_one_line_naming_the_address_and_errno(
+    tmp_path: Path, workers: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "np.yaml"
+        config.write_text(f"""
+listeners:
+  - {{name: outbound, address: "127.0.0.1:{port}"}}
+admin: {{address: "127.0.0.1:0"}}
+services:
+  - name: web
+    endpoints: [{{address: "127.0.0.1:9"}}]
+""")
+        done = run_cli("run", "--workers", workers, "--config", str(config))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"nodeproxy: cannot start: listener outbound: cannot listen on 127.0.0.1:{port}: "
+        f"Address already in use (EADDRINUSE, errno {errno.EADDRINUSE})"
+    ]
 
 
 def seed_envoy_on_loopback(greeter_port: int) -> str:

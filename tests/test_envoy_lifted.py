@@ -410,4 +410,7 @@ def test_freebind_loads_and_an_address_not_on_the_host_fails_at_start_plainly(
     assert "freebind" in done.stderr + done.stdout  # the warning
     assert done.returncode == 1
     (line,) = [ln for ln in done.stderr.splitlines() if "cannot start" in ln]
-    assert line == "nodeproxy: cannot start: [Errno 99] Cannot assign requested address"
+    assert line == (
+        "nodeproxy: cannot start: listener l: cannot listen on 192.0.2.1:18080: "
+        "Cannot assign requested address (EADDRNOTAVAIL, errno 99)"
+    )

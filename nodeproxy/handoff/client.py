@@ -28,7 +28,14 @@ import trio
 from nodeproxy.handoff import protocol
 from nodeproxy.handoff.channel import Channel, PeerGone
 from nodeproxy.handoff.protocol import HandoffError, HandoffRefused, Role
-from nodeproxy.handoff.sockets import ListenAddress, Sockets, bind_fresh, close_all, serves
+from nodeproxy.handoff.sockets import (
+    BindError,
+    ListenAddress,
+    Sockets,
+    bind_fresh,
+    close_all,
+    serves,
+)
 
 log = structlog.get_logger("nodeproxy.handoff")
 
@@ -129,7 +136,10 @@ async def acquire_listen_sockets(
             if socks:
                 log.info("handoff_socket_rebound", listener=name, wanted=str(address))
                 close_all({name: socks})
-            out[name] = await bind_fresh(address)
+            try:
+                out[name] = await bind_fresh(address)
+            except OSError as exc:
+                raise BindError(name, address, exc) from exc
     except BaseException:
         close_all(out)
         close_all(received)

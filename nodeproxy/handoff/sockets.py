@@ -14,6 +14,7 @@ a supervisor can pass their descriptors to worker processes as they are.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -39,6 +40,20 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"{self.host or '*'}:{self.port}"
+
+
+class BindError(OSError):
+    """A listening socket could not be bound; says which, where, and the errno."""
+
+    def __init__(self, name: str, address: ListenAddress, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.name = name.replace("/", " ")  # "listener/outbound" -> "listener outbound"
+        self.address = address
+
+    def __str__(self) -> str:
+        code = errno.errorcode.get(self.errno or 0)
+        why = f"{code}, errno {self.errno}" if code else f"errno {self.errno}"
+        return f"{self.name}: cannot listen on {self.address}: {self.strerror} ({why})"
 
 
 def listener_key(name: str) -> str:
