@@ -85,11 +85,45 @@ def _worker_count(text: str) -> int | str:
     return int(text)
 
 
+DESCRIPTION = """\
+nodeproxy: a per-node service-mesh proxy for Kubernetes. Pods send their HTTP/1.1
+requests to the node's proxy (as an HTTP proxy or with a Host header); it finds the
+service, picks a healthy endpoint and carries the request there, over mTLS between
+nodes when the mesh is on. It reads its own YAML or the common subset of an Envoy
+bootstrap file."""
+
+EPILOG = """\
+examples:
+  nodeproxy demo                                  try it: greeter replicas behind the proxy
+  nodeproxy check-config examples/nodeproxy.yaml  validate a config, start nothing
+  nodeproxy run --config examples/nodeproxy.yaml  serve until SIGTERM/SIGINT, then drain
+  nodeproxy run -c nodeproxy.yaml --workers auto  one worker process per usable CPU
+
+'nodeproxy COMMAND --help' shows a command's options.
+
+exit status: 0 after a drain; 1 for a config error or a listener that cannot
+start (its address and errno are printed); 2 for a usage error; 3 when worker
+processes keep failing.
+
+docs: docs/configuration.md (every field), docs/admin.md (the admin port),
+docs/security.md (the mesh CA, mTLS, policy), docs/kubernetes.md (deploying)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nodeproxy", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="nodeproxy",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action=_Version, nargs=0, help="show the version and codec")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the proxy from a config file")
+    run = sub.add_parser(
+        "run",
+        help="run the proxy from a config file",
+        description="Serve the config's listeners until SIGTERM/SIGINT or POST /drain on the "
+        "admin port; then in-flight requests finish and the process exits 0.",
+    )
     run.add_argument("--config", "-c", required=True, help="native YAML or Envoy bootstrap")
     run.add_argument(
         "--log-format", choices=["auto", "json", "console"], help="override log.format"
@@ -119,9 +153,20 @@ def _parser() -> argparse.ArgumentParser:
         help="once handed off and drained: exit 0 at once, or wait for SIGTERM/SIGINT "
         "first; overrides after_handoff",
     )
-    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file without starting",
+        description="Load each file as 'run' would and print a one-line summary and its "
+        "warnings (fields accepted that change nothing); exit 1 if any file has an error, "
+        "which names the file, line and field.",
+    )
     check.add_argument("config", nargs="+", help="one or more config files")
-    demo = sub.add_parser("demo", help="run the embedded demo (greeter replicas + proxy)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the embedded demo (greeter replicas + proxy)",
+        description="Start greeter replicas, the proxy and its admin port in one process and "
+        "print curl lines to try; Ctrl-C drains and stops everything.",
+    )
     demo.add_argument("--port", type=int, default=4140, help="outbound listener port")
     demo.add_argument("--admin-port", type=int, default=9901)
     demo.add_argument("--replicas", type=int, default=2)

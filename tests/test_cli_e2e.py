@@ -60,6 +60,18 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_help_is_written_for_users() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: nodeproxy ")
+    assert "service-mesh proxy for Kubernetes" in done.stdout
+    assert "nodeproxy run --config examples/nodeproxy.yaml" in done.stdout
+    assert "exit status:" in done.stdout
+    assert "trio.run" not in done.stdout  # not the module docstring for developers
+    run = run_cli("run", "--help")
+    assert "POST /drain" in run.stdout
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_listener_port_in_use_is_one_line_naming_the_address_and_errno(
     tmp_path: Path, workers: str
