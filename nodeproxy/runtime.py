@@ -23,6 +23,7 @@ from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import EndpointRegistry
 from nodeproxy.stats.registry import Stats
 from nodeproxy.traffic.routes import Routes
+from nodeproxy.traffic.sources import Sources
 from nodeproxy.traffic.state import Traffic
 
 
@@ -56,6 +57,8 @@ class Runtime:
     listen_sockets: dict[str, list[socket.socket]] = field(default_factory=dict, repr=False)
     # Route-level state (rate-limit buckets, retry budgets): one per route rule, every listener's
     routes: Routes = field(default_factory=Routes, repr=False, compare=False)
+    # Per calling source (pod IP): in flight, answered, throttled; the admin dashboard reads it
+    sources: Sources = field(default_factory=Sources, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
     # More conditions for /ready (the mesh certificates): each gives None when all is
     # well, else (still ready?, a one-line reason that /ready shows).

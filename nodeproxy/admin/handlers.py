@@ -14,13 +14,13 @@ connection comes from loopback, which ``?include_sensitive=1`` requires.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from nodeproxy.admin import dashboard, dashboard_page
 from nodeproxy.admin.clusters import clusters_text, clusters_view
 from nodeproxy.admin.dump import config_dump
 from nodeproxy.admin.process import process_families, runtime_families
@@ -67,6 +67,7 @@ class AdminContext:
     runtime: Runtime
     started_at: float
     workers: WorkersView | None = None
+    history: dashboard.History = field(default_factory=dashboard.History)  # dashboard rates
 
 
 @dataclass(frozen=True)
@@ -212,24 +213,31 @@ def post_drain(ctx: AdminContext, req: Request) -> AdminResponse:
 
 
 def get_index(ctx: AdminContext, req: Request) -> AdminResponse:
-    rows = []
-    for path, route in ROUTES.items():
-        method = "POST" if "POST" in route.methods else "GET"
-        link = (
-            f'<a href="{html.escape(path)}">{html.escape(path)}</a>'
-            if method == "GET"
-            else f"<code>curl -X POST http://&lt;admin&gt;{html.escape(path)}</code>"
-        )
-        rows.append(f"<tr><td>{method}</td><td>{link}</td><td>{html.escape(route.doc)}</td></tr>")
-    state = "ready" if ctx.runtime.ready else not_ready_reason(ctx.runtime, ctx.workers)
-    page = (
-        "<!doctype html>\n<html><head><meta charset='utf-8'><title>nodeproxy admin</title>"
-        "</head><body>\n<h1>nodeproxy admin</h1>\n"
-        f"<p>state: <b>{html.escape(state)}</b></p>\n<table>\n"
-        "<tr><th>method</th><th>path</th><th>what</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
-        "</body></html>\n"
-    )
-    return respond(200, page, HTML)
+    """The live dashboard (``dashboard_page.py``), with every other endpoint in its nav bar."""
+    nav = [("POST" if "POST" in r.methods else "GET", p, r.doc) for p, r in ROUTES.items()]
+    resp = respond(200, dashboard_page.page(nav), HTML)
+    extra = (("content-security-policy", dashboard_page.CSP), ("x-frame-options", "DENY"))
+    return AdminResponse(resp.status, (*resp.headers, *extra), resp.body)
+
+
+def get_dashboard_json(ctx: AdminContext, req: Request) -> AdminResponse:
+    """What the dashboard draws, at ``now``; rates against earlier polls (``ctx.history``)."""
+    rt = ctx.runtime
+    if ctx.workers is not None:
+        view = ctx.workers.clusters(req.now)
+        sources = None  # each worker keeps its own table; not merged (docs/admin.md)
+    else:
+        view = clusters_view(rt, req.now)
+        sources = rt.sources.items()
+    node = {
+        "name": rt.config.node_name,
+        "ready": rt.ready,
+        "state": "ready" if rt.ready else not_ready_reason(rt, ctx.workers),
+        "draining": rt.drain.draining,
+        "uptime_s": round(req.now - ctx.started_at, 3),
+    }
+    families = all_families(ctx, req.now)
+    return respond_json(200, dashboard.build(view, families, sources, node, req.now, ctx.history))
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,8 @@ class Route:
 
 GET = frozenset({"GET", "HEAD"})
 ROUTES: dict[str, Route] = {
-    "/": Route(GET, get_index, "This page."),
+    "/": Route(GET, get_index, "Live dashboard: services, endpoints, rates, sources."),
+    "/dashboard.json": Route(GET, get_dashboard_json, "What the dashboard shows, as JSON."),
     "/ready": Route(GET, get_ready, "200 LIVE when serving; 503 while starting or draining."),
     "/healthz": Route(GET, get_healthz, "200 while the process runs (also while draining)."),
     "/stats/prometheus": Route(GET, get_prometheus, "Metrics in Prometheus text format 0.0.4."),

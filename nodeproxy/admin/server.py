@@ -42,7 +42,9 @@ LIMITS = ServerLimits(
     body_timeout=10.0,
     send_timeout=10.0,
 )
-_FROM_WORKERS = ("/stats", "/clusters")  # a supervisor asks its workers before answering
+# A supervisor asks its workers before answering these (and for their clusters, CLUSTER_VIEWS).
+_FROM_WORKERS = ("/stats", "/clusters", "/dashboard.json")
+_CLUSTER_VIEWS = ("/clusters", "/dashboard.json")
 
 
 class AdminServer(SmallServer):
@@ -66,7 +68,7 @@ class AdminServer(SmallServer):
             return refused
         workers = self.ctx.workers
         if workers is not None and target.startswith(_FROM_WORKERS):
-            await workers.refresh(clusters=target.startswith("/clusters"))
+            await workers.refresh(clusters=target.startswith(_CLUSTER_VIEWS))
         now = trio.current_time()
         return handle(
             self.ctx, method, target, headers, now, peer_loopback=is_loopback(request.peer)

@@ -22,13 +22,17 @@ from nodeproxy.stats.names import (
     UPGRADES,
 )
 from nodeproxy.stats.registry import Labels, Stats, labels
+from nodeproxy.traffic.sources import Sources
 
 
 class Accounting:
     """Stats and access lines of one listener; owned by its ``ConnectionLoop``."""
 
-    def __init__(self, stats: Stats, listener: str, access_log_enabled: bool) -> None:
+    def __init__(
+        self, stats: Stats, listener: str, access_log_enabled: bool, sources: Sources | None = None
+    ) -> None:
         self.stats = stats
+        self.sources = sources if sources is not None else Sources()
         self.listener = listener
         self.access_log_enabled = access_log_enabled
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
@@ -63,6 +67,7 @@ class Accounting:
         stats.observe(REQUEST_DURATION, duration_lbls, duration)
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)
+        self.sources.answered(down.client_ip, ex.status, ex.cause, now)
         if self.access_log_enabled:
             access_log.emit(ex, duration, received, sent)
         if ex.upgrade is not None and ex.status == 101:

@@ -74,7 +74,10 @@ class ConnectionLoop:
         self.live: set[Downstream] = set()  # every open connection (the sweeper reads it)
         self.opening: dict[Downstream, None] = {}
         # (cluster, status) -> label sets: bounded by clusters x 3-digit statuses.
-        self.accounting = Accounting(self.runtime.stats, listener, self.access_log_enabled)
+        self.sources = self.runtime.sources  # per calling pod, for the admin dashboard
+        self.accounting = Accounting(
+            self.runtime.stats, listener, self.access_log_enabled, self.sources
+        )
         admission = getattr(pipeline, "admission", None)  # the inbound pipeline may have none
         self.admission = admission if admission is not None and admission.enabled else None
 
@@ -172,10 +175,14 @@ class ConnectionLoop:
                 if request is None:
                     return
                 ex = down.exchange = self._exchange(down, request, baseline)
-                if self.admission is None:
-                    keep = await self.pipeline.handle(down, request, ex)
-                else:  # rate limits and per-source fairness (server/admission.py)
-                    keep = await self.admission.serve(self.pipeline.handle, down, request, ex)
+                self.sources.start(down.client_ip, ex.started)
+                try:
+                    if self.admission is None:
+                        keep = await self.pipeline.handle(down, request, ex)
+                    else:  # rate limits and per-source fairness (server/admission.py)
+                        keep = await self.admission.serve(self.pipeline.handle, down, request, ex)
+                finally:
+                    self.sources.end(down.client_ip)
             except ProxyError as err:
                 ex = ex or self._exchange(down, None, baseline)
                 keep = await self._answer_error(down, ex, err)

@@ -1,0 +1,308 @@
+"""The live dashboard's data: one JSON-able dict per poll of ``/dashboard.json``.
+
+Why a builder of its own: the page (``dashboard_page.py``) must show, at a
+glance, what the other admin pages spread out: per service the endpoints and
+their state, request and error rates, latency and the breaker; per calling
+pod what it has in flight and how often it was throttled. Everything here is
+pure: the ``/clusters`` view (the workers' merged one under a supervisor),
+the metric families, the per-source table and ``now`` go in, a dict comes out.
+
+Rates: counters only grow, so a rate needs an earlier reading. ``History``
+keeps a small ring of the counter samples taken at earlier polls (at most one
+per ``min_spacing`` seconds, ``max_samples`` of them, none older than needed
+for ``window``) and each poll compares with the newest sample at least
+``window`` seconds old (or the oldest one kept, when the page has not been
+open that long). The interval actually used is reported (``rate_window_s``);
+the first poll after a quiet spell has none and reports ``null`` rates. A
+counter that went backwards (series forgotten, worker replaced) counts as 0.
+Latency quantiles come the same way from the histogram's bucket counts over
+the window, or over the process lifetime when the window saw no request.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nodeproxy.stats.names import (
+    POOL_CONNECTIONS,
+    REQUEST_DURATION,
+    REQUESTS,
+    UPSTREAM_CONNECT_FAILURES,
+    UPSTREAM_REQUESTS,
+)
+from nodeproxy.stats.prometheus import Family
+from nodeproxy.stats.registry import Histogram
+from nodeproxy.traffic.sources import SourceCounts
+
+WINDOW = 10.0
+MIN_SPACING = 1.0
+MAX_SAMPLES = 64
+MAX_SOURCES_SHOWN = 100  # the busiest; the rest are counted
+MAX_IDLE_NAMES = 50
+STATES = ("healthy", "unhealthy", "ejected", "draining")
+_BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
+
+Key = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Cumulative counters (flat keys) and latency bucket counts per cluster at ``at``."""
+
+    at: float
+    counters: Mapping[Key, float]
+    buckets: Mapping[str, tuple[int, ...]]
+
+
+class History:
+    """The ring of earlier polls' samples; owned by the admin context, mutated per poll."""
+
+    def __init__(
+        self, window: float = WINDOW, min_spacing: float = MIN_SPACING, max_samples: int = 64
+    ) -> None:
+        self.window = window
+        self.min_spacing = min_spacing
+        self._ring: deque[Sample] = deque(maxlen=max_samples)
+
+    def __repr__(self) -> str:
+        return f"<History [{len(self._ring)} samples, window {self.window:g}s]>"
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def advance(self, sample: Sample) -> Sample | None:
+        """The sample to compare ``sample`` with (None: no earlier one); keeps ``sample``."""
+        ring = self._ring
+        while len(ring) >= 2 and ring[1].at <= sample.at - self.window:
+            ring.popleft()  # ring[0] stays the newest sample at least a window old
+        base = ring[0] if ring and ring[0].at < sample.at else None
+        if not ring or sample.at - ring[-1].at >= self.min_spacing:
+            ring.append(sample)
+        return base
+
+
+def _series(families: Sequence[Family]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {f.name: [(dict(lbls), v) for lbls, v in f.samples] for f in families}
+
+
+def _hists(families: Sequence[Family]) -> dict[str, Histogram]:
+    for fam in families:
+        if fam.name == REQUEST_DURATION:
+            return {dict(lbls).get("cluster", ""): h for lbls, h in fam.histograms}
+    return {}
+
+
+def _counters(
+    families: Sequence[Family], sources: Sequence[tuple[str, SourceCounts]]
+) -> dict[Key, float]:
+    """Every counter a rate is shown for, under a flat key."""
+    out: dict[Key, float] = {}
+
+    def add(key: Key, value: float) -> None:
+        out[key] = out.get(key, 0.0) + value
+
+    series = _series(families)
+    for lbls, v in series.get(REQUESTS, []):
+        c = lbls.get("cluster", "")
+        add(("c", c, "rq"), v)
+        if lbls.get("code_class") == "5xx":
+            add(("c", c, "err"), v)
+    for lbls, v in series.get(UPSTREAM_REQUESTS, []):
+        key = ("e", lbls.get("cluster", ""), lbls.get("endpoint", ""))
+        add((*key, "rq"), v)
+        if lbls.get("code_class") == "5xx":
+            add((*key, "err"), v)
+    for lbls, v in series.get(UPSTREAM_CONNECT_FAILURES, []):
+        key = ("e", lbls.get("cluster", ""), lbls.get("endpoint", ""))
+        add((*key, "rq"), v)  # an attempt that failed before any request went out
+        add((*key, "err"), v)
+    for src, counts in sources:
+        add(("s", src, "rq"), counts.requests)
+        add(("s", src, "thr"), counts.throttled)
+    return out
+
+
+@dataclass(frozen=True)
+class _Rates:
+    now: Sample
+    base: Sample | None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.base is None else self.now.at - self.base.at
+
+    def delta(self, *key: str) -> float | None:
+        if self.base is None:
+            return None
+        return max(self.now.counters.get(key, 0.0) - self.base.counters.get(key, 0.0), 0.0)
+
+    def per_second(self, *key: str) -> float | None:
+        d, s = self.delta(*key), self.seconds
+        return None if d is None or not s else round(d / s, 3)
+
+    def ratio(self, prefix: Key) -> float | None:
+        total, errors = self.delta(*prefix, "rq"), self.delta(*prefix, "err")
+        if total is None or errors is None or total == 0:
+            return None
+        return round(errors / total, 4)
+
+    def latency(self, cluster: str, lifetime: Histogram | None) -> dict[str, Any]:
+        counts = self.now.buckets.get(cluster)
+        old = self.base.buckets.get(cluster) if self.base is not None else None
+        if lifetime is not None and counts is not None and old is not None:
+            diff = [max(a - b, 0) for a, b in zip(counts, old, strict=True)]
+            if sum(diff):
+                recent = Histogram(lifetime.buckets, diff, 0.0, sum(diff))
+                return _quantiles(recent, "window")
+        return _quantiles(lifetime, "lifetime")
+
+
+def _quantiles(hist: Histogram | None, over: str) -> dict[str, Any]:
+    if hist is None or hist.count == 0:
+        return {"p50_ms": None, "p99_ms": None, "count": 0, "over": over}
+    p50, p99 = hist.estimate(0.5) * 1000, hist.estimate(0.99) * 1000
+    return {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "count": hist.count, "over": over}
+
+
+def _breaker(traffic: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The cluster's breaker; under a supervisor, the worst of the workers'."""
+    if not traffic:
+        return None
+    views = list(traffic["workers"].values()) if "workers" in traffic else [traffic]
+    breakers = [v["breaker"] for v in views if v.get("breaker")]
+    if not breakers:
+        return None
+    worst = max(breakers, key=lambda b: _BREAKER_RANK.get(str(b["state"]), 0))
+    return {**worst, "trips": sum(b["trips"] for b in breakers)}
+
+
+def _ejections(traffic: Mapping[str, Any] | None) -> int:
+    if not traffic:
+        return 0
+    views = list(traffic["workers"].values()) if "workers" in traffic else [traffic]
+    return int(sum(v.get("ejections", 0) for v in views))
+
+
+def _endpoint(
+    cluster: str,
+    ep: Mapping[str, Any],
+    state: str,
+    pool: Mapping[str, float],
+    r: _Rates,
+    now: float,
+) -> dict[str, Any]:
+    traffic: Mapping[str, Any] = ep.get("traffic") or {}
+    outlier: Mapping[str, Any] = traffic.get("outlier") or {}
+    until = outlier.get("ejected_until")
+    per_worker = "workers" in traffic  # a worker's clock is not ours
+    key = ("e", cluster, ep["address"])
+    return {
+        "address": ep["address"],
+        "node": ep.get("node", ""),
+        "labels": dict(ep.get("labels", {})),
+        "state": state,
+        "in_flight": traffic.get("active_requests", 0),
+        "requests": int(r.now.counters.get((*key, "rq"), 0)),
+        "errors": int(r.now.counters.get((*key, "err"), 0)),
+        "rps": r.per_second(*key, "rq"),
+        "error_ratio": r.ratio(key),
+        "ewma_ms": traffic.get("ewma_ms"),
+        "times_ejected": outlier.get("times_ejected", 0),
+        "ejected_for_s": None if until is None or per_worker else round(max(until - now, 0), 3),
+        "connections": {"active": pool.get("active", 0), "idle": pool.get("idle", 0)},
+    }
+
+
+def build(
+    view: Mapping[str, Any],
+    families: Sequence[Family],
+    sources: Sequence[tuple[str, SourceCounts]] | None,
+    node: Mapping[str, Any],
+    now: float,
+    history: History,
+) -> dict[str, Any]:
+    """The dashboard at ``now``; see docs/admin.md ("The dashboard") for every field."""
+    hists = _hists(families)
+    sample = Sample(
+        now,
+        _counters(families, sources or ()),
+        {c: tuple(h.counts) for c, h in hists.items()},
+    )
+    r = _Rates(sample, history.advance(sample))
+    pools: dict[tuple[str, str], dict[str, float]] = {}
+    for lbls, v in _series(families).get(POOL_CONNECTIONS, []):
+        pool = pools.setdefault((lbls.get("cluster", ""), lbls.get("endpoint", "")), {})
+        pool[lbls.get("state", "")] = pool.get(lbls.get("state", ""), 0) + v
+    known = {k[1:3] for k in sample.counters if k[0] == "e"} | set(pools)
+    active = {k[1] for k in sample.counters if k[0] == "c"} | {c for c, _ in known}
+
+    clusters: list[dict[str, Any]] = []
+    idle: list[str] = []
+    for c in view["clusters"]:
+        name = c["name"]
+        if c.get("traffic") is None and name not in active:
+            idle.append(name)
+            continue
+        endpoints = []
+        listed = set()
+        for ep in c["endpoints"]:
+            listed.add(ep["address"])
+            state = "healthy" if ep["state"] == "active" else str(ep["state"])
+            pool = pools.get((name, ep["address"]), {})
+            endpoints.append(_endpoint(name, ep, state, pool, r, now))
+        for cluster, address in sorted(known):  # gone from discovery, still remembered
+            if cluster == name and address not in listed:
+                gone = {"address": address}
+                pool = pools.get((name, address), {})
+                endpoints.append(_endpoint(name, gone, "draining", pool, r, now))
+        settings = c.get("settings") or {}
+        key = ("c", name)
+        clusters.append(
+            {
+                "name": name,
+                "namespace": settings.get("namespace"),
+                "lb_policy": settings.get("lb_policy"),
+                "requests": int(sample.counters.get((*key, "rq"), 0)),
+                "errors": int(sample.counters.get((*key, "err"), 0)),
+                "rps": r.per_second(*key, "rq"),
+                "error_ratio": r.ratio(key),
+                "latency": r.latency(name, hists.get(name)),
+                "breaker": _breaker(c.get("traffic")),
+                "ejections": _ejections(c.get("traffic")),
+                "endpoint_states": {s: sum(e["state"] == s for e in endpoints) for s in STATES},
+                "endpoints": endpoints,
+            }
+        )
+    return {
+        "node": dict(node),
+        "now": round(now, 3),
+        "rate_window_s": None if r.seconds is None else round(r.seconds, 3),
+        "snapshot_version": view.get("snapshot_version"),
+        "clusters": clusters,
+        "idle_clusters": {"count": len(idle), "names": idle[:MAX_IDLE_NAMES]},
+        "sources": None if sources is None else _sources(sources, r, now),
+    }
+
+
+def _sources(rows: Sequence[tuple[str, SourceCounts]], r: _Rates, now: float) -> dict[str, Any]:
+    """The busiest sources first: in flight, then throttled, then requests."""
+    ranked = sorted(rows, key=lambda s: (-s[1].in_flight, -s[1].throttled, -s[1].requests, s[0]))
+    shown = [
+        {
+            "source": src,
+            "in_flight": c.in_flight,
+            "requests": c.requests,
+            "errors": c.errors,
+            "rate_limited": c.rate_limited,
+            "fairness_rejected": c.fairness_rejected,
+            "throttled": c.throttled,
+            "rps": r.per_second("s", src, "rq"),
+            "throttled_per_s": r.per_second("s", src, "thr"),
+            "idle_s": round(max(now - c.last_seen, 0.0), 3),
+        }
+        for src, c in ranked[:MAX_SOURCES_SHOWN]
+    ]
+    return {"count": len(rows), "rows": shown}

@@ -1,0 +1,108 @@
+"""Who calls through this node: per calling source (pod IP), requests in flight and refused.
+
+Why a table of its own: a per-node proxy is shared by every pod on the node,
+and the operator's first question when one of them misbehaves is "which pod
+is flooding, and is the proxy holding it back?". Fairness and the rate limits
+(``resilience/fairness.py``, ``resilience/ratelimit.py``) keep their own state
+per listener and per route, keyed for their decisions; this table keeps what
+the admin dashboard shows, over every listener: requests in flight now
+(counted from the request head to its accounting, so a request waiting in a
+fairness queue is in flight), requests answered, 5xx answers, and the ones
+refused by a rate limit (429 ``rate_limited``) or by fairness (503
+``source_overloaded``).
+
+Bounded: at most ``max_sources`` rows; the least recently seen source with
+nothing in flight is forgotten first (a pod that left the node). Sources with
+requests in flight are never dropped while an idle one is left; past the cap
+with all of them busy, the oldest busy one goes and its late ``end`` is
+ignored. One ``Sources`` per process (``Runtime.sources``), mutated by request
+tasks in synchronous code only (no lock needed under trio).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+THROTTLE_CAUSES = {"rate_limited": "rate_limited", "source_overloaded": "fairness_rejected"}
+DEFAULT_MAX_SOURCES = 1024
+
+
+@dataclass
+class SourceCounts:
+    """One calling source's counters (``last_seen``: the trio clock)."""
+
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0  # answered 5xx
+    rate_limited: int = 0  # answered 429 by a local rate limit
+    fairness_rejected: int = 0  # answered 503 by per-source fairness
+    last_seen: float = 0.0
+
+    @property
+    def throttled(self) -> int:
+        return self.rate_limited + self.fairness_rejected
+
+
+class Sources:
+    """Per-source counters of the whole process; see the module docstring."""
+
+    def __init__(self, max_sources: int = DEFAULT_MAX_SOURCES) -> None:
+        if max_sources < 1:
+            raise ValueError("max_sources must be >= 1")
+        self.max_sources = max_sources
+        self._rows: OrderedDict[str, SourceCounts] = OrderedDict()
+        self.forgotten = 0
+
+    def __repr__(self) -> str:
+        busy = sum(1 for c in self._rows.values() if c.in_flight)
+        return f"<Sources [{len(self._rows)}/{self.max_sources} sources, {busy} busy]>"
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, source: str) -> SourceCounts | None:
+        return self._rows.get(source)
+
+    def start(self, source: str, now: float) -> None:
+        """A request head from ``source`` was read."""
+        row = self._row(source)
+        row.in_flight += 1
+        row.last_seen = now
+
+    def end(self, source: str) -> None:
+        """The request ``start`` counted is no longer in flight (answered, or abandoned)."""
+        row = self._rows.get(source)
+        if row is not None and row.in_flight > 0:
+            row.in_flight -= 1
+
+    def answered(self, source: str, status: int, cause: str | None, now: float) -> None:
+        """A request of ``source`` was accounted with ``status`` (and the proxy's ``cause``)."""
+        row = self._row(source)
+        row.requests += 1
+        row.last_seen = now
+        if status >= 500:
+            row.errors += 1
+        kind = THROTTLE_CAUSES.get(cause) if cause is not None else None
+        if kind == "rate_limited":
+            row.rate_limited += 1
+        elif kind == "fairness_rejected":
+            row.fairness_rejected += 1
+
+    def _row(self, source: str) -> SourceCounts:
+        """``source``'s row, made the most recent (created, and the table kept bounded)."""
+        row = self._rows.get(source)
+        if row is not None:
+            self._rows.move_to_end(source)
+            return row
+        if len(self._rows) >= self.max_sources:
+            rows = self._rows
+            victim = next((s for s, c in rows.items() if c.in_flight == 0), next(iter(rows)))
+            del rows[victim]
+            self.forgotten += 1
+        row = self._rows[source] = SourceCounts()
+        return row
+
+    def items(self) -> list[tuple[str, SourceCounts]]:
+        """Every row, a copy (safe to read across awaits), least recently seen first."""
+        return [(s, SourceCounts(**vars(c))) for s, c in self._rows.items()]
