@@ -165,7 +165,7 @@ class Overloaded(ProxyError):
     body = "overloaded"
 
 
-# -- traffic policy (issue 5) -------------------------------------------------
+# -- traffic policy: breakers, overload, retries, rate limits ------------------
 
 
 class CircuitOpen(ProxyError):

@@ -1,4 +1,4 @@
-"""The admin listener is for the node's operator only (issue 9, item 6; /explain of item 7).
+"""The admin listener is for the node's operator only (Host checks, /explain).
 
 - Host checking against DNS rebinding: a page in a browser on the node whose
   name resolves to 127.0.0.1 sends ``Host: evil.example``; it gets 421 on every

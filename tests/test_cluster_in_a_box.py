@@ -1,4 +1,4 @@
-"""Issue 4's cluster-in-a-box: 3 nodes from network namespaces, the fake API, a nodeproxy each.
+"""The cluster-in-a-box: 3 nodes from network namespaces, the fake API, a nodeproxy each.
 
 The scenario is ``tests/helpers/cluster_in_a_box.py``; this test only starts it
 inside ``unshare --mount --net --pid --fork`` (no route off the machine; every

@@ -1,4 +1,4 @@
-"""Which HTTP/1.1 codec runs, and how an operator tells (issue 11).
+"""Which HTTP/1.1 codec runs, and how an operator tells.
 
 ``NODEPROXY_CODEC`` (auto | h11 | h11-mypyc) wins over the config's ``codec``;
 ``auto`` takes the compiled build when installed. The start log line,

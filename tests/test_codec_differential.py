@@ -1,4 +1,4 @@
-"""h11 and h11-mypyc must frame every byte stream the same way (issue 11).
+"""h11 and h11-mypyc must frame every byte stream the same way.
 
 The compiled build is only a faster copy of the reference: the data path may
 run on either, so both are fed identical bytes, whole and in random splits,

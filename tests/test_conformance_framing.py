@@ -1,4 +1,4 @@
-"""What the data path refuses at the request's framing, driven with raw bytes (issue 9).
+"""What the data path refuses at the request's framing, driven with raw bytes.
 
 One nodeproxy carries every pod's traffic over shared upstream connections, so
 a request whose body length two parsers could read differently lets one

@@ -1,4 +1,4 @@
-"""Pooled upstream connections never carry one client's leftovers to the next (issue 9).
+"""Pooled upstream connections never carry one client's leftovers to the next.
 
 A pooled connection is reused only when the response ended exactly at a
 message boundary with nothing more to read; the backend here breaks response

@@ -1,4 +1,4 @@
-"""Upgrades: only what the config allows becomes a byte tunnel (issue 9).
+"""Upgrades: only what the config allows becomes a byte tunnel.
 
 Once an upstream answers 101 the connection is raw bytes, past routing,
 per-request policy and the access log, so a shared proxy relays only the

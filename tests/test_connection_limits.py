@@ -1,8 +1,8 @@
 """Connection slots: one source cannot take them all, and idle keep-alives make room.
 
-Issue 9: 500 idle keep-alive connections from one pod filled
-``max_downstream_connections`` and every other pod was refused for the whole
-idle timeout. Clients here bind distinct loopback sources (127.0.0.2 is pod
+The failure this guards against: 500 idle keep-alive connections from one
+pod filled ``max_downstream_connections`` and every other pod was refused
+for the whole idle timeout. Clients here bind distinct loopback sources (127.0.0.2 is pod
 A, 127.0.0.3 is pod B) and talk raw HTTP/1.1, so which connection was
 served, refused or closed is seen on the wire. Every wait is on an event or
 a socket (no timer is involved), hence no autojump clock; ``fail_after``

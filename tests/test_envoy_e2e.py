@@ -82,7 +82,7 @@ def two(good: Replica, bad: Replica, **kw: Any) -> dict[str, Any]:
 
 
 async def test_no_outlier_detection_no_ejection() -> None:
-    """Issue 10: Envoy round-robins ~30 of 60 requests to a failing host without it."""
+    """As Envoy: round robin sends ~30 of 60 requests to a failing host without it."""
     good, bad = Replica("good"), Replica("bad", status=500)
     async with replicas(good, bad):
         config = load(two(good, bad))

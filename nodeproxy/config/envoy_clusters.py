@@ -120,10 +120,11 @@ def _cluster(ctx: EnvoyLoad, node: Node) -> ClusterConfig:
         if hc is not None:
             checked_ports.append((hc, port))
     lb = _lb_policy(ctx, f.get("lb_policy") or node, policy, endpoints)
-    for key in ("least_request_lb_config", "round_robin_lb_config"):
-        if (cfg := f.get(key)) is not None:
-            c = cfg.fields("choice_count", unknown=UNSUPPORTED)
-            c.opt("choice_count", lambda n: integer(n, 2, 2), 2)  # P2C, Envoy's default
+    if (cfg := f.get("least_request_lb_config")) is not None:
+        c = cfg.fields("choice_count", unknown=UNSUPPORTED)
+        c.opt("choice_count", lambda n: integer(n, 2, 2), 2)  # least_request is P2C only
+    if (cfg := f.get("round_robin_lb_config")) is not None:
+        cfg.fields(unknown=UNSUPPORTED)  # slow start, locality: none of its fields is run
     if (ts := f.get("transport_socket")) is not None:
         extension(ts, _RAW, "upstream transport socket")
     overload, per_host = None, None

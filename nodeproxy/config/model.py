@@ -61,7 +61,7 @@ class EndpointConfig:
     port: int
     # mappingproxy is unhashable on 3.11: default via factory, and left out of hash()
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
-    node: str | None = None  # which node the endpoint lives on (issue 3)
+    node: str | None = None  # which node the endpoint lives on (the mesh: same node or mTLS)
     weight: float | None = None  # relative share for the balancer (None: 1, or the label)
 
     @cached_property  # read on every request (pool key, stats labels); computed once

@@ -50,7 +50,7 @@ TRANSITIONS: dict[tuple[BreakerState, BreakerEvent], BreakerState] = {
     (BreakerState.HALF_OPEN, BreakerEvent.PROBE_FAILED): BreakerState.OPEN,
 }
 
-DEFAULT_FAILURE_THRESHOLD = 3  # issue 5's seed
+DEFAULT_FAILURE_THRESHOLD = 3  # consecutive failures that open the breaker
 DEFAULT_OPEN_INTERVAL = 5.0
 
 

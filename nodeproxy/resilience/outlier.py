@@ -8,7 +8,8 @@ as 503, timeout as 504), so one counter sees both kinds:
 
 - ``consecutive_5xx`` (default 5) 5xx answers in a row eject the host;
 - ``consecutive_gateway_failure`` (default 5) 502/503/504 in a row eject it
-  (Envoy's default enforcement for this one is 0 %; ours is on, as issue 5 asks);
+  (Envoy's default enforcement for this one is 0 %; ours is on: a replica that
+  keeps failing with 503 is taken out even in a native config);
 - any success resets both counters.
 
 An ejection lasts ``base_ejection_time x multiplier`` capped by

@@ -23,7 +23,7 @@ POOL_CONNECTIONS = "nodeproxy_upstream_pool_connections"  # {cluster, endpoint, 
 REQUEST_DURATION = "nodeproxy_request_duration_seconds"  # histogram {cluster}
 BYTES_RECEIVED = "nodeproxy_downstream_bytes_received_total"  # {listener}
 BYTES_SENT = "nodeproxy_downstream_bytes_sent_total"  # {listener}
-RETRIES = "nodeproxy_retries_total"  # {cluster, reason}: tries made again (issue 5)
+RETRIES = "nodeproxy_retries_total"  # {cluster, reason}: tries made again
 RETRIES_DENIED = "nodeproxy_retries_denied_total"  # {cluster}: refused by the retry budget
 RATE_LIMITED = "nodeproxy_rate_limited_total"  # {listener, scope=listener|route, key=total|source}
 FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a per-source slot

@@ -1,6 +1,6 @@
 """Which certificate each identity presents now, and which ones need renewing.
 
-The rotation task (one per node proxy, issue 3's data path) is the single
+The rotation task (one per node proxy, for the mesh's mTLS) is the single
 owner of a ``CertStore``: it asks ``plan(now, wanted)`` what to do, mints
 certificates with ``ca.issue_workload_cert`` (the only slow part, done
 outside the store), ``put``s them, and sleeps until ``next_renewal()``.

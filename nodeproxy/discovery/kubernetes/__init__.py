@@ -1,4 +1,4 @@
-"""Endpoint discovery from the Kubernetes API (issue 4).
+"""Endpoint discovery from the Kubernetes API.
 
 Read top-down: ``access`` (how to reach the API) -> ``apiclient`` (one bounded
 GET on trio + h11) -> ``store`` (the pure reflector state: list, events,

@@ -27,7 +27,7 @@ event costs that Service, not a walk over 6000 of them, and unchanged
 endpoints stay the same objects from one snapshot to the next.
 ``node_proxies`` maps node names to their proxy address (InternalIP:4143) and
 ``pod_identities`` maps a local pod IP to its namespace and service account
-(issue 3 uses both for node-to-node mTLS and caller identity).
+(the mesh uses both: node-to-node mTLS and the caller's identity).
 """
 
 from __future__ import annotations
