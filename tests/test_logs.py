@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -21,6 +23,7 @@ from nodeproxy.logs import (
     drop_access_events,
     resolve_format,
 )
+from tests.helpers.backends import backend, run_proxy, simple_config
 
 
 class TTYStream(io.StringIO):
@@ -77,17 +80,36 @@ def test_json_lines_with_iso_utc_timestamp_level_and_logger_name() -> None:
     assert second["level"] == "warning"
 
 
-def test_access_line_carries_the_contract_fields() -> None:
+async def proxied_request(log_config: LogConfig, out: io.StringIO) -> tuple[httpx.Response, int]:
+    """One GET through the in-process proxy with logging configured as ``log_config`` into
+    ``out``; the response and the backend's port. Access lines are flushed."""
+    async with backend() as b:
+        config = replace(simple_config({"web": [b.address]}), log=log_config)
+        configure_logging(config.log, out)
+        async with run_proxy(config) as p, httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(f"{p.url}/hello?x=1", headers={"host": "web.default"})
+    access_log.flush()
+    return r, b.port
+
+
+async def test_the_proxys_access_line_carries_the_contract_fields() -> None:
     out = io.StringIO()
-    configure_logging(LogConfig(format="json"), out)
-    access_event(structlog.get_logger(ACCESS_LOGGER))
-    (line,) = lines(out)
-    assert line["event"] == "access"
+    r, port = await proxied_request(LogConfig(format="json"), out)
+    (line,) = [e for e in lines(out) if e["event"] == "access"]
+    seen_upstream = dict(r.json()["headers"])  # what the backend received
+    assert r.status_code == 200
     assert line["logger"] == ACCESS_LOGGER
-    assert line["status"] == 200
-    assert line["upstream"] == "127.0.0.1:3000"
-    assert line["cause"] is None
-    assert line["duration_ms"] == 1.25
+    assert line["level"] == "info"
+    assert (line["listener"], line["method"], line["protocol"]) == ("outbound", "GET", "HTTP/1.1")
+    assert (line["authority"], line["path"]) == ("web.default", "/hello?x=1")
+    assert (line["status"], line["cause"]) == (200, None)
+    assert (line["cluster"], line["upstream"]) == ("web", f"127.0.0.1:{port}")
+    assert line["request_id"] == seen_upstream["x-request-id"]
+    assert line["bytes_sent"] > len(r.content) > 0  # the head and the body
+    assert line["bytes_received"] > 0
+    assert line["duration_ms"] > 0
+    assert line["source"].startswith("127.0.0.1:")
+    assert datetime.fromisoformat(line["timestamp"]).utcoffset() == UTC.utcoffset(None)
 
 
 def test_level_filtering_drops_lower_levels() -> None:
@@ -121,6 +143,16 @@ def test_contextvars_bound_per_connection_are_merged() -> None:
     assert "source" not in outside
 
 
+async def test_access_log_switch_turns_the_proxys_access_lines_off_and_on() -> None:
+    written = {}
+    for enabled in (False, True):
+        out = io.StringIO()
+        r, _ = await proxied_request(LogConfig(format="json", access_log=enabled), out)
+        assert r.status_code == 200
+        written[enabled] = [e["path"] for e in lines(out) if e["event"] == "access"]
+    assert written == {False: [], True: ["/hello?x=1"]}
+
+
 def test_access_log_off_drops_only_access_events() -> None:
     out = io.StringIO()
     configure_logging(LogConfig(format="json", access_log=False), out)
@@ -131,11 +163,13 @@ def test_access_log_off_drops_only_access_events() -> None:
     assert events == [(ACCESS_LOGGER, "access_log_overflow"), ("nodeproxy.other", "access")]
 
 
-def test_access_log_on_by_default() -> None:
+async def test_console_access_line_has_the_same_fields() -> None:
     out = io.StringIO()
-    configure_logging(LogConfig(format="json"), out)
-    access_event(structlog.get_logger(ACCESS_LOGGER))
-    assert len(lines(out)) == 1
+    r, port = await proxied_request(LogConfig(format="console"), out)
+    (line,) = [ln for ln in out.getvalue().splitlines() if " access " in f" {ln} "]
+    assert r.status_code == 200
+    for field in ("status=200", "cluster=web", f"upstream=127.0.0.1:{port}", "method=GET"):
+        assert field in line
 
 
 def test_exceptions_are_rendered_into_the_json_line() -> None:
