@@ -8,6 +8,9 @@ is in flight.
 from __future__ import annotations
 
 import errno
+import json
+import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -180,24 +183,43 @@ async def test_sigterm_drains_a_request_in_flight(tmp_path: Path) -> None:
 
 
 async def test_demo_serves_the_curl_lines_it_prints() -> None:
-    async with running_nodeproxy("demo", "--port", "0", "--admin-port", "0") as demo:
-        port = demo.listener_ports["outbound"]
-        seen: set[str] = set()
-        for _ in range(4):
-            curl = await trio.run_process(
-                ["curl", "-sS", "-i", "-x", f"http://127.0.0.1:{port}", "-X", "POST",
-                 "-H", "content-type: application/json", "-d", '{"dateOfBirth":"2000-01-01"}',
-                 "http://bdgreeter/hello/Magalixcorp"],
-                capture_stdout=True,
-            )  # fmt: skip
-            out = curl.stdout.decode()
-            assert out.startswith("HTTP/1.1 200"), out
-            assert '"Hello, Magalixcorp!' in out
-            seen.update(
-                line.split(":", 1)[1].strip()
-                for line in out.splitlines()
-                if line.lower().startswith("x-greeter-replica:")
+    """Every curl line of the banner ``nodeproxy demo`` prints, run as printed, does
+    what the comment above it says."""
+    proxies = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")  # curl must go direct
+    curl_env = {k: v for k, v in os.environ.items() if k not in proxies}
+    async with running_nodeproxy(
+        "demo", "--port", "0", "--admin-port", "0", env=dict.fromkeys(proxies)
+    ) as demo:
+        banner = await demo.read_text(until="Ctrl-C drains")
+        curls = [line.strip() for line in banner if line.strip().startswith("curl ")]
+        outputs = []
+        for line in [*curls, curls[2]]:  # the GET twice: the replicas alternate
+            done = await trio.run_process(
+                shlex.split(line), capture_stdout=True, capture_stderr=True, env=curl_env
             )
-        assert seen == {"a", "b"}  # round robin over both replicas
+            outputs.append(done.stdout.decode())
+        birthday, with_host, get, unknown, no_route, clusters, prometheus, ready, get2 = outputs
+        for out in (birthday, with_host):
+            assert json.loads(out) == {"message": "Hello, Magalixcorp! Happy birthday"}
+        assert get.startswith("HTTP/1.1 200")
+        assert get2.startswith("HTTP/1.1 200")
+        assert {_header(get, "x-greeter-replica"), _header(get2, "x-greeter-replica")} == {"a", "b"}
+        assert unknown.startswith("HTTP/1.1 404")
+        assert _header(unknown, "x-nodeproxy-error") == "unknown_service"
+        assert no_route.startswith("HTTP/1.1 404")
+        assert _header(no_route, "x-nodeproxy-error") == "no_route"
+        (cluster,) = json.loads(clusters)["clusters"]
+        assert (cluster["name"], len(cluster["endpoints"])) == ("bdgreeter", 2)
+        assert "# TYPE nodeproxy_" in prometheus
+        assert ready.startswith("HTTP/1.1 200")
         demo.signal(signal.SIGINT)
         assert await demo.wait_exit() == 0
+
+
+def _header(response: str, name: str) -> str:
+    """A header's value in ``curl -i`` output ("" when absent)."""
+    for line in response.splitlines():
+        key, _, value = line.partition(":")
+        if key.lower() == name:
+            return value.strip()
+    return ""

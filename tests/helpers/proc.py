@@ -27,11 +27,11 @@ class RunningProxy:
     listener_ports: dict[str, int]
     admin_port: int
     lines: list[dict[str, Any]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # stdout lines that are not JSON (a banner)
     _buffer: bytearray = field(default_factory=bytearray)
 
     async def read_event(self, event: str) -> dict[str, Any]:
         """Read log lines until one whose ``event`` is ``event``; return it."""
-        assert self.process.stdout is not None
         while True:
             while b"\n" in self._buffer:
                 raw, _, rest = self._buffer.partition(b"\n")
@@ -39,14 +39,33 @@ class RunningProxy:
                 try:
                     line = json.loads(raw)
                 except ValueError:
+                    self.text.append(raw.decode(errors="replace"))
                     continue
                 self.lines.append(line)
                 if line.get("event") == event:
                     return dict(line)
-            chunk = await self.process.stdout.receive_some(65536)
-            if not chunk:
-                raise EOFError(f"nodeproxy exited before logging {event!r}: {self.lines[-5:]}")
-            self._buffer += chunk
+            await self._read_more(f"logging {event!r}")
+
+    async def read_text(self, until: str) -> list[str]:
+        """Read until a plain-text line containing ``until``; the plain-text lines so far."""
+        while True:
+            while b"\n" in self._buffer:
+                raw, _, rest = self._buffer.partition(b"\n")
+                self._buffer[:] = rest
+                try:
+                    self.lines.append(json.loads(raw))
+                except ValueError:
+                    self.text.append(raw.decode(errors="replace"))
+            if any(until in line for line in self.text):
+                return list(self.text)
+            await self._read_more(f"printing {until!r}")
+
+    async def _read_more(self, waiting_for: str) -> None:
+        assert self.process.stdout is not None
+        chunk = await self.process.stdout.receive_some(65536)
+        if not chunk:
+            raise EOFError(f"nodeproxy exited before {waiting_for}: {self.lines[-5:]}")
+        self._buffer += chunk
 
     def signal(self, signum: signal.Signals = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
