@@ -128,7 +128,15 @@ def test_index_lists_every_endpoint() -> None:
     assert header(page, "content-type").startswith("text/html")
     for path in ROUTES:
         assert f">{path}<" in page.text or f"{path}</code>" in page.text
-    assert "ready" in page.text
+    # The page is static (it always links /ready): readiness is drawn from
+    # /dashboard.json, which must tell the two states apart.
+    starting, serving = make_runtime(ready=False), make_runtime()
+    for rt, shown in (
+        (starting, (False, "starting: listeners not ready")),
+        (serving, (True, "ready")),
+    ):
+        node = json.loads(call(rt, "GET", "/dashboard.json").body)["node"]
+        assert (node["ready"], node["state"]) == shown
 
 
 def test_prometheus_page_has_runtime_and_process_gauges() -> None:
