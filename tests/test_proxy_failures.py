@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import h11
 import httpx
+import pytest
 import trio
 
 from nodeproxy.config.model import Limits
@@ -36,6 +37,13 @@ from tests.helpers.backends import (
 async def get(proxy_url: str, url: str) -> httpx.Response:
     async with httpx.AsyncClient(proxy=proxy_url, trust_env=False) as client:
         return await client.get(url)
+
+
+@pytest.fixture
+def idle_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps to the next deadline once every task has waited 10 ms of
+    real time: the sockets are real, but no timing here depends on the machine's load."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
 
 
 async def test_connection_refused_is_503_at_once_with_envoy_body() -> None:
@@ -104,7 +112,7 @@ async def test_response_timeout_keeps_the_client_connection_for_the_next_request
     assert second.status_code == 200
 
 
-async def test_idle_timeout_only_applies_between_requests() -> None:
+async def test_idle_timeout_only_applies_between_requests(idle_clock: object) -> None:
     limits = Limits(downstream_idle_timeout=0.3)
     async with backend() as b, run_proxy(simple_config({"svc": [b.address]}, limits=limits)) as p:
         stream = await trio.open_tcp_stream("127.0.0.1", p.port)
@@ -132,7 +140,9 @@ async def test_idle_timeout_only_applies_between_requests() -> None:
         assert response.status_code == 200
 
 
-async def test_response_timeout_stops_at_the_head_not_a_slowly_read_body() -> None:
+async def test_response_timeout_stops_at_the_head_not_a_slowly_read_body(
+    idle_clock: object,
+) -> None:
     size = 32 << 20  # more than the socket buffers hold: the proxy waits on our reading
     async with (
         backend() as b,

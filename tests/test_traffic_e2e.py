@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle
@@ -43,7 +44,14 @@ services:
 """
 
 
-async def test_p2c_ewma_sends_a_slow_replica_a_small_share() -> None:
+@pytest.fixture
+def idle_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps to the next deadline once every task has waited 10 ms of
+    real time: the sockets are real, but no timing here depends on the machine's load."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
+async def test_p2c_ewma_sends_a_slow_replica_a_small_share(idle_clock: object) -> None:
     fast, slow = Replica("fast", delay=0.001), Replica("slow", delay=0.050)
     async with replicas(fast, slow), run_proxy(load_config_text(service(fast, slow))) as p:
 
@@ -62,7 +70,7 @@ async def test_p2c_ewma_sends_a_slow_replica_a_small_share() -> None:
     assert fast.requests / total >= 0.8, (fast.requests, slow.requests)
 
 
-async def test_a_failing_replica_is_ejected_and_comes_back() -> None:
+async def test_a_failing_replica_is_ejected_and_comes_back(idle_clock: object) -> None:
     good, bad = Replica("good"), Replica("bad", status=500)
     extra = """    lb_policy: round_robin
     outlier_detection: {consecutive_5xx: 3, base_ejection_time: 0.3s, interval: 10s}"""
