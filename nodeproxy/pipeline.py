@@ -89,7 +89,9 @@ class Pipeline:
         self.runtime = runtime
         self.outbound_mesh = mesh
         self.upstreams = upstreams
-        self.router = Router(listener, config.default_namespace, config.cluster_domain)
+        self.router = Router(
+            listener, config.default_namespace, config.cluster_domain, rng=runtime.rng
+        )
         self._upgrades = listener.upgrades  # a route's own ``upgrades`` wins
         self.forwarding = Forwarding.of(listener)  # X-Forwarded-*, Via (Envoy's rules)
         self._reads_xff = self.forwarding.reads_xff

@@ -13,6 +13,7 @@ stop keeping connections alive, and ``/ready`` answers 503.
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Runtime:
     listen_sockets: dict[str, list[socket.socket]] = field(default_factory=dict, repr=False)
     # Route-level state (rate-limit buckets, retry budgets): one per route rule, every listener's
     routes: Routes = field(default_factory=Routes, repr=False, compare=False)
+    # The draws of weighted route splits (every listener's router); seeded in tests
+    rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     # Per calling source (pod IP): in flight, answered, throttled; the admin dashboard reads it
     sources: Sources = field(default_factory=Sources, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)

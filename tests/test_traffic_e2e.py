@@ -154,7 +154,7 @@ async def test_a_header_sends_traffic_only_to_v2_and_a_split_lands_90_10() -> No
     v1, v2 = Replica("v1"), Replica("v2")
     async with (
         replicas(v1, v2),
-        run_proxy(load_config_text(service(v1, v2, routes=CANARY_ROUTES))) as p,
+        run_proxy(load_config_text(service(v1, v2, routes=CANARY_ROUTES)), seed=14) as p,
     ):
         async with keep_alive(p.port) as c:
             for _ in range(50):
@@ -173,7 +173,7 @@ async def test_a_header_sends_traffic_only_to_v2_and_a_split_lands_90_10() -> No
                     nursery.start_soon(client)
         share = (v2.requests - 50) / 2000
         assert v1.requests + v2.requests == 2050
-        assert 0.075 <= share <= 0.125, share
+        assert 0.09 <= share <= 0.11, share  # seeded: the same draws every run
         state = p.runtime.traffic.get("svc")
         assert state is not None
         assert state.subset_requests == {"version=v1": v1.requests, "version=v2": v2.requests}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -326,11 +327,14 @@ class ProxyHandle:
 
 
 @asynccontextmanager
-async def run_proxy(config: Config, **limits_kw: Any) -> AsyncIterator[ProxyHandle]:
-    """Run the data path for ``config.listeners[0]`` in-process until the block ends."""
+async def run_proxy(
+    config: Config, *, seed: int | None = None, **limits_kw: Any
+) -> AsyncIterator[ProxyHandle]:
+    """Run the data path for ``config.listeners[0]`` in-process until the block ends
+    (``seed``: of the route splits' draws)."""
     if limits_kw:
         config = replace(config, limits=replace(config.limits, **limits_kw))
-    runtime = Runtime(config)
+    runtime = Runtime(config) if seed is None else Runtime(config, rng=random.Random(seed))
     runtime.endpoints.publish(static_snapshot(config))
     upstreams = Upstreams(runtime)
     done = trio.Event()
