@@ -18,6 +18,7 @@ from nodeproxy.stats import names as s
 from nodeproxy.stats.prometheus import stats_families
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.traffic.sources import Sources
+from nodeproxy.workers.merge import merge_sources
 from tests.test_admin import make_runtime
 
 # -- the per-source table -------------------------------------------------------
@@ -25,9 +26,10 @@ from tests.test_admin import make_runtime
 
 def test_sources_count_in_flight_answers_and_throttling() -> None:
     src = Sources()
-    src.start("10.0.0.1", 1.0)
-    src.start("10.0.0.1", 1.0)
-    src.end("10.0.0.1")
+    first = src.start("10.0.0.1", 1.0)
+    second = src.start("10.0.0.1", 1.0)
+    assert first is second
+    src.end(first)
     src.answered("10.0.0.1", 200, None, 2.0)
     src.answered("10.0.0.1", 429, "rate_limited", 2.0)
     src.answered("10.0.0.1", 503, "source_overloaded", 2.0)
@@ -37,16 +39,14 @@ def test_sources_count_in_flight_answers_and_throttling() -> None:
     assert (row.in_flight, row.requests, row.errors) == (1, 4, 2)
     assert (row.rate_limited, row.fairness_rejected, row.throttled) == (1, 1, 2)
     assert row.last_seen == 3.0
-    src.end("10.0.0.1")
-    src.end("10.0.0.1")  # one end too many: stays at 0
-    src.end("10.9.9.9")  # never seen: ignored
-    assert src.get("10.0.0.1").in_flight == 0  # type: ignore[union-attr]
+    src.end(second)
+    assert row.in_flight == 0
     assert src.get("10.9.9.9") is None
 
 
 def test_sources_stay_bounded_and_forget_idle_ones_first() -> None:
     src = Sources(max_sources=3)
-    src.start("busy", 0.0)
+    busy = src.start("busy", 0.0)
     for name in ("a", "b"):
         src.answered(name, 200, None, 1.0)
     src.answered("c", 200, None, 2.0)  # over the cap: "a", the oldest idle one, goes
@@ -57,6 +57,8 @@ def test_sources_stay_bounded_and_forget_idle_ones_first() -> None:
     assert [name for name, _ in src.items()] == ["busy", "d", "e"]  # busy stays
     src.start("f", 4.0)  # every row busy: the least recently seen goes
     assert [name for name, _ in src.items()] == ["d", "e", "f"]
+    src.end(busy)  # its late end touches only the forgotten row
+    assert [c.in_flight for _, c in src.items()] == [1, 1, 1]
     assert len(src) == 3
     rows = src.items()
     rows[0][1].in_flight = 99  # a copy
@@ -207,7 +209,7 @@ def test_build_counters_going_back_rate_as_zero_and_workers_merge() -> None:
     assert c["breaker"]["state"] == "open"  # the worst worker's
     assert (c["breaker"]["trips"], c["ejections"]) == (2, 5)
     assert c["endpoints"][1]["ejected_for_s"] is None
-    assert d["sources"] is None  # under a supervisor: not collected
+    assert d["sources"] is None  # no table given: shown as such
 
 
 # -- the page and its routes ----------------------------------------------------
@@ -257,3 +259,15 @@ def test_dashboard_json_route_answers_from_the_runtime() -> None:
     assert handle(ctx, "HEAD", "/dashboard.json", {}, 43.0).body == b""
     again = json.loads(handle(ctx, "GET", "/dashboard.json", {}, 45.0).body)
     assert again["rate_window_s"] == 3.0  # from the first poll's sample
+
+
+def test_workers_source_tables_are_summed() -> None:
+    one = [("10.0.0.1", 1, 10, 1, 2, 0, 5.0), ("10.0.0.2", 0, 3, 0, 0, 0, 30.0)]
+    two = [("10.0.0.1", 2, 5, 0, 0, 4, 1.0)]
+    merged = dict(merge_sources([one, two], now=100.0))
+    a = merged["10.0.0.1"]
+    assert (a.in_flight, a.requests, a.errors, a.rate_limited, a.fairness_rejected) == (
+        3, 15, 1, 2, 4
+    )  # fmt: skip
+    assert (a.throttled, a.last_seen) == (6, 99.0)
+    assert merged["10.0.0.2"].last_seen == 70.0

@@ -129,6 +129,20 @@ async def test_two_workers_serve_and_admin_counts_every_request(tmp_path: Path) 
             assert after['nodeproxy_worker_up{worker="1"}'] == 1
             assert after["nodeproxy_build_info" + _build_labels(after)] == 1  # not one per worker
             assert len(upstream.requests) == sent
+            async with httpx.AsyncClient() as admin:  # the dashboard: the workers' merged view
+                resp = await admin.get(f"http://127.0.0.1:{proxy.admin_port}/dashboard.json")
+            dash = resp.json()
+            (svc,) = dash["clusters"]
+            assert (svc["name"], svc["requests"], svc["latency"]["count"]) == ("svc", sent, sent)
+            (ep,) = svc["endpoints"]
+            assert (ep["state"], ep["requests"]) == ("healthy", sent)
+            (caller,) = dash["sources"]["rows"]  # each worker's table, summed
+            assert (caller["source"], caller["requests"], caller["in_flight"]) == (
+                "127.0.0.1",
+                sent,
+                0,
+            )
+            assert dash["node"]["ready"] is True
 
 
 def _build_labels(samples: dict[str, float]) -> str:

@@ -120,7 +120,7 @@ function cluster(c) {
 function sources(src) {
   const s = el("section", "sources", el("h2", "", "Calling sources"));
   if (src == null) {
-    s.append(el("p", "idle", "kept per worker; not collected under a supervisor"));
+    s.append(el("p", "idle", "no per-source data"));
     return s;
   }
   const rows = src.rows.map(r => row([

@@ -28,6 +28,7 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.stats.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
 from nodeproxy.stats.prometheus import Family, families_json, render, stats_families
 from nodeproxy.traffic.explain import explain
+from nodeproxy.traffic.sources import SourceCounts
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -54,6 +55,7 @@ class WorkersView(Protocol):
 
     def families(self, now: float) -> list[Family]: ...
     def clusters(self, now: float) -> dict[str, Any]: ...
+    def sources(self, now: float) -> list[tuple[str, SourceCounts]]: ...
     def not_ready(self) -> str | None: ...
 
 
@@ -225,7 +227,7 @@ def get_dashboard_json(ctx: AdminContext, req: Request) -> AdminResponse:
     rt = ctx.runtime
     if ctx.workers is not None:
         view = ctx.workers.clusters(req.now)
-        sources = None  # each worker keeps its own table; not merged (docs/admin.md)
+        sources = ctx.workers.sources(req.now)
     else:
         view = clusters_view(rt, req.now)
         sources = rt.sources.items()

@@ -175,14 +175,14 @@ class ConnectionLoop:
                 if request is None:
                     return
                 ex = down.exchange = self._exchange(down, request, baseline)
-                self.sources.start(down.client_ip, ex.started)
+                source = self.sources.start(down.client_ip, ex.started)
                 try:
                     if self.admission is None:
                         keep = await self.pipeline.handle(down, request, ex)
                     else:  # rate limits and per-source fairness (server/admission.py)
                         keep = await self.admission.serve(self.pipeline.handle, down, request, ex)
                 finally:
-                    self.sources.end(down.client_ip)
+                    self.sources.end(source)
             except ProxyError as err:
                 ex = ex or self._exchange(down, None, baseline)
                 keep = await self._answer_error(down, ex, err)

@@ -22,13 +22,12 @@ tasks in synchronous code only (no lock needed under trio).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-THROTTLE_CAUSES = {"rate_limited": "rate_limited", "source_overloaded": "fairness_rejected"}
 DEFAULT_MAX_SOURCES = 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceCounts:
     """One calling source's counters (``last_seen``: the trio clock)."""
 
@@ -64,30 +63,37 @@ class Sources:
     def get(self, source: str) -> SourceCounts | None:
         return self._rows.get(source)
 
-    def start(self, source: str, now: float) -> None:
-        """A request head from ``source`` was read."""
-        row = self._row(source)
+    def start(self, source: str, now: float) -> SourceCounts:
+        """A request head from ``source`` was read: counted in flight until the caller
+        calls ``end`` with the row returned (answered, or abandoned)."""
+        row = self._rows.get(source)
+        if row is None:
+            row = self._row(source)
+        else:
+            self._rows.move_to_end(source)
         row.in_flight += 1
         row.last_seen = now
+        return row
 
-    def end(self, source: str) -> None:
-        """The request ``start`` counted is no longer in flight (answered, or abandoned)."""
-        row = self._rows.get(source)
-        if row is not None and row.in_flight > 0:
-            row.in_flight -= 1
+    @staticmethod
+    def end(row: SourceCounts) -> None:
+        """The request ``start`` returned ``row`` for is no longer in flight (a row
+        forgotten meanwhile is simply dropped with its count)."""
+        row.in_flight -= 1
 
     def answered(self, source: str, status: int, cause: str | None, now: float) -> None:
         """A request of ``source`` was accounted with ``status`` (and the proxy's ``cause``)."""
-        row = self._row(source)
+        row = self._rows.get(source)  # start() made it the most recent already
+        if row is None:
+            row = self._row(source)
         row.requests += 1
         row.last_seen = now
         if status >= 500:
             row.errors += 1
-        kind = THROTTLE_CAUSES.get(cause) if cause is not None else None
-        if kind == "rate_limited":
+            if cause == "source_overloaded":
+                row.fairness_rejected += 1
+        elif cause == "rate_limited":
             row.rate_limited += 1
-        elif kind == "fairness_rejected":
-            row.fairness_rejected += 1
 
     def _row(self, source: str) -> SourceCounts:
         """``source``'s row, made the most recent (created, and the table kept bounded)."""
@@ -105,4 +111,4 @@ class Sources:
 
     def items(self) -> list[tuple[str, SourceCounts]]:
         """Every row, a copy (safe to read across awaits), least recently seen first."""
-        return [(s, SourceCounts(**vars(c))) for s, c in self._rows.items()]
+        return [(s, replace(c)) for s, c in self._rows.items()]

@@ -78,6 +78,7 @@ class Slot:
         self.restarts = 0
         self.last: wire.StatsReply | None = None
         self.clusters: dict[str, object] | None = None
+        self.sources: list[tuple[str, int, int, int, int, int, float]] | None = None
         self.reply_seq = 0
         self.replied = trio.Event()
         # This slot's share of the retired totals (for the per-worker series)
@@ -97,13 +98,15 @@ class Slot:
         self.last = reply
         if reply.clusters is not None:
             self.clusters = reply.clusters
+        if reply.sources is not None:
+            self.sources = reply.sources
         self.reply_seq = max(self.reply_seq, reply.seq)
         self.replied.set()
         self.replied = trio.Event()
 
     def gone(self) -> wire.StatsReply | None:
         """The process exited: forget it, wake waiters; its last stats (to retire)."""
-        last, self.last, self.clusters = self.last, None, None
+        last, self.last, self.clusters, self.sources = self.last, None, None, None
         self.ready = False
         self.process = None
         self.replied.set()

@@ -15,6 +15,8 @@ one process had served everything.
 - ``/clusters``: counters come from the merged stats; per-endpoint state is
   the worst of the workers' (ejected before unhealthy before active), active
   requests are summed, and each worker's own view is kept under ``workers``.
+- The dashboard's per-source table: each live worker's rows summed by source
+  (a worker that exited takes its rows with it); last seen is the latest.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from nodeproxy.admin.process import BREAKER_OPEN
 from nodeproxy.stats.names import BUILD_INFO
 from nodeproxy.stats.registry import Histogram, Labels, Stats
+from nodeproxy.traffic.sources import SourceCounts
 from nodeproxy.workers.wire import StatsReply
 
 MAX_GAUGES = frozenset({BUILD_INFO, BREAKER_OPEN})
@@ -105,6 +108,25 @@ def _endpoint_traffic(per_worker: dict[str, dict[str, Any]]) -> dict[str, Any] |
         "health": worst["health"],
         "workers": per_worker,
     }
+
+
+def merge_sources(
+    workers: Iterable[Iterable[tuple[str, int, int, int, int, int, float]]], now: float
+) -> list[tuple[str, SourceCounts]]:
+    """Each worker's per-source rows summed by source; last seen is the latest of theirs."""
+    out: dict[str, SourceCounts] = {}
+    for rows in workers:
+        for src, in_flight, requests, errors, limited, refused, idle in rows:
+            c = out.get(src)
+            if c is None:
+                c = out[src] = SourceCounts(last_seen=now - idle)
+            c.in_flight += in_flight
+            c.requests += requests
+            c.errors += errors
+            c.rate_limited += limited
+            c.fairness_rejected += refused
+            c.last_seen = max(c.last_seen, now - idle)
+    return list(out.items())
 
 
 def merge_clusters(base: dict[str, Any], workers: Mapping[int, dict[str, Any]]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.stats.names import DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
 from nodeproxy.stats.prometheus import Family, stats_families
 from nodeproxy.stats.registry import Stats, labels
+from nodeproxy.traffic.sources import SourceCounts
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import Slot
-from nodeproxy.workers.merge import Retired, merge_clusters, merged
+from nodeproxy.workers.merge import Retired, merge_clusters, merge_sources, merged
 
 STATS_TIMEOUT = 2.0  # a scrape waits at most this for the workers' answers
 
@@ -106,6 +107,10 @@ class AdminView:
             ),
             Family(WORKERS_CPU, "counter", "CPU seconds of all workers, exited too.", (((), cpu),)),
         ]
+
+    def sources(self, now: float) -> list[tuple[str, SourceCounts]]:
+        """Every live worker's per-source table (from its last clusters reply), summed."""
+        return merge_sources((s.sources for s in self.slots if s.sources is not None), now)
 
     def clusters(self, now: float) -> dict[str, Any]:
         admin = Runtime(self.runtime.config, stats=self.stats(), endpoints=self.runtime.endpoints)

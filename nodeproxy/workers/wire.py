@@ -110,6 +110,9 @@ class StatsReply:
     resident_bytes: int
     cpu_seconds: float
     clusters: dict[str, Any] | None = None
+    # with clusters: the per-source table, (source, in_flight, requests, errors,
+    # rate_limited, fairness_rejected, seconds since last seen) each
+    sources: list[tuple[str, int, int, int, int, int, float]] | None = None
 
 
 @dataclass(frozen=True)
