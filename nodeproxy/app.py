@@ -137,6 +137,8 @@ async def run_app(
                 await root.start(mesh.certs.run)
             if handle_signals:
                 root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
+            if own is not None:  # taking over: accept nothing before the first sync
+                await own.wait_for_discovery()
             async with trio.open_nursery() as serving:
                 for lc in config.listeners:
                     port = await serving.start(

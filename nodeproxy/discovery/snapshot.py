@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import trio
+
 from nodeproxy.config.model import Config, EndpointConfig
 
 Endpoint = EndpointConfig  # one backend address with labels; same shape as configured
@@ -35,6 +37,7 @@ class EndpointRegistry:
     def __init__(self) -> None:
         self._current = EndpointSnapshot(version=0)
         self.synced = False  # True after the first complete publish
+        self.first_sync = trio.Event()  # set with ``synced`` (a handoff waits for it)
         self.on_publish: Callable[[EndpointSnapshot], None] | None = None  # a supervisor's
         # what the first publish still waits for, for /ready (set by the discovery that publishes)
         self.waiting_for: Callable[[], str] = str
@@ -54,6 +57,7 @@ class EndpointRegistry:
             version=self._current.version + 1, clusters=MappingProxyType(dict(clusters))
         )
         self.synced = True
+        self.first_sync.set()
         if self.on_publish is not None:
             self.on_publish(self._current)
         return self._current
@@ -62,6 +66,7 @@ class EndpointRegistry:
         """Take a snapshot another process published, as it was (a worker's registry)."""
         self._current = EndpointSnapshot(version=version, clusters=MappingProxyType(dict(clusters)))
         self.synced = True
+        self.first_sync.set()
 
 
 def static_snapshot(config: Config) -> dict[str, tuple[Endpoint, ...]]:

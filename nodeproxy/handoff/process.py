@@ -8,6 +8,15 @@ seam a worker's inherited sockets use). Once the listeners run, ``serving``
 takes over the handoff path and tells the predecessor to drain. After the
 drain, ``finish`` tells a successor "done". ``close`` drops whatever is left.
 A supervisor can drive the same steps around its workers.
+
+Taking over from a running predecessor, the listeners start only after the
+first discovery sync (``wait_for_discovery``): a process that accepted before
+would answer 503 ``not_synced`` while its predecessor, fully synced, stood by.
+That is Envoy's hot-restart order too (the child finishes initialising,
+initial xDS fetches included, before it tells the parent to drain). If the
+sync does not come within most of ``handoff_timeout`` (an unreachable API
+server), nothing is handed over: the predecessor keeps serving and this
+process exits with the reason, so a rollout stalls instead of failing pods.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import trio
 
 from nodeproxy.config.model import Config
 from nodeproxy.handoff.client import Acquired, acquire_listen_sockets
+from nodeproxy.handoff.protocol import HandoffError
 from nodeproxy.handoff.server import HandoffServer
 from nodeproxy.handoff.sockets import (
     ADMIN,
@@ -31,6 +41,8 @@ from nodeproxy.handoff.sockets import (
 from nodeproxy.runtime import Runtime
 
 log = structlog.get_logger("nodeproxy.handoff")
+
+SYNC_SHARE = 0.8  # of handoff_timeout, for the first sync; the rest carries "serving"
 
 
 class ProcessSockets:
@@ -79,6 +91,24 @@ class ProcessSockets:
     def _hand_off(self, reason: str) -> None:
         self.handed_off.set()
         self.runtime.drain.start(reason)
+
+    async def wait_for_discovery(self) -> None:
+        """Taking over from a predecessor: return once discovery has synced, or raise."""
+        predecessor = self.acquired.predecessor
+        if predecessor is None:
+            return
+        registry = self.runtime.endpoints
+        budget = self.config.handoff_timeout * SYNC_SHARE
+        with trio.move_on_after(budget):
+            await registry.first_sync.wait()
+            return
+        waiting = registry.waiting_for() or "the first sync"
+        log.warning("handoff_abandoned_not_synced", pid=predecessor.pid, waiting_for=waiting)
+        predecessor.close()  # it stops waiting for "serving" and keeps its sockets
+        raise HandoffError(
+            f"discovery did not sync within {budget:g}s (0.8 x handoff_timeout), waiting for "
+            f"{waiting}: nothing was handed over, pid {predecessor.pid} keeps serving"
+        )
 
     async def serving(self, nursery: trio.Nursery) -> None:
         """Our listeners run: own the handoff path, tell the predecessor to drain."""

@@ -220,6 +220,8 @@ class Supervisor:
                 if self.kubernetes is not None:
                     await root.start(self.kubernetes.run)
                 root.start_soon(watch_signals, runtime.drain, root.cancel_scope)
+                if own is not None:  # taking over: no worker accepts before the first sync
+                    await own.wait_for_discovery()
                 async with trio.open_nursery() as fleet:
                     for slot in self.slots:
                         fleet.start_soon(self.keep, slot)

@@ -143,6 +143,9 @@ async def keepalive_client(
                     continue
                 except (OSError, trio.TooSlowError) as exc:
                     result.failures.append(f"{target}: {exc!r}")
+                    if conn is not None:  # mid-exchange: never reused
+                        await conn.aclose()
+                        conn = None
                     break
                 if status != 200:
                     result.failures.append(f"{target}: status {status}")
