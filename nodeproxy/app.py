@@ -17,7 +17,8 @@ One function, ``run_app``, owns the process's lifetime:
     ├── handoff server          (handoff_socket only: hands our sockets to a successor)
     └── serving nursery
         ├── one task per listener, each with its own connection nursery
-        └── the inbound mTLS listener (mesh only, server/inbound.py)
+        ├── the inbound mTLS listener (mesh only, server/inbound.py)
+        └── the transparent listener (intercept only, intercept/listener.py)
 
 A worker process (``workers/child.py``, under ``workers/supervisor.py``) runs
 this same tree with a ``WorkerLink`` in place of the admin server, the health
@@ -150,6 +151,14 @@ async def run_app(
                     port = await serving.start(serve_inbound, runtime, mesh, upstreams)
                     handle.listener_ports["inbound"] = port
                     addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
+                if config.intercept is not None:  # the transparent listener (intercept/)
+                    from nodeproxy.intercept.listener import LISTENER, serve_intercept
+                    from nodeproxy.intercept.tcp import LocalSplice
+
+                    carrier = LocalSplice(runtime, mesh)
+                    port = await serving.start(serve_intercept, runtime, upstreams, mesh, carrier)
+                    handle.listener_ports[LISTENER] = port
+                    addresses[LISTENER] = f"{config.intercept.host}:{port}"
                 runtime.listeners_ready = True
                 if link is not None:
                     link.listening.set()

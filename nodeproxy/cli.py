@@ -9,6 +9,7 @@
     nodeproxy demo                     two greeter replicas + the proxy + admin
     nodeproxy ca init|issue            the local CA (see docs/security.md)
     nodeproxy signer --ca-dir D ...    the certificate signer (holds the CA key)
+    nodeproxy intercept install|uninstall   the node's redirect rules (docs/interception.md)
 
 A config error is printed with its file, line and field, and the exit status
 is 1: nothing starts half-configured.
@@ -32,6 +33,7 @@ from nodeproxy.config.checks import handoff_path_problem
 from nodeproxy.config.model import CODEC_ENV, Config, DiscoveryConfig, KubernetesConfig
 from nodeproxy.errors import ConfigError
 from nodeproxy.handoff.protocol import HandoffError
+from nodeproxy.intercept.cli import add_intercept_subcommand
 from nodeproxy.signer.cli import add_signer_subcommand
 from nodeproxy.tls.cli import add_ca_subcommands, run_ca_command
 
@@ -172,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=2)
     add_ca_subcommands(sub)
     add_signer_subcommand(sub)
+    add_intercept_subcommand(sub)
     return p
 
 
@@ -210,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nodeproxy.signer.cli import run_signer_command
 
         return run_signer_command(args)
+    if args.command == "intercept":
+        from nodeproxy.intercept.cli import run_intercept_command
+
+        return run_intercept_command(args)
     if args.command == "check-config":
         return check_config(args.config)
     config = load_for_run(

@@ -114,7 +114,8 @@ class Pipeline:
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
         request = strip_mesh_headers(request)
-        decision = self.route(ex.authority, ex.path, request.headers)
+        routed = down.route_authority or ex.authority  # intercepted: the original destination
+        decision = self.route(routed, ex.path, request.headers)
         ex.via = self.forwarding.via
         if self._reads_xff:
             ex.client = forwarded_client(request.headers, down.client_ip, self.forwarding)
@@ -205,7 +206,7 @@ class Pipeline:
     ) -> tuple[Target, h11.Request, Attempt]:
         """One try: balance (avoiding ``tried`` addresses while others are left), count
         the try in ``attempts``, then the mesh hop."""
-        attempt = self.start(ticket.state, ticket, decision, cluster, now, tried)
+        attempt = self.start(ticket.state, ticket, decision, cluster, now, tried, down.pin)
         attempts.append(attempt)  # before the mesh step, which may refuse: closed either way
         ex.upstream = attempt.endpoint.address
         target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
@@ -299,9 +300,13 @@ class Pipeline:
         cluster: ClusterConfig,
         now: float,
         tried: Collection[str] = (),
+        only: str | None = None,
     ) -> Attempt:
-        """Pick from the current snapshot and count the try (NoHealthyUpstream when none)."""
+        """Pick from the current snapshot and count the try (NoHealthyUpstream when none);
+        ``only``: that endpoint's address or nothing (a pod an intercepted client dialled)."""
         endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
+        if only is not None:
+            endpoints = tuple(e for e in endpoints if e.address == only)
         return state.start(ticket, endpoints, decision.subset, now, tried)
 
     @staticmethod

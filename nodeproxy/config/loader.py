@@ -24,6 +24,7 @@ from nodeproxy.config.checks import (
     upgrade_tokens,
 )
 from nodeproxy.config.discovery import KUBERNETES_VHOST, read_discovery
+from nodeproxy.config.intercept import read_intercept
 from nodeproxy.config.mesh import check_endpoint_nodes, read_mesh
 from nodeproxy.config.model import (
     AFTER_HANDOFF,
@@ -51,7 +52,7 @@ HOST_PORT_MATCHES = ("strip_any", "strip_matching", "exact")
 NATIVE_KEYS = (
     "node_name", "default_namespace", "cluster_domain", "listeners", "admin", "limits", "log",
     "services", "mesh", "discovery", "fairness", "codec", "workers", "handoff_socket",
-    "handoff_timeout", "after_handoff",
+    "handoff_timeout", "after_handoff", "intercept",
 )  # fmt: skip
 
 
@@ -82,7 +83,11 @@ def load_native(root: Node) -> Config:
     mesh = None
     if mesh_node is not None:
         mesh = read_mesh(mesh_node, default_ns=default_ns, node_name=node_name, binds=binds)
+    intercept = f.opt("intercept", lambda n: read_intercept(n, binds), None)
     check_unique_binds(binds)
+    workers: int | Literal["auto"] = f.opt("workers", read_workers, 1)
+    if intercept is not None and workers != 1:
+        raise f.need("workers").error("intercept runs in one process: workers must be 1")
     clusters = MappingProxyType({s.cluster.name: s.cluster for s in services})
     if mesh is not None:
         check_endpoint_nodes(mesh, node_name, clusters)
@@ -101,7 +106,8 @@ def load_native(root: Node) -> Config:
         discovery=discovery,
         fairness=f.opt("fairness", read_fairness, None),
         codec=cast(CodecName, f.opt("codec", lambda n: n.choice(*CODEC_NAMES), "auto")),
-        workers=f.opt("workers", read_workers, 1),
+        workers=workers,
+        intercept=intercept,
         handoff_socket=f.opt("handoff_socket", handoff_path, None),
         handoff_timeout=f.opt("handoff_timeout", Node.duration, 10.0),
         after_handoff=cast(

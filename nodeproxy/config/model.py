@@ -230,6 +230,21 @@ class DiscoveryConfig:
         return "static" if self.kubernetes is None else "kubernetes"
 
 
+@dataclass(frozen=True)
+class InterceptConfig:
+    """Transparent interception (docs/interception.md): the listener the node's rules
+    redirect pod traffic to, and what ``nodeproxy intercept install`` writes."""
+
+    host: str = "0.0.0.0"
+    port: int = 15001
+    # Wait this long for a client's first bytes; none by then: TCP (server-first protocols).
+    detect_timeout: float = 0.1
+    pod_cidrs: tuple[str, ...] = ()  # this node's pod ranges; () = the Node's spec.podCIDRs
+    destinations: tuple[str, ...] = ()  # the Service range and the cluster's pod ranges
+    mark: int = 0x4E50  # packets with this mark are never redirected
+    backend: Literal["auto", "nft", "iptables"] = "auto"
+
+
 AfterHandoff = Literal["exit", "wait"]
 AFTER_HANDOFF: tuple[AfterHandoff, ...] = ("exit", "wait")
 
@@ -251,6 +266,7 @@ class Config:
     mesh: MeshConfig | None = None  # None: no mTLS, every endpoint reached directly
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     fairness: FairnessConfig | None = None  # None: no per-source caps or queueing
+    intercept: InterceptConfig | None = None  # None: no transparent listener
     # The HTTP/1.1 codec: "auto" (compiled h11-mypyc when installed, else h11), or one
     # forced; NODEPROXY_CODEC wins over it (nodeproxy/http1/impl.py).
     codec: CodecName = "auto"

@@ -35,8 +35,12 @@ class OverlayRegistry(EndpointRegistry):
         super().__init__()
         self.static = {name: eps for name, eps in static.items() if eps}
 
-    def publish(self, clusters: Mapping[str, tuple[Endpoint, ...]]) -> EndpointSnapshot:
-        return super().publish({**clusters, **self.static})
+    def publish(
+        self,
+        clusters: Mapping[str, tuple[Endpoint, ...]],
+        service_ips: Mapping[tuple[str, int], str] | None = None,
+    ) -> EndpointSnapshot:
+        return super().publish({**clusters, **self.static}, service_ips)
 
 
 class ClusterCatalog(Mapping[str, ClusterConfig]):

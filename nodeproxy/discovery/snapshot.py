@@ -27,6 +27,10 @@ class EndpointSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
 
+    # (ClusterIP, port) -> the cluster of that Service port (Kubernetes discovery only):
+    # where an intercepted connection was going (intercept/resolve.py).
+    service_ips: Mapping[tuple[str, int], str] = field(default_factory=lambda: MappingProxyType({}))
+
     def endpoints(self, cluster: str) -> tuple[Endpoint, ...]:
         return self.clusters.get(cluster, ())
 
@@ -52,9 +56,21 @@ class EndpointRegistry:
     def current(self) -> EndpointSnapshot:
         return self._current
 
-    def publish(self, clusters: Mapping[str, tuple[Endpoint, ...]]) -> EndpointSnapshot:
+    def publish(
+        self,
+        clusters: Mapping[str, tuple[Endpoint, ...]],
+        service_ips: Mapping[tuple[str, int], str] | None = None,
+    ) -> EndpointSnapshot:
+        """A new snapshot of ``clusters`` (and ``service_ips``; None: the current ones)."""
+        ips = (
+            self._current.service_ips
+            if service_ips is None
+            else MappingProxyType(dict(service_ips))
+        )
         self._current = EndpointSnapshot(
-            version=self._current.version + 1, clusters=MappingProxyType(dict(clusters))
+            version=self._current.version + 1,
+            clusters=MappingProxyType(dict(clusters)),
+            service_ips=ips,
         )
         self.synced = True
         self.first_sync.set()

@@ -28,6 +28,7 @@ ADMIN = "admin"
 PROBES = "probes"  # admin.probe_address: /ready and /healthz only
 LISTENER_PREFIX = "listener/"
 MESH_INBOUND = "inbound"  # mesh/inbound.py LISTENER (not imported: it pulls in the data path)
+INTERCEPT = "intercept"  # intercept/listener.py LISTENER (the transparent listener)
 BACKLOG = 0xFFFF  # as trio.open_tcp_listeners: the kernel caps it at somaxconn
 
 Sockets = dict[str, list[socket.socket]]
@@ -71,6 +72,10 @@ def wanted_listeners(config: Config) -> dict[str, ListenAddress]:
     if config.mesh is not None:
         wanted[listener_key(MESH_INBOUND)] = ListenAddress(
             config.mesh.inbound_host, config.mesh.inbound_port
+        )
+    if config.intercept is not None:
+        wanted[listener_key(INTERCEPT)] = ListenAddress(
+            config.intercept.host, config.intercept.port
         )
     return wanted
 

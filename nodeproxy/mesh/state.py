@@ -60,8 +60,10 @@ def is_mesh_header(name: bytes) -> bool:
 
 
 def service_of(cluster: ClusterConfig) -> str:
-    """The ``svc.ns`` name policies use for ``cluster``."""
-    return cluster.name if "." in cluster.name else f"{cluster.name}.{cluster.namespace}"
+    """The ``svc.ns`` name policies use for ``cluster`` (a Service port's cluster,
+    ``svc[.ns]:<port>``, is its Service's)."""
+    name = cluster.name.partition(":")[0]
+    return name if "." in name else f"{name}.{cluster.namespace}"
 
 
 class PodIdentity(Protocol):

@@ -20,6 +20,7 @@ cap, can close the oldest idle keep-alive to make room (``server/listener.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from http import HTTPStatus
 
 import structlog
@@ -128,10 +129,18 @@ class ConnectionLoop:
                 return down
         return None
 
-    async def serve(self, stream: trio.SocketStream, peer_identity: str | None = None) -> None:
-        """Serve one accepted connection until it closes (``peer_identity``: its mTLS caller)."""
+    async def serve(
+        self,
+        stream: trio.SocketStream,
+        peer_identity: str | None = None,
+        setup: Callable[[Downstream], None] | None = None,
+    ) -> None:
+        """Serve one accepted connection until it closes (``peer_identity``: its mTLS
+        caller; ``setup``: prepares the ``Downstream``, e.g. with bytes already read)."""
         limits = self.limits
         down = Downstream(stream, limits, peer_identity)
+        if setup is not None:
+            setup(down)
         self.live.add(down)
         deadline = trio.current_time() + limits.header_read_timeout
         first = True  # the first head's deadline counts from the accept

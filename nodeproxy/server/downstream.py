@@ -41,7 +41,9 @@ class Downstream:
         "exchange",
         "limits",
         "peer_identity",
+        "pin",
         "response_timeout",
+        "route_authority",
         "scope",
         "source",
         "stream",
@@ -62,6 +64,11 @@ class Downstream:
         self.response_timeout: float | None = None  # set: a response head is overdue
         self.deadline = math.inf  # when the sweeper fires ``scope`` (see ``arm``)
         self.exchange: Exchange | None = None  # the request being served
+        # An intercepted connection (intercept/listener.py): the authority its original
+        # destination names, routed on instead of Host, and the one endpoint ("ip:port")
+        # it may reach when the pod dialled a pod IP. None: a proxy client's request.
+        self.route_authority: str | None = None
+        self.pin: str | None = None
         try:
             peer = stream.socket.getpeername()
             self.client_ip = str(peer[0])
@@ -71,6 +78,11 @@ class Downstream:
 
     def __repr__(self) -> str:
         return f"<Downstream {self.source} [in {self.bytes_in} B, out {self.bytes_out} B]>"
+
+    def prime(self, data: bytes) -> None:
+        """Feed bytes already read from the client (protocol detection's) to the codec."""
+        self.bytes_in += len(data)
+        self.codec.receive(data)
 
     def arm(self, deadline: float, *, response_timeout: float | None = None) -> None:
         """Let the connection's cancel scope fire at ``deadline``, until ``disarm``.

@@ -164,7 +164,7 @@ class KubernetesDiscovery:
         changed = self.translator.update(self._changes("services"), self._changes(slices), pods)
         if not changed and not first:
             return False
-        self.registry.publish(self.translator.clusters)
+        self.registry.publish(self.translator.clusters, self.translator.service_ips)
         self._published = True
         self.stats.inc(K8S_PUBLISHES)
         log.info("k8s_published", clusters=len(self.translator.clusters),

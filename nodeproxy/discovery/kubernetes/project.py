@@ -39,6 +39,7 @@ class ServiceRecord:
     namespace: str
     name: str
     ports: Ports  # empty for ExternalName Services (they get no cluster)
+    cluster_ips: tuple[str, ...] = ()  # spec.clusterIPs (none for headless): interception
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,9 @@ def _target(ref: Any) -> tuple[str, str] | None:
 def service(obj: Obj) -> ServiceRecord:
     meta, spec = _dict(obj.get("metadata")), _dict(obj.get("spec"))
     ports = () if spec.get("type") == "ExternalName" else _ports(spec.get("ports"))
-    return ServiceRecord(_str(meta.get("namespace")), str(meta.get("name", "")), ports)
+    listed = _list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
+    ips = tuple(str(ip) for ip in listed if isinstance(ip, str) and ip and ip != "None")
+    return ServiceRecord(_str(meta.get("namespace")), str(meta.get("name", "")), ports, ips)
 
 
 def endpoint_slice(obj: Obj) -> SliceRecord:

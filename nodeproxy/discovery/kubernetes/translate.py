@@ -88,6 +88,10 @@ class Translator:
     def __init__(self, default_namespace: str = "default") -> None:
         self.default_namespace = default_namespace
         self.clusters: Clusters = {}  # the current result (publish copies it)
+        # (ClusterIP, Service port) -> that port's cluster: where an intercepted
+        # connection was going (intercept/resolve.py); published with the clusters.
+        self.service_ips: dict[tuple[str, int], str] = {}
+        self._vips: dict[str, tuple[tuple[str, int], ...]] = {}  # service -> its keys above
         self._services: dict[str, ServiceRecord] = {}
         self._slices: dict[str, dict[str, tuple[SliceRecord, ...]]] = {}  # service -> slices
         self._owner: dict[str, str] = {}  # slice key -> its service
@@ -142,6 +146,25 @@ class Translator:
         return changed
 
     def _rebuild(self, key: str) -> bool:
+        vips_changed = self._rebuild_vips(key)
+        return self._rebuild_clusters(key) or vips_changed
+
+    def _rebuild_vips(self, key: str) -> bool:
+        old = self._vips.pop(key, ())
+        for vip in old:
+            self.service_ips.pop(vip, None)
+        svc = self._services.get(key)
+        if svc is None:
+            return bool(old)
+        base = cluster_name(svc.name, svc.namespace, self.default_namespace)
+        new = tuple((ip, port) for ip in svc.cluster_ips for _, port in svc.ports)
+        for ip, port in new:
+            self.service_ips[(ip, port)] = f"{base}:{port}"
+        if new:
+            self._vips[key] = new
+        return new != old
+
+    def _rebuild_clusters(self, key: str) -> bool:
         old, refs = self._built.pop(key, ((), ()))
         for name, _ in old:
             del self.clusters[name]
