@@ -17,9 +17,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index /wheels/*.whl
-# iproute2: the DaemonSet's init container gives the node the outbound address with `ip`.
+# iproute2: the DaemonSet's init container gives the node the outbound address with `ip`;
+# nftables: the same container writes the interception rules (nodeproxy intercept install).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 \
+    && apt-get install -y --no-install-recommends iproute2 nftables \
     && rm -rf /var/lib/apt/lists/*
 # Same uid/gid as the DaemonSet's securityContext (runAsUser/runAsGroup/fsGroup 65532).
 USER 65532:65532

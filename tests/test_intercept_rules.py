@@ -92,3 +92,14 @@ def test_pod_ranges_read_from_the_node_list() -> None:
         "10.244.2.0/24",
     )
     assert pod_cidrs_of(b'{"items": []}') == ()
+
+
+def test_a_listener_on_its_own_address_is_reached_by_dnat() -> None:
+    # The DaemonSet's shape: the same link-local address on every node, whatever the CNI
+    # puts (or does not put) on the pod-facing interfaces.
+    r = rules(address="169.254.20.41")
+    assert "meta l4proto tcp dnat to 169.254.20.41:15001\n" in nft_install(r)
+    assert "-j DNAT --to-destination 169.254.20.41:15001" in iptables_restore(r)
+    assert rules(address="0.0.0.0").address is None  # the wildcard: redirect to the port
+    with pytest.raises(RulesError, match="not an IPv4 address"):
+        rules(address="fd00::1")

@@ -457,3 +457,34 @@ def test_manifests_validate_strictly_against_the_oldest_kubernetes(tmp_path: Pat
         bad_file.write_text(text.replace(good, typo))
         bad = subprocess.run([*args, str(bad_file)], capture_output=True, timeout=120)
         assert bad.returncode != 0, typo
+
+
+# -- transparent interception (docs/interception.md) --------------------------------------
+
+
+def test_interception_is_off_but_one_uncommented_section_away() -> None:
+    config_text = one("ConfigMap")["data"]["config.yaml"]
+    assert "intercept" not in native_config()  # off: destinations are this cluster's ranges
+    (setup,) = pod_spec()["initContainers"]
+    script = setup["args"][0]
+    # every rollout installs or removes the rules, as the config says
+    cmd = "nodeproxy intercept install --if-configured --config /etc/nodeproxy/config/config.yaml"
+    assert cmd in script
+    assert "NET_ADMIN" in setup["securityContext"]["capabilities"]["add"]
+    assert mounts(setup)["config"] == mounts(proxy_container())["config"]
+    assert mounts(setup)["ca-cert"] == mounts(proxy_container())["ca-cert"]  # the config loads
+    assert {e["name"] for e in setup["env"]} >= {"NODE_NAME", "HOST_IP"}
+    assert "nftables" in (ROOT / "Dockerfile").read_text()
+    # uncommented, the section is valid and dnats to the node-local address
+    lines = config_text.splitlines()
+    start = lines.index("# intercept:")
+    section = [ln.removeprefix("# ") for ln in lines[start : start + 3]]
+    doc = yaml.safe_load("\n".join(section))
+    address = doc["intercept"]["address"]
+    assert host_port(address) == (str(OUTBOUND_IP), 15001)
+    from nodeproxy.intercept.rules import InterceptRules, nft_install
+
+    host, port = host_port(address)
+    rules = InterceptRules.build(["10.244.1.0/24"], doc["intercept"]["destinations"], port,
+                                 0x4E50, host)  # fmt: skip
+    assert f"dnat to {OUTBOUND_IP}:15001" in nft_install(rules)

@@ -2,6 +2,7 @@
 
     nodeproxy intercept install --config FILE [--pod-cidr C]... [--destination C]...
                                 [--port P] [--mark M] [--backend auto|nft|iptables] [--dry-run]
+                                [--if-configured]   (no intercept: section -> uninstall)
     nodeproxy intercept uninstall [--backend ...]
 
 The settings are the config's ``intercept:`` section (the same file the
@@ -34,6 +35,12 @@ def add_intercept_subcommand(sub: Any) -> None:
     inst.add_argument("--port", type=int, help="the transparent listener's port")
     inst.add_argument("--mark", type=lambda v: int(v, 0), help="packets never redirected")
     inst.add_argument("--dry-run", action="store_true", help="print the nftables rules only")
+    inst.add_argument(
+        "--if-configured",
+        action="store_true",
+        help="when the config has no intercept: section, remove any rules instead (an init "
+        "container that runs on every rollout, whether interception is on or off)",
+    )
     uninst = actions.add_parser("uninstall", help="remove every interception rule")
     for a in (inst, uninst):
         a.add_argument("--backend", choices=["auto", "nft", "iptables"])
@@ -50,6 +57,13 @@ def run_intercept_command(args: argparse.Namespace) -> int:
             trio.run(uninstall, backend)
             print(f"nodeproxy: interception rules removed ({backend})")
             return 0
+        if args.if_configured and not _configured(args.config):
+            from nodeproxy.intercept.install import uninstall
+
+            backend = pick_backend(args.backend or "auto")
+            trio.run(uninstall, backend)
+            print(f"nodeproxy: interception is not configured: no rules ({backend})")
+            return 0
         rules, preference = trio.run(_rules, args)
         if args.dry_run:
             print(nft_install(rules), end="")
@@ -64,6 +78,19 @@ def run_intercept_command(args: argparse.Namespace) -> int:
     print(f"nodeproxy: interception rules installed ({backend}): pods {', '.join(rules.pod_cidrs)}"
           f" -> {', '.join(rules.destinations)} to :{rules.port}")  # fmt: skip
     return 0
+
+
+def _configured(path: str | None) -> bool:
+    """The config at ``path`` has an ``intercept:`` section (RulesError if it does not load)."""
+    if not path:
+        raise RulesError("--if-configured needs --config")
+    from nodeproxy.config import load_config
+    from nodeproxy.errors import ConfigError
+
+    try:
+        return load_config(path).intercept is not None
+    except ConfigError as exc:
+        raise RulesError(str(exc)) from None
 
 
 async def _rules(args: argparse.Namespace) -> tuple[InterceptRules, str]:
@@ -91,5 +118,6 @@ async def _rules(args: argparse.Namespace) -> tuple[InterceptRules, str]:
         tuple(args.destination) or ic.destinations,
         args.port if args.port is not None else ic.port,
         args.mark if args.mark is not None else ic.mark,
+        ic.host,
     )
     return rules, args.backend or ic.backend

@@ -132,8 +132,12 @@ class InterceptAcceptor(Acceptor):
         try:
             dst_ip, dst_port = original_dst(stream.socket)
             caller_ip = str(stream.socket.getpeername()[0])
-        except OSError as exc:  # not redirected (ENOENT), or already reset
+            here = stream.socket.getsockname()
+        except OSError as exc:  # no conntrack entry (ENOENT), or already reset
             log.info("intercept_not_redirected", error=str(exc))
+            return
+        if (dst_ip, dst_port) == (here[0], here[1]):  # dialled us directly: nothing to carry
+            log.info("intercept_not_redirected", caller=caller_ip, dst=f"{dst_ip}:{dst_port}")
             return
         try:
             peeked, detected = await peek(stream, self.detect_timeout)

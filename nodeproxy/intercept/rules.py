@@ -51,10 +51,18 @@ class InterceptRules:
     destinations: tuple[str, ...]  # the Service range and the cluster's pod ranges
     port: int  # the transparent listener's port
     mark: int = DEFAULT_MARK  # packets with this mark are never redirected
+    # The listener's own address when it binds one (dnat there), None when it binds the
+    # wildcard (redirect: to the address of the interface the packet came in on).
+    address: str | None = None
 
     @classmethod
     def build(
-        cls, pod_cidrs: Sequence[str], destinations: Sequence[str], port: int, mark: int
+        cls,
+        pod_cidrs: Sequence[str],
+        destinations: Sequence[str],
+        port: int,
+        mark: int,
+        address: str | None = None,
     ) -> InterceptRules:
         """Validated and normalised (``10.0.0.5/24`` -> ``10.0.0.0/24``); IPv4 only."""
         if not pod_cidrs:
@@ -65,7 +73,26 @@ class InterceptRules:
             raise RulesError(f"port {port} out of range")
         if not 0 < mark < 1 << 32:
             raise RulesError(f"mark {mark:#x} must fit 32 bits and not be 0")
-        return cls(ipv4_ranges(pod_cidrs), ipv4_ranges(destinations), port, mark)
+        if address in ("", "0.0.0.0"):
+            address = None
+        if address is not None:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise RulesError(f"listener address {address!r} is not an IPv4 address") from None
+        return cls(ipv4_ranges(pod_cidrs), ipv4_ranges(destinations), port, mark, address)
+
+    @property
+    def nft_target(self) -> str:
+        if self.address is None:
+            return f"redirect to :{self.port}"
+        return f"dnat to {self.address}:{self.port}"
+
+    @property
+    def iptables_target(self) -> str:
+        if self.address is None:
+            return f"REDIRECT --to-ports {self.port}"
+        return f"DNAT --to-destination {self.address}:{self.port}"
 
 
 def ipv4_ranges(cidrs: Sequence[str]) -> tuple[str, ...]:
@@ -102,7 +129,7 @@ def nft_install(rules: InterceptRules) -> str:
         f"\t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n"
         f"\t\tmeta mark {rules.mark:#x} return\n"
         f"\t\tip saddr {{ {sources} }} ip daddr {{ {dests} }} meta l4proto tcp"
-        f" redirect to :{rules.port}\n"
+        f" {rules.nft_target}\n"
         f"\t}}\n"
         f"}}\n"
     )
@@ -118,7 +145,7 @@ def iptables_restore(rules: InterceptRules) -> str:
     lines = ["*nat", f":{CHAIN} - [0:0]", f"-A {CHAIN} -m mark --mark {rules.mark:#x} -j RETURN"]
     for src in rules.pod_cidrs:
         for dst in rules.destinations:
-            lines.append(f"-A {CHAIN} -s {src} -d {dst} -p tcp -j REDIRECT --to-ports {rules.port}")
+            lines.append(f"-A {CHAIN} -s {src} -d {dst} -p tcp -j {rules.iptables_target}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
