@@ -48,6 +48,7 @@ EXPECTED = [
     "tcp_denied_local",
     "tcp_denied_remote",
     "bridge_sees_only_tls",
+    "detection_counted",
     "sni_logged",
     "uninstall_leaves_nothing_node-1",
     "uninstall_leaves_nothing_node-2",

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 import structlog
 import trio
 
-from nodeproxy.admin.stats import labels
 from nodeproxy.config.discovery import KUBERNETES_VHOST
 from nodeproxy.config.model import InterceptConfig, ListenerConfig
 from nodeproxy.intercept.detect import MAX_PEEK, Detected, Protocol, classify
@@ -40,11 +39,12 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
 from nodeproxy.server.downstream import Downstream
 from nodeproxy.server.listener import Acceptor, serve_acceptor
+from nodeproxy.stats.names import INTERCEPTED
+from nodeproxy.stats.registry import labels
 from nodeproxy.upstream.pool import Upstreams
 
 LISTENER = "intercept"
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h: the destination before NAT (IPv4)
-INTERCEPTED = "nodeproxy_intercepted_connections_total"  # {protocol, path}
 
 log = structlog.get_logger("nodeproxy.intercept")
 

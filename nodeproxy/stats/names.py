@@ -30,6 +30,7 @@ FAIRNESS_QUEUED = "nodeproxy_fairness_queued_total"  # {listener}: waited for a 
 FAIRNESS_REJECTED = "nodeproxy_fairness_rejected_total"  # {listener, reason}
 UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
 TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
+INTERCEPTED = "nodeproxy_intercepted_connections_total"  # {protocol=http1|tls|tcp, path=http|tcp}
 BUILD_INFO = "nodeproxy_build_info"  # {version, codec, codec_version}: always 1
 SIGNER_UP = "nodeproxy_certificate_signer_up"  # mesh.signer only
 SIGNER_REQUESTS = "nodeproxy_certificate_signer_requests_total"  # {result=ok|refused|error}
@@ -56,6 +57,7 @@ HELP: dict[str, str] = {
     FAIRNESS_REJECTED: "Requests refused 503 by per-source fairness (queue full or wait too long).",
     UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
     TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
+    INTERCEPTED: "Connections the transparent listener took, by detected protocol and path.",
     SIGNER_UP: "1 when the last certificate request to the signer got an answer, 0 when not.",
     SIGNER_REQUESTS: "Certificate renewal attempts against the signer, by result.",
     EARLIEST_EXPIRY: "Unix time when the first of this node's certificates expires.",

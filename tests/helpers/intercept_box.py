@@ -38,7 +38,7 @@ from nodeproxy.tls.ca import init_ca
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, node, pod, service
 from tests.helpers.box_pods import write_tls
-from tests.helpers.cluster_in_a_box import Box, refuse_unless_isolated, sh
+from tests.helpers.cluster_in_a_box import Box, counter, refuse_unless_isolated, sh
 
 API_IP = "10.77.0.1"
 NODES = {"node-1": ("10.77.0.11", "10.78.1"), "node-2": ("10.77.0.12", "10.78.2")}
@@ -265,6 +265,13 @@ async def scenario(box: Box) -> None:
         box.check("bridge_sees_only_tls", len(flows) >= 2 and not plaintext and not not_tls,
                   {"flows": len(flows), "not_tls": not_tls,
                    "plaintext": [p.decode() for p in plaintext]})  # fmt: skip
+        metrics = (await http.get(f"http://{NODES['node-1'][0]}:9901/stats/prometheus")).text
+        seen = {(p, path): counter(metrics, "nodeproxy_intercepted_connections_total",
+                                   protocol=p, path=path)
+                for p, path in (("http1", "http"), ("tls", "tcp"), ("tcp", "tcp"))}  # fmt: skip
+        box.check("detection_counted", seen[("http1", "http")] >= 4
+                  and seen[("tls", "tcp")] == 1 and seen[("tcp", "tcp")] >= 6,
+                  {f"{k[0]}/{k[1]}": v for k, v in seen.items()})  # fmt: skip
         log1 = (box.work / "node-1.log").read_text(errors="replace")
         box.check("sni_logged", "tls.example" in log1, log1[-2000:])
 
