@@ -14,6 +14,7 @@ import pytest
 from nodeproxy.admin import dashboard_page
 from nodeproxy.admin.dashboard import History, Sample, build
 from nodeproxy.admin.handlers import ROUTES, AdminContext, handle
+from nodeproxy.config.model import EndpointConfig
 from nodeproxy.stats import names as s
 from nodeproxy.stats.prometheus import stats_families
 from nodeproxy.stats.registry import Stats, labels
@@ -246,6 +247,10 @@ def test_dashboard_json_route_answers_from_the_runtime() -> None:
     rt = make_runtime()
     rt.stats.inc(s.REQUESTS, labels(listener="o", cluster="bdgreeter", code_class="2xx"), 3)
     rt.sources.answered("127.0.0.9", 200, None, 41.0)
+    snapshot = dict(rt.endpoints.current().clusters)
+    for name in ("zz.discovered", "aa.discovered"):  # known, never called from this node
+        snapshot[name] = (EndpointConfig("10.0.0.1", 80),)
+    rt.endpoints.publish(snapshot)
     ctx = AdminContext(rt, started_at=40.0)
     resp = handle(ctx, "GET", "/dashboard.json", {}, 42.0)
     assert resp.status == 200
@@ -256,6 +261,7 @@ def test_dashboard_json_route_answers_from_the_runtime() -> None:
     assert (c["name"], c["requests"]) == ("bdgreeter", 3)
     assert [e["state"] for e in c["endpoints"]] == ["healthy", "healthy"]
     assert d["sources"]["rows"][0]["source"] == "127.0.0.9"
+    assert d["idle_clusters"] == {"count": 2, "names": ["aa.discovered", "zz.discovered"]}
     assert handle(ctx, "HEAD", "/dashboard.json", {}, 43.0).body == b""
     again = json.loads(handle(ctx, "GET", "/dashboard.json", {}, 45.0).body)
     assert again["rate_window_s"] == 3.0  # from the first poll's sample

@@ -145,3 +145,24 @@ def test_an_endpoint_snapshot_survives_the_wire() -> None:
     assert got.version == 7
     assert got.endpoints() == {"svc": eps}
     assert got.node_proxies == {"node-a": "10.1.0.1:15008"}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged_request"),
+    [
+        ((True, True), (False, False), (True, True)),  # a /stats scrape keeps the dashboard's
+        ((True, True), (True, True), (True, True)),
+        ((True, True), (True, False), (True, False)),  # /clusters needs every cluster
+        ((True, False), (True, True), (True, False)),
+        ((False, False), (True, True), (True, True)),
+    ],
+)
+def test_outbox_merges_stats_requests_so_one_answer_serves_both(
+    first: tuple[bool, bool], second: tuple[bool, bool], merged_request: tuple[bool, bool]
+) -> None:
+    box = wire.Outbox()
+    box.put(wire.StatsRequest(1, *first))
+    box.put(wire.StatsRequest(2, *second))
+    (request,) = box.take()
+    assert isinstance(request, wire.StatsRequest)
+    assert (request.seq, request.clusters, request.active_only) == (2, *merged_request)

@@ -11,6 +11,7 @@ endpoint label is ``EndpointConfig.address``). Pure: data in, dicts out.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 from nodeproxy.runtime import Runtime
@@ -56,8 +57,33 @@ def _by_class(counts: Counts) -> dict[str, float]:
     return out
 
 
-def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
-    """Every configured (or discovered) cluster, its settings, endpoints and counters.
+def cluster_names(runtime: Runtime) -> list[str]:
+    """Every configured cluster, then (sorted) those only discovery knows."""
+    names = list(runtime.config.clusters)
+    snapshot = runtime.endpoints.current()
+    return names + sorted(n for n in snapshot.clusters if n not in runtime.config.clusters)
+
+
+def active_clusters(runtime: Runtime) -> set[str]:
+    """The clusters this process has traffic state or any counted request for: the
+    services a node talks to, a handful of the thousands discovery may know."""
+    stats = runtime.stats
+    stats.collect()
+    active = {name for name, _ in runtime.traffic.items()}
+    series = [stats.counters.get(n, {}) for n in (REQUESTS, UPSTREAM_REQUESTS)]
+    series += [stats.counters.get(UPSTREAM_CONNECT_FAILURES, {})]
+    series += [stats.gauges.get(POOL_CONNECTIONS, {})]
+    for table in series:
+        for lbls in table:
+            active.update(v for k, v in lbls if k == "cluster")
+    return active
+
+
+def clusters_view(
+    runtime: Runtime, now: float = 0.0, only: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Every configured (or discovered) cluster, its settings, endpoints and counters
+    (``only``: just those of these names, in the same order).
 
     With ``now`` (the trio clock), each cluster that has served a request also
     shows its traffic state (``runtime.traffic``): breaker, overload counters,
@@ -75,8 +101,9 @@ def clusters_view(runtime: Runtime, now: float = 0.0) -> dict[str, Any]:
     pool = _index(stats.gauges.get(POOL_CONNECTIONS, {}), ce)
     downstream_rq = _index(stats.counters.get(REQUESTS, {}), ("cluster",))
 
-    names = list(runtime.config.clusters)
-    names += sorted(n for n in snapshot.clusters if n not in runtime.config.clusters)
+    names = cluster_names(runtime)
+    if only is not None:
+        names = [n for n in names if n in only]
     clusters: list[dict[str, Any]] = []
     for name in names:
         cfg = runtime.config.clusters.get(name)

@@ -223,8 +223,12 @@ def build(
     node: Mapping[str, Any],
     now: float,
     history: History,
+    idle: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The dashboard at ``now``; see docs/admin.md ("The dashboard") for every field."""
+    """The dashboard at ``now``; see docs/admin.md ("The dashboard") for every field.
+
+    ``view`` may leave out clusters with no traffic (``clusters_view(only=...)``);
+    ``idle`` names them, for the list of services this node does not talk to."""
     hists = _hists(families)
     sample = Sample(
         now,
@@ -240,11 +244,11 @@ def build(
     active = {k[1] for k in sample.counters if k[0] == "c"} | {c for c, _ in known}
 
     clusters: list[dict[str, Any]] = []
-    idle: list[str] = []
+    idle_names: list[str] = []
     for c in view["clusters"]:
         name = c["name"]
         if c.get("traffic") is None and name not in active:
-            idle.append(name)
+            idle_names.append(name)
             continue
         endpoints = []
         listed = set()
@@ -276,13 +280,14 @@ def build(
                 "endpoints": endpoints,
             }
         )
+    idle_names += idle
     return {
         "node": dict(node),
         "now": round(now, 3),
         "rate_window_s": None if r.seconds is None else round(r.seconds, 3),
         "snapshot_version": view.get("snapshot_version"),
         "clusters": clusters,
-        "idle_clusters": {"count": len(idle), "names": idle[:MAX_IDLE_NAMES]},
+        "idle_clusters": {"count": len(idle_names), "names": idle_names[:MAX_IDLE_NAMES]},
         "sources": None if sources is None else _sources(sources, r, now),
     }
 

@@ -21,7 +21,12 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from nodeproxy.admin import dashboard, dashboard_page
-from nodeproxy.admin.clusters import clusters_text, clusters_view
+from nodeproxy.admin.clusters import (
+    active_clusters,
+    cluster_names,
+    clusters_text,
+    clusters_view,
+)
 from nodeproxy.admin.dump import config_dump
 from nodeproxy.admin.process import process_families, runtime_families
 from nodeproxy.runtime import Runtime
@@ -50,11 +55,11 @@ class AdminResponse:
 class WorkersView(Protocol):
     """A supervisor's answers over its workers (workers/supervisor.py)."""
 
-    async def refresh(self, clusters: bool) -> None:
+    async def refresh(self, clusters: bool, active_only: bool = False) -> None:
         """Fetch fresh numbers from every worker (bounded); the reads below use them."""
 
     def families(self, now: float) -> list[Family]: ...
-    def clusters(self, now: float) -> dict[str, Any]: ...
+    def clusters(self, now: float, active_only: bool = False) -> dict[str, Any]: ...
     def sources(self, now: float) -> list[tuple[str, SourceCounts]]: ...
     def not_ready(self) -> str | None: ...
 
@@ -226,11 +231,16 @@ def get_dashboard_json(ctx: AdminContext, req: Request) -> AdminResponse:
     """What the dashboard draws, at ``now``; rates against earlier polls (``ctx.history``)."""
     rt = ctx.runtime
     if ctx.workers is not None:
-        view = ctx.workers.clusters(req.now)
+        view = ctx.workers.clusters(req.now, active_only=True)
         sources = ctx.workers.sources(req.now)
-    else:
-        view = clusters_view(rt, req.now)
+        families = ctx.workers.families(req.now)
+        active = {c["name"] for c in view["clusters"]}
+    else:  # only the services this node talks to: discovery may know thousands
+        active = active_clusters(rt)
+        view = clusters_view(rt, req.now, only=active)
         sources = rt.sources.items()
+        families = stats_families(rt.stats)
+    idle = [name for name in cluster_names(rt) if name not in active]
     node = {
         "name": rt.config.node_name,
         "ready": rt.ready,
@@ -238,8 +248,8 @@ def get_dashboard_json(ctx: AdminContext, req: Request) -> AdminResponse:
         "draining": rt.drain.draining,
         "uptime_s": round(req.now - ctx.started_at, 3),
     }
-    families = all_families(ctx, req.now)
-    return respond_json(200, dashboard.build(view, families, sources, node, req.now, ctx.history))
+    built = dashboard.build(view, families, sources, node, req.now, ctx.history, idle)
+    return respond_json(200, built)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class AdminServer(SmallServer):
             return refused
         workers = self.ctx.workers
         if workers is not None and target.startswith(_FROM_WORKERS):
-            await workers.refresh(clusters=target.startswith(_CLUSTER_VIEWS))
+            dashboard = target.startswith("/dashboard.json")  # only the clusters with traffic
+            await workers.refresh(target.startswith(_CLUSTER_VIEWS), active_only=dashboard)
         now = trio.current_time()
         return handle(
             self.ctx, method, target, headers, now, peer_loopback=is_loopback(request.peer)

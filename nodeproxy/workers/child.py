@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import structlog
 import trio
 
-from nodeproxy.admin.clusters import clusters_view
+from nodeproxy.admin.clusters import active_clusters, clusters_view
 from nodeproxy.admin.process import resident_memory_bytes, traffic_families
 from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
@@ -152,6 +152,7 @@ class WorkerLink:
         runtime = self.runtime
         assert runtime is not None
         stats = _snapshot_stats(runtime, now)
+        active = request.active_only
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return wire.StatsReply(
             seq=request.seq,
@@ -160,7 +161,11 @@ class WorkerLink:
             histograms=stats.histograms,
             resident_bytes=resident_memory_bytes(),
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            clusters=clusters_view(runtime, now) if request.clusters else None,
+            clusters=(
+                clusters_view(runtime, now, only=active_clusters(runtime) if active else None)
+                if request.clusters
+                else None
+            ),
             sources=_sources(runtime, now) if request.clusters else None,
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from nodeproxy.admin.clusters import clusters_view
+from nodeproxy.admin.clusters import active_clusters, clusters_view
 from nodeproxy.admin.process import process_families, runtime_families
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.names import DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
@@ -56,13 +56,13 @@ class AdminView:
         down = [str(s.index) for s in self.slots if not s.ready]
         return f"workers not up: {', '.join(down)} of {len(self.slots)}" if down else None
 
-    async def refresh(self, clusters: bool) -> None:
+    async def refresh(self, clusters: bool, active_only: bool = False) -> None:
         """Ask every running worker for its stats; wait (bounded) for the answers."""
         self.seq += 1
         seq = self.seq
         asked = [s for s in self.slots if s.alive]
         for slot in asked:
-            slot.outbox.put(wire.StatsRequest(seq, clusters))
+            slot.outbox.put(wire.StatsRequest(seq, clusters, active_only))
         with trio.move_on_after(STATS_TIMEOUT):
             for slot in asked:
                 while slot.alive and slot.reply_seq < seq:
@@ -112,7 +112,14 @@ class AdminView:
         """Every live worker's per-source table (from its last clusters reply), summed."""
         return merge_sources((s.sources for s in self.slots if s.sources is not None), now)
 
-    def clusters(self, now: float) -> dict[str, Any]:
+    def clusters(self, now: float, active_only: bool = False) -> dict[str, Any]:
+        """The merged view; ``active_only``: of the clusters some worker has traffic for."""
         admin = Runtime(self.runtime.config, stats=self.stats(), endpoints=self.runtime.endpoints)
         views = {s.index: s.clusters for s in self.slots if s.clusters is not None}
-        return merge_clusters(clusters_view(admin, now), views)
+        only = None
+        if active_only:
+            only = active_clusters(admin)
+            for view in views.values():
+                listed: Any = view.get("clusters", ())
+                only.update(c["name"] for c in listed)
+        return merge_clusters(clusters_view(admin, now, only=only), views)

@@ -82,6 +82,7 @@ class Health:
 class StatsRequest:
     seq: int
     clusters: bool = False  # also the /clusters view
+    active_only: bool = False  # of the clusters with traffic only (the dashboard)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,10 @@ class Outbox:
         elif isinstance(message, Health):
             self.health = message
         elif isinstance(message, StatsRequest):
+            pending = self.stats  # the one answer must serve both askers
+            if pending is not None and pending.clusters:
+                active_only = pending.active_only and (message.active_only or not message.clusters)
+                message = StatsRequest(message.seq, True, active_only)
             self.stats = message
         elif isinstance(message, Drain):
             self.drain = message
