@@ -86,6 +86,9 @@ async def proxied_request(log_config: LogConfig, out: io.StringIO) -> tuple[http
     async with backend() as b:
         config = replace(simple_config({"web": [b.address]}), log=log_config)
         configure_logging(config.log, out)
+        # The proxy's module-level loggers must not stay bound to ``out`` after the test
+        # (a cached logger ignores the reset and later capture_logs): no caching here.
+        structlog.configure(cache_logger_on_first_use=False)
         async with run_proxy(config) as p, httpx.AsyncClient(trust_env=False) as client:
             r = await client.get(f"{p.url}/hello?x=1", headers={"host": "web.default"})
     access_log.flush()
