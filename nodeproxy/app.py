@@ -77,7 +77,11 @@ class AppHandle:
     listener_ports: dict[str, int] = field(default_factory=dict)
     admin_port: int = 0
     probe_port: int | None = None  # admin.probe_address's bound port, when set
-    mesh: Mesh | None = None  # certificates, identities, policy (when config.mesh is set)
+
+    @property
+    def mesh(self) -> Mesh | None:
+        """The runtime's mesh (certificates, identities, policy), when config.mesh is set."""
+        return self.runtime.mesh
 
 
 async def watch_signals(drain: DrainState, stop: trio.CancelScope) -> None:
@@ -105,14 +109,14 @@ async def run_app(
     build = labels(version=__version__, codec=impl.NAME, codec_version=impl.VERSION)
     runtime.stats.gauge_set(BUILD_INFO, build, 1)
     config = runtime.config
-    mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
+    mesh = runtime.mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
     kubernetes = None
     if link is None:  # raises ConfigError before anything starts
-        kubernetes = build_kubernetes(runtime, mesh)
+        kubernetes = build_kubernetes(runtime)
     else:
-        link.attach(runtime, mesh)
+        link.attach(runtime)
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
-    handle = AppHandle(runtime, mesh=mesh)
+    handle = AppHandle(runtime)
     # A worker's sockets come from its supervisor (link.attach); ours are acquired here.
     own = await ProcessSockets.acquire(config, runtime) if link is None else None
     addresses: dict[str, str] = {}
@@ -142,9 +146,7 @@ async def run_app(
                 await own.wait_for_discovery()
             async with trio.open_nursery() as serving:
                 for lc in config.listeners:
-                    port = await serving.start(
-                        partial(serve_listener, mesh=mesh), runtime, lc, upstreams
-                    )
+                    port = await serving.start(serve_listener, runtime, lc, upstreams)
                     handle.listener_ports[lc.name] = port
                     addresses[lc.name] = f"{lc.host}:{port}"
                 if mesh is not None:

@@ -58,7 +58,6 @@ from nodeproxy.http1.forwarding import Forwarding, forwarded_client
 from nodeproxy.http1.headers import request_authority
 from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.outbound import mesh_step, strip_mesh_headers
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.routing import cors
 from nodeproxy.routing.actions import RouteActions, auto_host
 from nodeproxy.routing.authority import parse_authority
@@ -83,11 +82,9 @@ class Pipeline:
         runtime: Runtime,
         listener: ListenerConfig,
         upstreams: Upstreams,
-        mesh: Mesh | None = None,
     ) -> None:
         config = runtime.config
         self.runtime = runtime
-        self.outbound_mesh = mesh
         self.upstreams = upstreams
         self.router = Router(
             listener, config.default_namespace, config.cluster_domain, rng=runtime.rng
@@ -97,8 +94,6 @@ class Pipeline:
         self._reads_xff = self.forwarding.reads_xff
         self._strip_port = listener.strip_port_upstream and listener.host_port_match != "exact"
         self.traffic = runtime.traffic
-        if mesh is not None:
-            self.traffic.mesh = mesh  # for /explain's policy decision
         self.retrier = Retrier(runtime.stats)
         # the listener's rate limits and fairness; route buckets are runtime.routes'
         self.admission = Admission(listener, config.fairness, runtime.stats, runtime.routes)
@@ -212,11 +207,10 @@ class Pipeline:
         target = Target(cluster, attempt.endpoint, self.timeout_of(decision, cluster))
         if decision.actions is not None and decision.actions.auto_host:
             upstream_head = self._auto_host(upstream_head, attempt.endpoint)
-        if self.outbound_mesh is None:
+        mesh = self.runtime.mesh
+        if mesh is None:
             return target, upstream_head, attempt
-        target, upstream_head = mesh_step(
-            self.outbound_mesh, down.client_ip, upstream_head, ex, target
-        )
+        target, upstream_head = mesh_step(mesh, down.client_ip, upstream_head, ex, target)
         return target, upstream_head, attempt
 
     async def answer(

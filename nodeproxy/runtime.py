@@ -4,7 +4,8 @@
 It owns the state every listener shares: the per-cluster traffic state
 (``traffic``) and the per-route rate-limit buckets and retry budgets
 (``routes``), so a limit or budget means the same whatever port a request
-came in on.
+came in on, and the mesh (``mesh``: certificates, identities, policy), which
+the app creates when ``config.mesh`` is set and everyone else reads here.
 
 ``DrainState`` is the single switch for graceful shutdown: the app flips it on
 SIGTERM/SIGINT or ``POST /drain``; listeners stop accepting, connection loops
@@ -17,6 +18,7 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,6 +28,9 @@ from nodeproxy.stats.registry import Stats
 from nodeproxy.traffic.routes import Routes
 from nodeproxy.traffic.sources import Sources
 from nodeproxy.traffic.state import Traffic
+
+if TYPE_CHECKING:
+    from nodeproxy.mesh.state import Mesh
 
 
 class DrainState:
@@ -62,6 +67,9 @@ class Runtime:
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     # Per calling source (pod IP): in flight, answered, throttled; the admin dashboard reads it
     sources: Sources = field(default_factory=Sources, repr=False, compare=False)
+    # Certificates, identities and policy (config.mesh set; a supervisor has none: its
+    # workers mint their own). Set once by the app before anything starts.
+    mesh: Mesh | None = field(default=None, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
     # More conditions for /ready (the mesh certificates): each gives None when all is
     # well, else (still ready?, a one-line reason that /ready shows).

@@ -31,7 +31,6 @@ from nodeproxy.discovery.kubernetes import (
     api_access,
 )
 from nodeproxy.discovery.snapshot import static_snapshot
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.names import HELP
 
@@ -59,7 +58,7 @@ def build_runtime(config: Config) -> Runtime:
     return Runtime(dataclasses.replace(config, clusters=catalog), endpoints=registry)
 
 
-def build_kubernetes(runtime: Runtime, mesh: Mesh | None) -> KubernetesDiscovery | None:
+def build_kubernetes(runtime: Runtime) -> KubernetesDiscovery | None:
     """The Kubernetes discovery to start, or None for static config.
 
     Raises ``ConfigError`` when the API cannot be located (no kubeconfig and
@@ -76,6 +75,7 @@ def build_kubernetes(runtime: Runtime, mesh: Mesh | None) -> KubernetesDiscovery
     disc = KubernetesDiscovery(
         client, runtime.endpoints, runtime.stats, cfg, config.default_namespace, random.Random()
     )
+    mesh = runtime.mesh
     if mesh is not None:
         disc.on_refresh = lambda: mesh.update(disc.node_proxies, disc.pod_identities)
     return disc

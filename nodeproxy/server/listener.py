@@ -31,7 +31,6 @@ import structlog
 import trio
 
 from nodeproxy.config.model import ListenerConfig
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
@@ -136,11 +135,10 @@ async def serve_listener(
     listener: ListenerConfig,
     upstreams: Upstreams,
     *,
-    mesh: Mesh | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``listener`` until drain completes; ``task_status.started(bound_port)``."""
-    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams, mesh), listener.name)
+    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams), listener.name)
     await serve_acceptor(runtime, listener, Acceptor(runtime, listener, loop), task_status)
 
 

@@ -139,7 +139,7 @@ def _policy(runtime: Runtime, source: str, service: str, method: str, path: str)
     mesh_config = runtime.config.mesh
     if mesh_config is None:
         return None
-    mesh = runtime.traffic.mesh
+    mesh = runtime.mesh  # None in a supervisor: its workers hold the mesh
     sources = (
         mesh.sources
         if mesh is not None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nodeproxy.balancing.feedback import FeedbackBalancer
 from nodeproxy.balancing.locality import LocalityAware
@@ -32,9 +32,6 @@ from nodeproxy.resilience.health import HealthTracker
 from nodeproxy.resilience.outlier import HostState, OutlierDetector
 from nodeproxy.resilience.overload import OverloadGuard, Resource
 from nodeproxy.traffic.attempt import Attempt, Ticket
-
-if TYPE_CHECKING:
-    from nodeproxy.mesh.state import Mesh
 
 
 def subset_key(labels: Mapping[str, str]) -> str:
@@ -216,7 +213,6 @@ class Traffic:
         self.registry = registry
         self.local_node = local_node
         self.rng = rng or random.Random()
-        self.mesh: Mesh | None = None  # set by the outbound pipeline; /explain reads it
         # A worker's: told the cluster name when one of its breakers trips (workers/child.py)
         self.on_breaker_trip: Callable[[str], None] | None = None
         self._states: dict[str, ClusterTraffic] = {}

@@ -28,7 +28,6 @@ import trio
 
 from nodeproxy.admin.clusters import active_clusters, clusters_view
 from nodeproxy.admin.process import resident_memory_bytes, traffic_families
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.registry import Stats
 from nodeproxy.workers import wire
@@ -56,7 +55,6 @@ class WorkerLink:
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(control))
         self.listen = listen
         self.runtime: Runtime | None = None
-        self.mesh: Mesh | None = None
         self.unhealthy: frozenset[tuple[str, str]] = frozenset()
         self._send_lock = trio.Lock()
         self._ready_sent = False
@@ -67,10 +65,10 @@ class WorkerLink:
     def __repr__(self) -> str:
         return f"<WorkerLink #{self.index} [{'ready' if self._ready_sent else 'starting'}]>"
 
-    def attach(self, runtime: Runtime, mesh: Mesh | None) -> None:
+    def attach(self, runtime: Runtime) -> None:
         runtime.listen_sockets = self.listen
         runtime.traffic.on_breaker_trip = self.breaker_tripped
-        self.runtime, self.mesh = runtime, mesh
+        self.runtime = runtime
 
     async def _send(self, message: object) -> None:
         async with self._send_lock:
@@ -117,8 +115,8 @@ class WorkerLink:
         assert runtime is not None
         now = trio.current_time()
         if isinstance(message, wire.Endpoints):
-            if self.mesh is not None:
-                self.mesh.update(message.node_proxies, message.pods)
+            if runtime.mesh is not None:
+                runtime.mesh.update(message.node_proxies, message.pods)
             runtime.endpoints.install(message.version, message.endpoints())
             self._apply_health(now)
             await self._maybe_ready()

@@ -79,7 +79,7 @@ class Supervisor:
         # Per slot, the listening sockets its workers get (the same dict for every slot,
         # unless NODEPROXY_WORKER_SOCKETS=reuseport, the benchmark's comparison).
         self.listen: list[dict[str, list[socket.socket]]] = []
-        self.kubernetes: KubernetesDiscovery | None = build_kubernetes(self.runtime, None)
+        self.kubernetes: KubernetesDiscovery | None = build_kubernetes(self.runtime)
         self.endpoints: wire.Endpoints | None = None
         self.health: wire.Health | None = None
         self.view = AdminView(self.runtime, self.slots, self.retired)
