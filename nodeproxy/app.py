@@ -56,7 +56,9 @@ from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
 from nodeproxy.handoff.process import ProcessSockets
 from nodeproxy.http1 import impl
+from nodeproxy.mesh.inbound import LISTENER, InboundHandler
 from nodeproxy.mesh.state import Mesh
+from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
@@ -146,21 +148,29 @@ async def run_app(
                 await own.wait_for_discovery()
             async with trio.open_nursery() as serving:
                 for lc in config.listeners:
-                    port = await serving.start(serve_listener, runtime, lc, upstreams)
+                    pipeline = Pipeline(runtime, lc, upstreams)
+                    port = await serving.start(serve_listener, runtime, lc, pipeline)
                     handle.listener_ports[lc.name] = port
                     addresses[lc.name] = f"{lc.host}:{port}"
                 if mesh is not None:
-                    port = await serving.start(serve_inbound, runtime, mesh, upstreams)
-                    handle.listener_ports["inbound"] = port
-                    addresses["inbound"] = f"{mesh.config.inbound_host}:{port}"
+                    inbound = InboundHandler(runtime, upstreams, mesh)
+                    mtls = partial(
+                        serve_inbound,
+                        server_context=mesh.certs.server_context,
+                        trust_domain=mesh.config.trust_domain,
+                    )
+                    port = await serving.start(mtls, runtime, inbound.listener, inbound)
+                    handle.listener_ports[LISTENER] = port
+                    addresses[LISTENER] = f"{mesh.config.inbound_host}:{port}"
                 if config.intercept is not None:  # the transparent listener (intercept/)
-                    from nodeproxy.intercept.listener import LISTENER, serve_intercept
+                    from nodeproxy.intercept.listener import LISTENER as INTERCEPT
+                    from nodeproxy.intercept.listener import serve_intercept
                     from nodeproxy.intercept.tcp import LocalSplice
 
-                    carrier = LocalSplice(runtime, mesh)
-                    port = await serving.start(serve_intercept, runtime, upstreams, mesh, carrier)
-                    handle.listener_ports[LISTENER] = port
-                    addresses[LISTENER] = f"{config.intercept.host}:{port}"
+                    carrier = LocalSplice(runtime)
+                    port = await serving.start(serve_intercept, runtime, upstreams, carrier)
+                    handle.listener_ports[INTERCEPT] = port
+                    addresses[INTERCEPT] = f"{config.intercept.host}:{port}"
                 runtime.listeners_ready = True
                 if link is not None:
                     link.listening.set()

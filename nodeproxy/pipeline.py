@@ -37,7 +37,7 @@ budget, ``runtime.routes``); a ``Pipeline`` holds only its listener's router
 and listener-level admission. Headers only a node proxy may set
 (``x-nodeproxy-*``) are stripped from every request first: a plaintext client
 never names the next hop. The inbound (mTLS) side is
-``mesh/inbound.py``.
+``mesh/inbound.py``'s ``InboundHandler``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ from nodeproxy.upstream.pool import Target, Upstreams
 
 
 class Pipeline:
-    """route -> admit -> balance -> upstream -> send -> report -> relay, for one listener."""
+    """route -> admit -> balance -> upstream -> send -> report -> relay, for one listener:
+    the outbound listeners' ``Handler`` (``server/handler.py``)."""
 
     def __init__(
         self,
@@ -103,6 +104,10 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.router!r} [{self.traffic!r}]>"
+
+    def bound(self, port: int) -> None:
+        """The listener's bound port (its config may say 0): host_port_match compares it."""
+        self.router.bound(port)
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
         """Proxy one request; True when the client connection may be kept alive."""

@@ -20,6 +20,7 @@ import trio
 from nodeproxy.config import load_config_text
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.listener import serve_listener
 from nodeproxy.stats.names import RETRIES_DENIED
@@ -43,7 +44,8 @@ async def run_listeners(config: Config) -> AsyncIterator[TwoListeners]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(upstreams.run)
         ports = [
-            await nursery.start(serve_listener, runtime, lc, upstreams) for lc in config.listeners
+            await nursery.start(serve_listener, runtime, lc, Pipeline(runtime, lc, upstreams))
+            for lc in config.listeners
         ]
         yield TwoListeners(runtime, ports)
         nursery.cancel_scope.cancel()

@@ -33,7 +33,6 @@ from nodeproxy.config.discovery import KUBERNETES_VHOST
 from nodeproxy.config.model import InterceptConfig, ListenerConfig
 from nodeproxy.intercept.detect import MAX_PEEK, Detected, Protocol, classify
 from nodeproxy.intercept.resolve import Resolver
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
@@ -167,7 +166,6 @@ class InterceptAcceptor(Acceptor):
 async def serve_intercept(
     runtime: Runtime,
     upstreams: Upstreams,
-    mesh: Mesh | None,
     carry_tcp: TcpCarrier,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -176,6 +174,6 @@ async def serve_intercept(
     ic = config.intercept
     assert ic is not None
     lc = listener_config(config.listeners, ic)
-    loop = ConnectionLoop(Pipeline(runtime, lc, upstreams, mesh), LISTENER)
+    loop = ConnectionLoop(runtime, Pipeline(runtime, lc, upstreams), LISTENER)
     acceptor = InterceptAcceptor(runtime, lc, loop, ic.detect_timeout, carry_tcp)
     await serve_acceptor(runtime, lc, acceptor, task_status)

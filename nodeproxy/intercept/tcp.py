@@ -19,7 +19,7 @@ import trio
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.intercept.listener import LISTENER, Intercepted
 from nodeproxy.intercept.resolve import Resolver
-from nodeproxy.mesh.state import Mesh, service_of
+from nodeproxy.mesh.state import service_of
 from nodeproxy.policy.model import Denied
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.downstream import Exchange
@@ -31,9 +31,8 @@ CHUNK = 64 * 1024
 class LocalSplice:
     """A ``TcpCarrier``: direct splice to a pod of this node, after policy."""
 
-    def __init__(self, runtime: Runtime, mesh: Mesh | None) -> None:
-        self.runtime = runtime
-        self.mesh = mesh
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime  # its mesh (runtime.mesh) decides locality and policy
         self.resolver = Resolver()
 
     def __repr__(self) -> str:
@@ -41,7 +40,7 @@ class LocalSplice:
 
     def target(self, conn: Intercepted) -> tuple[str, int] | None:
         """Where to connect on this node, or None (not local, or refused by policy)."""
-        snapshot = self.runtime.endpoints.current()
+        snapshot, mesh = self.runtime.endpoints.current(), self.runtime.mesh
         dest = self.resolver.resolve(snapshot, conn.dst_ip, conn.dst_port)
         if dest is None:
             return None
@@ -49,20 +48,20 @@ class LocalSplice:
         picked: Endpoint | None = None
         for ep in endpoints:
             if (dest.pin is None or ep.address == dest.pin) and (
-                self.mesh is None or ep.node is None or self.mesh.is_local(ep)
+                mesh is None or ep.node is None or mesh.is_local(ep)
             ):
                 picked = ep
                 break
         if picked is None:
             return None
-        if self.mesh is not None:
+        if mesh is not None:
             cluster = self.runtime.config.clusters.get(dest.cluster)
             if cluster is None:
                 return None
             ex = Exchange(listener=LISTENER, source=conn.caller_ip, started=0.0, method="CONNECT")
             try:
-                self.mesh.authorize(
-                    LISTENER, self.mesh.sources.lookup(conn.caller_ip), service_of(cluster), ex
+                mesh.authorize(
+                    LISTENER, mesh.sources.lookup(conn.caller_ip), service_of(cluster), ex
                 )
             except Denied:
                 return None

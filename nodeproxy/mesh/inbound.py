@@ -1,6 +1,6 @@
 """The inbound listener's request path: who calls, which local pod, allowed?
 
-    mTLS handshake     server/inbound.py: the caller's SPIFFE ID (CALLER)
+    mTLS handshake     server/inbound.py: the caller's SPIFFE ID (Downstream.caller)
       -> destination   x-nodeproxy-destination must name a pod of THIS node
       -> service       the cluster that pod belongs to (x-nodeproxy-service
                        picks one when a pod serves several); never the
@@ -18,7 +18,6 @@ never passed through), so it can log or check who called.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Mapping
 
 from nodeproxy.config.model import ClusterConfig, ListenerConfig
@@ -35,18 +34,13 @@ from nodeproxy.mesh.state import (
     is_mesh_header,
     service_of,
 )
-from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
+from nodeproxy.server.admission import Admission
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import forward
-from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.upstream.pool import Target, Upstreams
 
 LISTENER = "inbound"
-# The verified caller of the current inbound connection (set in its task by server/inbound.py).
-CALLER: contextvars.ContextVar[SpiffeId | None] = contextvars.ContextVar(
-    "nodeproxy_caller", default=None
-)
 
 _Local = Mapping[str, tuple[tuple[ClusterConfig, Endpoint], ...]]
 
@@ -86,20 +80,30 @@ def pick_destination(
     raise NotLocalDestination(f"{destination} is not a pod of service {service}")
 
 
-class InboundPipeline(Pipeline):
-    """destination -> policy -> forward, for the mTLS inbound listener."""
+class InboundHandler:
+    """destination -> policy -> forward: the mTLS inbound listener's ``Handler``
+    (``server/handler.py``)."""
 
-    def __init__(
-        self, runtime: Runtime, listener: ListenerConfig, upstreams: Upstreams, mesh: Mesh
-    ) -> None:
-        super().__init__(runtime, listener, upstreams)
+    def __init__(self, runtime: Runtime, upstreams: Upstreams, mesh: Mesh) -> None:
+        config = runtime.config
+        self.runtime = runtime
+        self.upstreams = upstreams
         self.mesh = mesh
+        self.listener = ListenerConfig(
+            name=LISTENER, host=mesh.config.inbound_host, port=mesh.config.inbound_port
+        )
+        # per-source fairness, where a source is a calling node (docs/configuration.md)
+        self.admission = Admission(self.listener, config.fairness, runtime.stats, runtime.routes)
+        self._body_timeout = config.limits.downstream_idle_timeout
         self._version = -1
         self._local: _Local = {}
         self._xfcc_by = f"By={mesh.node_id}".encode()
 
     def __repr__(self) -> str:
-        return f"<InboundPipeline {self.mesh.node_name} [{len(self._local)} local pods]>"
+        return f"<InboundHandler {self.mesh.node_name} [{len(self._local)} local pods]>"
+
+    def bound(self, port: int) -> None:
+        """Nothing here depends on the port."""
 
     def local(self) -> _Local:
         """The local pods, recomputed only when discovery published a new snapshot."""
@@ -112,7 +116,7 @@ class InboundPipeline(Pipeline):
         return self._local
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
-        caller = CALLER.get()
+        caller = down.caller
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
         destination = service = None

@@ -7,7 +7,8 @@ waking the ticket ``release`` hands the freed slot to, a bounded wait, and
 keeping the scheduler's books right when a waiter leaves for any reason
 (timeout, client gone, drain: a slot granted to a waiter that is no longer
 there is passed on at once). One ``Admission`` per listener, owned by its
-pipeline; every mutation is synchronous, so no lock is needed.
+handler (the pipeline, the inbound handler); every mutation is synchronous,
+so no lock is needed.
 
 Order per request: the listener's rate limits (before routing; a refused
 request costs no backend anything), then fairness (a slot for the source,

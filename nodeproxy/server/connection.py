@@ -36,12 +36,14 @@ from nodeproxy.errors import (
 )
 from nodeproxy.http1.codec import NEED_DATA
 from nodeproxy.http1.impl import h11
-from nodeproxy.pipeline import Pipeline
 from nodeproxy.routing.header_edits import client_source
+from nodeproxy.runtime import Runtime
 from nodeproxy.server.accounting import Accounting
 from nodeproxy.server.downstream import ClientGone, Downstream, Exchange
+from nodeproxy.server.handler import Handler
 from nodeproxy.stats.names import PROXY_ERRORS
 from nodeproxy.stats.registry import labels
+from nodeproxy.tls.identity import SpiffeId
 
 # How late a timeout may fire: the sweeper's period (``ConnectionLoop.sweep``).
 SWEEP_INTERVAL = 0.05
@@ -60,9 +62,9 @@ log = structlog.get_logger("nodeproxy.server")
 class ConnectionLoop:
     """Serves the connections of one listener; shared by all its connection tasks."""
 
-    def __init__(self, pipeline: Pipeline, listener: str) -> None:
-        self.pipeline = pipeline
-        self.runtime = pipeline.runtime
+    def __init__(self, runtime: Runtime, handler: Handler, listener: str) -> None:
+        self.handler = handler
+        self.runtime = runtime
         self.listener = listener
         self.limits = self.runtime.config.limits
         self.access_log_enabled = self.runtime.config.log.access_log
@@ -79,8 +81,7 @@ class ConnectionLoop:
         self.accounting = Accounting(
             self.runtime.stats, listener, self.access_log_enabled, self.sources
         )
-        admission = getattr(pipeline, "admission", None)  # the inbound pipeline may have none
-        self.admission = admission if admission is not None and admission.enabled else None
+        self.admission = handler.admission if handler.admission.enabled else None
 
     def __repr__(self) -> str:
         return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"
@@ -132,13 +133,13 @@ class ConnectionLoop:
     async def serve(
         self,
         stream: trio.SocketStream,
-        peer_identity: str | None = None,
+        caller: SpiffeId | None = None,
         setup: Callable[[Downstream], None] | None = None,
     ) -> None:
-        """Serve one accepted connection until it closes (``peer_identity``: its mTLS
-        caller; ``setup``: prepares the ``Downstream``, e.g. with bytes already read)."""
+        """Serve one accepted connection until it closes (``caller``: its verified mTLS
+        peer; ``setup``: prepares the ``Downstream``, e.g. with bytes already read)."""
         limits = self.limits
-        down = Downstream(stream, limits, peer_identity)
+        down = Downstream(stream, limits, caller)
         if setup is not None:
             setup(down)
         self.live.add(down)
@@ -187,9 +188,9 @@ class ConnectionLoop:
                 source = self.sources.start(down.client_ip, ex.started)
                 try:
                     if self.admission is None:
-                        keep = await self.pipeline.handle(down, request, ex)
+                        keep = await self.handler.handle(down, request, ex)
                     else:  # rate limits and per-source fairness (server/admission.py)
-                        keep = await self.admission.serve(self.pipeline.handle, down, request, ex)
+                        keep = await self.admission.serve(self.handler.handle, down, request, ex)
                 finally:
                     self.sources.end(source)
             except ProxyError as err:

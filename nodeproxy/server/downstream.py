@@ -22,6 +22,7 @@ from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 from nodeproxy.http1.forwarding import VIA
 from nodeproxy.netio import receive_some, send_all
 from nodeproxy.routing.header_edits import HeaderEdits
+from nodeproxy.tls.identity import SpiffeId
 
 
 class ClientGone(Exception):
@@ -34,6 +35,7 @@ class Downstream:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "caller",
         "chunk",
         "client_ip",
         "codec",
@@ -50,10 +52,11 @@ class Downstream:
     )
 
     def __init__(
-        self, stream: trio.SocketStream, limits: Limits, peer_identity: str | None = None
+        self, stream: trio.SocketStream, limits: Limits, caller: SpiffeId | None = None
     ) -> None:
         self.stream = stream
-        self.peer_identity = peer_identity  # the mTLS caller (inbound listener), for its lines
+        self.caller = caller  # the verified mTLS peer (inbound listener)
+        self.peer_identity = None if caller is None else str(caller)  # for its access lines
         self.limits = limits  # the process's bounds on what one client can make it hold
         self.codec = H11ServerCodec(limits.max_request_header_bytes)
         self.chunk = limits.stream_chunk_bytes

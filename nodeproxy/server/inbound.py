@@ -5,9 +5,10 @@ current server context (``MeshCertificates.server_context()``, read once:
 a rotation later does not touch this connection). The client must present a
 certificate chaining to the mesh CA (TLS 1.2+, see ``tls/context.py``) whose
 single URI SAN is a SPIFFE ID of this trust domain. The verified ID is put in
-the connection task's context (``mesh.inbound.CALLER``, and ``peer_identity``
-for every access-log line of the connection); then the connection is served
-by the ordinary ``ConnectionLoop`` with the ``InboundPipeline``.
+the connection's ``Downstream`` (``caller``, and ``peer_identity`` on every
+access-log line of the connection); then the connection is served by the
+ordinary ``ConnectionLoop`` with the listener's handler (the mesh inbound
+listener's: ``mesh/inbound.py``'s ``InboundHandler``).
 
 A failed handshake (plaintext, no certificate, another CA, expired, not yet
 valid, no or foreign SPIFFE ID, too slow) ends the connection at once with
@@ -28,21 +29,21 @@ only for the handshake timeout.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from typing import cast
 
 import structlog
 import trio
 
 from nodeproxy.config.model import ListenerConfig
-from nodeproxy.mesh.inbound import CALLER, LISTENER, InboundPipeline
-from nodeproxy.mesh.state import Mesh
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
+from nodeproxy.server.handler import Handler
 from nodeproxy.server.listener import Acceptor, serve_acceptor
 from nodeproxy.tls.context import PeerIdentityError, peer_identity
 from nodeproxy.tls.stream import TLSStream
 from nodeproxy.upstream.peer import count_failure, handshake_failure_reason
-from nodeproxy.upstream.pool import Upstreams
 
 log = structlog.get_logger("nodeproxy.tls")
 
@@ -53,30 +54,35 @@ class InboundAcceptor(Acceptor):
     per_source_cap = False  # a source is a whole node's proxy (module docstring)
 
     def __init__(
-        self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop, mesh: Mesh
+        self,
+        runtime: Runtime,
+        listener: ListenerConfig,
+        loop: ConnectionLoop,
+        server_context: Callable[[], ssl.SSLContext],
+        trust_domain: str,
     ) -> None:
         super().__init__(runtime, listener, loop)
-        self.mesh = mesh
+        self.listener = listener.name
+        self.server_context = server_context  # asked per connection: rotation takes effect
+        self.trust_domain = trust_domain
         self.handshake_timeout = runtime.config.limits.header_read_timeout
 
     async def handle(self, stream: trio.SocketStream) -> None:
         tls = await self.handshake(stream)
         if tls is None:
             return
-        CALLER.set(tls.identity)  # this task's context only: one connection
-        identity = str(tls.identity)
-        with structlog.contextvars.bound_contextvars(peer_identity=identity):
+        with structlog.contextvars.bound_contextvars(peer_identity=str(tls.identity)):
             # TLSStream has SocketStream's surface (socket, send_all, receive_some...).
-            await self.loop.serve(cast(trio.SocketStream, tls), identity)
+            await self.loop.serve(cast(trio.SocketStream, tls), tls.identity)
 
     async def handshake(self, tcp: trio.SocketStream) -> TLSStream | None:
         """The verified mTLS stream, or None after counting and logging the failure."""
-        tls = trio.SSLStream(tcp, self.mesh.certs.server_context(), server_side=True)
+        tls = trio.SSLStream(tcp, self.server_context(), server_side=True)
         reason, detail = "timeout", f"no handshake in {self.handshake_timeout}s"
         with trio.move_on_after(self.handshake_timeout):
             try:
                 await tls.do_handshake()
-                identity = peer_identity(tls, trust_domain=self.mesh.config.trust_domain)
+                identity = peer_identity(tls, trust_domain=self.trust_domain)
                 return TLSStream(tls, identity)
             except trio.BrokenResourceError as exc:
                 reason, detail = handshake_failure_reason(exc.__cause__), repr(exc.__cause__)
@@ -87,24 +93,28 @@ class InboundAcceptor(Acceptor):
         except OSError:
             source = "?"
         await trio.aclose_forcefully(tcp)
-        count_failure(self.runtime.stats, LISTENER, reason)
+        count_failure(self.runtime.stats, self.listener, reason)
         log.warning(
-            "tls_handshake_failed", listener=LISTENER, source=source, reason=reason, detail=detail
+            "tls_handshake_failed",
+            listener=self.listener,
+            source=source,
+            reason=reason,
+            detail=detail,
         )
         return None
 
 
 async def serve_inbound(
     runtime: Runtime,
-    mesh: Mesh,
-    upstreams: Upstreams,
+    listener: ListenerConfig,
+    handler: Handler,
     *,
+    server_context: Callable[[], ssl.SSLContext],
+    trust_domain: str,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the mesh's inbound listener until drain completes; started(bound_port)."""
-    listener = ListenerConfig(
-        name=LISTENER, host=mesh.config.inbound_host, port=mesh.config.inbound_port
-    )
-    loop = ConnectionLoop(InboundPipeline(runtime, listener, upstreams, mesh), LISTENER)
-    acceptor = InboundAcceptor(runtime, listener, loop, mesh)
+    """Serve an mTLS listener (callers with a SPIFFE ID of ``trust_domain`` only) with
+    ``handler`` until drain completes; started(bound_port)."""
+    loop = ConnectionLoop(runtime, handler, listener.name)
+    acceptor = InboundAcceptor(runtime, listener, loop, server_context, trust_domain)
     await serve_acceptor(runtime, listener, acceptor, task_status)

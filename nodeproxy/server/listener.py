@@ -31,10 +31,10 @@ import structlog
 import trio
 
 from nodeproxy.config.model import ListenerConfig
-from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.connection import ConnectionLoop
 from nodeproxy.server.connection_limits import ConnectionSlots
+from nodeproxy.server.handler import Handler
 from nodeproxy.stats.names import (
     DOWNSTREAM_CONNECTIONS_ACTIVE,
     DOWNSTREAM_CONNECTIONS_EVICTED,
@@ -42,7 +42,6 @@ from nodeproxy.stats.names import (
     DOWNSTREAM_CONNECTIONS_TOTAL,
 )
 from nodeproxy.stats.registry import labels
-from nodeproxy.upstream.pool import Upstreams
 
 log = structlog.get_logger("nodeproxy.server")
 
@@ -133,12 +132,13 @@ class Acceptor:
 async def serve_listener(
     runtime: Runtime,
     listener: ListenerConfig,
-    upstreams: Upstreams,
+    handler: Handler,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``listener`` until drain completes; ``task_status.started(bound_port)``."""
-    loop = ConnectionLoop(Pipeline(runtime, listener, upstreams), listener.name)
+    """Serve ``listener``'s requests with ``handler`` (the outbound listeners': a
+    ``Pipeline``) until drain completes; ``task_status.started(bound_port)``."""
+    loop = ConnectionLoop(runtime, handler, listener.name)
     await serve_acceptor(runtime, listener, Acceptor(runtime, listener, loop), task_status)
 
 
@@ -154,7 +154,7 @@ async def serve_acceptor(
         listener.port, host=listener.host or None
     )
     port = int(sockets[0].socket.getsockname()[1])
-    acceptor.loop.pipeline.router.bound(port)  # host_port_match: strip_matching compares it
+    loop.handler.bound(port)  # the pipeline's host_port_match compares it
     log.info("listening", listener=listener.name, host=listener.host, port=port)
     try:
         async with trio.open_nursery() as connections:

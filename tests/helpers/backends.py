@@ -50,6 +50,7 @@ from nodeproxy.config.model import (
     VirtualHost,
 )
 from nodeproxy.discovery.snapshot import static_snapshot
+from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.listener import serve_listener
 from nodeproxy.upstream.health_check import HealthChecker
@@ -340,7 +341,8 @@ async def run_proxy(
     done = trio.Event()
 
     async def listener_task(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_listener(runtime, config.listeners[0], upstreams, task_status=task_status)
+        pipeline = Pipeline(runtime, config.listeners[0], upstreams)
+        await serve_listener(runtime, config.listeners[0], pipeline, task_status=task_status)
         done.set()
 
     async with trio.open_nursery() as nursery:
