@@ -19,13 +19,13 @@ Clusters = dict[str, tuple[EndpointConfig, ...]]
 
 
 def clusters_from_slices(services: Objs, slices: Objs, pods: Objs = ()) -> Clusters:
-    return translate.clusters_from_slices(
+    return translate.clusters_from(
         map(project.service, services), map(project.endpoint_slice, slices), map(project.pod, pods)
     )
 
 
 def clusters_from_endpoints(services: Objs, endpoints: Objs) -> Clusters:
-    return translate.clusters_from_endpoints(
+    return translate.clusters_from(
         map(project.service, services), map(project.endpoints_v1, endpoints)
     )
 

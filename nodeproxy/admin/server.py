@@ -28,21 +28,10 @@ from nodeproxy.runtime import Runtime
 
 log = structlog.get_logger("nodeproxy.admin")
 
-MAX_CONNECTIONS = 64
-MAX_HEADER_BYTES = 16 * 1024
-MAX_BODY_BYTES = 64 * 1024
-HEADER_TIMEOUT = 10.0  # first request's headers (slowloris guard)
-IDLE_TIMEOUT = 15.0  # keep-alive: the next request's headers must arrive within this
-LIMITS = ServerLimits(
-    max_connections=MAX_CONNECTIONS,
-    max_header_bytes=MAX_HEADER_BYTES,
-    max_body_bytes=MAX_BODY_BYTES,
-    header_timeout=HEADER_TIMEOUT,
-    idle_timeout=IDLE_TIMEOUT,
-    body_timeout=10.0,
-    send_timeout=10.0,
-)
-# A supervisor asks its workers before answering these (and for their clusters, CLUSTER_VIEWS).
+LIMITS = ServerLimits()  # 64 connections, 16 KiB heads, 64 KiB bodies, 10 s reads, 15 s idle
+MAX_CONNECTIONS = LIMITS.max_connections
+MAX_BODY_BYTES = LIMITS.max_body_bytes
+HEADER_TIMEOUT = LIMITS.header_timeout  # first request's headers (slowloris guard)
 _FROM_WORKERS = ("/stats", "/clusters", "/dashboard.json")
 _CLUSTER_VIEWS = ("/clusters", "/dashboard.json")
 
@@ -84,6 +73,7 @@ async def serve_admin(
     runtime: Runtime,
     workers: WorkersView | None = None,
     *,
+    probes_only: bool = False,
     bound: list[socket.socket] | None = None,
     stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -91,29 +81,21 @@ async def serve_admin(
     """Bind ``config.admin`` (or take the listening sockets ``bound``), report the
     bound port via ``task_status``, serve until cancelled.
 
-    ``workers``: a supervisor's view, whose stats and clusters are its workers' merged.
-    ``stop_accepting`` (a handoff: the successor serves on the same sockets now)
-    ends the accept loop and drops this process's copy of the sockets; admin
-    requests already accepted are still answered until the app ends.
+    ``probes_only``: the probe listener instead (``admin.probe_address``: ``/ready``
+    and ``/healthz`` only). ``workers``: a supervisor's view, whose stats and
+    clusters are its workers' merged. ``stop_accepting`` (a handoff: the
+    successor serves on the same sockets now) ends the accept loop and drops
+    this process's copy of the sockets; admin requests already accepted are
+    still answered until the app ends.
     """
     cfg = runtime.config.admin
-    listeners = await _listeners(cfg.host, cfg.port, bound)
-    await _serve(runtime, listeners, cfg.host, False, workers, stop_accepting, task_status)
+    host, port = (cfg.probe_host, cfg.probe_port) if probes_only else (cfg.host, cfg.port)
+    assert port is not None, "the probe listener is only started when admin.probe_address is set"
+    listeners = await _listeners(host, port, bound)
+    await _serve(runtime, listeners, host, probes_only, workers, stop_accepting, task_status)
 
 
-async def serve_probes(
-    runtime: Runtime,
-    workers: WorkersView | None = None,
-    *,
-    bound: list[socket.socket] | None = None,
-    stop_accepting: trio.Event | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Bind ``admin.probe_address`` (``/ready`` and ``/healthz`` only), serve until cancelled."""
-    cfg = runtime.config.admin
-    assert cfg.probe_port is not None, "only started when admin.probe_address is set"
-    listeners = await _listeners(cfg.probe_host, cfg.probe_port, bound)
-    await _serve(runtime, listeners, cfg.probe_host, True, workers, stop_accepting, task_status)
+serve_probes = partial(serve_admin, probes_only=True)  # admin.probe_address: /ready, /healthz
 
 
 async def _listeners(

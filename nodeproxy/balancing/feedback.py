@@ -197,9 +197,21 @@ class FeedbackBalancer(Protocol):
 
 
 class Tracking:
-    """Mixin: the feedback API backed by a ``LoadTable`` at ``self.loads``."""
+    """Base of the balancers: the feedback API backed by a ``LoadTable`` at
+    ``self.loads``; ``pick`` prunes the table, then asks the subclass to ``choose``."""
 
     loads: LoadTable
+
+    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
+        """The endpoint for the next try; None when ``endpoints`` is empty."""
+        if not endpoints:
+            return None
+        self.loads.prune(endpoints, now)
+        return self.choose(endpoints, now)
+
+    def choose(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint:
+        """The policy itself, over a non-empty ``endpoints``."""
+        raise NotImplementedError
 
     def on_start(self, ep: Endpoint, now: float) -> InFlight:
         """Count a try as active on ``ep``; call right after ``pick``."""

@@ -59,10 +59,7 @@ class TwoChoices(Tracking):
     def cost(self, ep: Endpoint, now: float) -> float:
         raise NotImplementedError
 
-    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
-        if not endpoints:
-            return None
-        self.loads.prune(endpoints, now)
+    def choose(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint:
         if len(endpoints) == 1:
             return endpoints[0]
         i, j = two_choices(len(endpoints), self._rng)
@@ -80,11 +77,8 @@ class WeightedRoundRobin(Tracking):
     def __repr__(self) -> str:
         return f"<WeightedRoundRobin [{len(self._current)} endpoints]>"
 
-    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
+    def choose(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint:
         """The endpoint with the highest running credit; its credit drops by the total."""
-        if not endpoints:
-            return None
-        self.loads.prune(endpoints, now)
         if len(self._current) > 2 * len(endpoints) + 8:
             live = {ep.address for ep in endpoints}
             self._current = {a: c for a, c in self._current.items() if a in live}
@@ -114,11 +108,8 @@ class WeightedRandom(Tracking):
     def __repr__(self) -> str:
         return f"<WeightedRandom [{len(self._cache[1])} endpoints]>"
 
-    def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
+    def choose(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint:
         """Draw one endpoint; cumulative weights are cached per endpoint list object."""
-        if not endpoints:
-            return None
-        self.loads.prune(endpoints, now)
         seq, cum = self._cache
         if seq is not endpoints:
             cum = list(itertools.accumulate(weight_of(ep) for ep in endpoints))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from nodeproxy.config.yamlsrc import Node
@@ -25,6 +26,16 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
 _WILDCARD_HOSTS = ("0.0.0.0", "::")
 Binds = list[tuple["Node", str, int]]
+
+T = TypeVar("T")
+
+
+def checked(node: Node, check: Callable[..., T], *args: object) -> T:
+    """``check(*args)`` (a ``routing/`` checker); its ``ValueError`` names ``node``."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise node.error(str(exc)) from None
 
 
 def parse_duration(value: str) -> float | None:

@@ -13,11 +13,11 @@ only when the cluster sets one, its ``retry_budget``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container
-from typing import Any, TypeVar
+from collections.abc import Container
+from typing import Any
 
 from nodeproxy.config import envoy_cors
-from nodeproxy.config.checks import upgrade_token
+from nodeproxy.config.checks import checked, upgrade_token
 from nodeproxy.config.envoy_ignored import ROUTE_ACTION
 from nodeproxy.config.envoy_values import (
     UNSUPPORTED,
@@ -57,7 +57,6 @@ REDIRECT_CODES = {
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
             "retriable-4xx")  # fmt: skip
 RETRY_ON_NOOP = ("refused-stream", "http3-post-connect-failure", "reset-before-request")
-T = TypeVar("T")
 SUBSETS = ROUTE_ACTION["metadata_match"]
 NO_BUDGET = (1.0, 3)  # retries <= requests in flight: always true, i.e. no budget
 
@@ -132,14 +131,6 @@ def upgrade_override(node: Node) -> tuple[str, bool]:
     connection manager's for that token (Envoy's table: the route's ``enabled`` wins)."""
     f = node.fields("upgrade_type", "enabled", unknown=UNSUPPORTED)
     return upgrade_token(f.need("upgrade_type")), f.opt("enabled", Node.flag, True)
-
-
-def checked(node: Node, check: Callable[..., T], *args: object) -> T:
-    """``check(*args)`` (a ``routing/`` checker); its ``ValueError`` names ``node``."""
-    try:
-        return check(*args)
-    except ValueError as exc:
-        raise node.error(str(exc)) from None
 
 
 def regex_rewrite(node: Node) -> tuple[str, str]:

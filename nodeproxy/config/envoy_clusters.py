@@ -13,8 +13,6 @@ asks for it (``envoy_upstream.py``).
 
 from __future__ import annotations
 
-import ipaddress
-
 from nodeproxy.config.checks import Binds, check_host, check_port
 from nodeproxy.config.envoy_ignored import ADMIN, CLUSTER, ENDPOINTS
 from nodeproxy.config.envoy_upstream import circuit_breakers, health_checks, outlier_detection
@@ -31,6 +29,7 @@ from nodeproxy.config.model import AdminConfig, ClusterConfig, EndpointConfig
 from nodeproxy.config.yamlsrc import Node
 from nodeproxy.resilience.outlier import DISABLED
 from nodeproxy.resilience.overload import OverloadLimits
+from nodeproxy.routing.authority import is_ip
 
 ENVOY_CONNECT_TIMEOUT = 5.0  # Envoy's default when connect_timeout is omitted
 ENVOY_IDLE_TIMEOUT = 3600.0  # Envoy's common_http_protocol_options.idle_timeout default
@@ -110,7 +109,7 @@ def _cluster(ctx: EnvoyLoad, node: Node) -> ClusterConfig:
     checked_ports: list[tuple[Node, int]] = []
     for addr, weight, hc in addresses:
         host, port = socket_address(addr)
-        if kind == "STATIC" and not _is_ip(host):
+        if kind == "STATIC" and not is_ip(host):
             raise addr.error(f"STATIC clusters need IP addresses, got {host!r} (use STRICT_DNS)")
         ep = EndpointConfig(host=check_host(addr, host), port=port, weight=weight)
         if ep.address in seen:
@@ -230,11 +229,3 @@ def _load_assignment(ctx: EnvoyLoad, node: Node) -> list[tuple[Node, float | Non
             )
             out.append((ep.need("address"), weight, ep.get("health_check_config")))
     return out
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeproxy.config import envoy_cors
+from nodeproxy.config.checks import checked
 from nodeproxy.config.envoy_actions import (
-    checked,
     direct_response,
     headers_to_add,
     headers_to_remove,

@@ -9,10 +9,9 @@ naming the key and line here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from nodeproxy.config.checks import check_regex, url_path
+from nodeproxy.config.checks import check_regex, checked, url_path
 from nodeproxy.config.cors import read_cors
 from nodeproxy.config.model import Config, DirectResponse, HeaderMutation, Redirect
 from nodeproxy.config.yamlsrc import Fields, Node
@@ -26,8 +25,6 @@ from nodeproxy.routing.actions import (
     compile_actions,
 )
 from nodeproxy.routing.header_edits import check_header_name, check_header_value
-
-T = TypeVar("T")
 
 # Keys a route uses only when it forwards (service or weighted); the rest apply to both.
 FORWARD_KEYS = (
@@ -63,7 +60,7 @@ def read_actions(f: Fields, kind: str, target: Node) -> dict[str, Any]:
     regex = f.opt("regex_rewrite", _regex_rewrite, None)
     if prefix is not None and regex is not None:
         raise f.need("regex_rewrite").error("use one of prefix_rewrite or regex_rewrite, not both")
-    host = f.opt("host_rewrite", lambda n: _check(n, check_host_value, n.text()), None)
+    host = f.opt("host_rewrite", lambda n: checked(n, check_host_value, n.text()), None)
     auto = f.opt("auto_host_rewrite", Node.flag, False)
     if host is not None and auto:
         raise f.need("auto_host_rewrite").error("use one of host_rewrite or auto_host_rewrite")
@@ -91,20 +88,13 @@ def check_rules(config: Config) -> None:
                     raise ConfigError(where, str(exc), None, config.source_path) from None
 
 
-def _check(node: Node, check: Callable[..., T], *args: object) -> T:
-    try:
-        return check(*args)
-    except ValueError as exc:
-        raise node.error(str(exc)) from None
-
-
 def _regex_rewrite(node: Node) -> tuple[str, str]:
     """``{pattern, substitution}``: RE2's ``\\1`` groups; the path only, not the query."""
     f = node.fields("pattern", "substitution")
     pattern = check_regex(f.need("pattern"), f.need("pattern").text())
     sub_node = f.need("substitution")
     substitution = sub_node.text(non_empty=False)
-    _check(sub_node, check_substitution, pattern, substitution)
+    checked(sub_node, check_substitution, pattern, substitution)
     return pattern, substitution
 
 
@@ -135,14 +125,14 @@ def _redirect(node: Node) -> Redirect:
         raise code_node.error(f"must be one of {codes}, got {code}")
     redirect = Redirect(
         scheme=f.opt("scheme", lambda n: n.text().lower(), None),
-        host=f.opt("host", lambda n: _check(n, check_host_value, n.text()), None),
+        host=f.opt("host", lambda n: checked(n, check_host_value, n.text()), None),
         port=f.opt("port", lambda n: n.integer(1, 65535), None),
         path=f.opt("path", url_path, None),
         prefix_rewrite=f.opt("prefix_rewrite", url_path, None),
         response_code=code,
         strip_query=f.opt("strip_query", Node.flag, False),
     )
-    return _check(node, _checked, redirect)
+    return checked(node, _checked, redirect)
 
 
 def _checked(redirect: Redirect) -> Redirect:
@@ -158,8 +148,8 @@ def _adds(node: Node | None) -> tuple[HeaderMutation, ...]:
     for item in node.items():
         f = item.fields("name", "value", "append")
         name_node, value_node = f.need("name"), f.need("value")
-        name = _check(name_node, check_header_name, name_node.text())
-        value = _check(value_node, check_header_value, value_node.text(non_empty=False))
+        name = checked(name_node, check_header_name, name_node.text())
+        value = checked(value_node, check_header_value, value_node.text(non_empty=False))
         out.append(HeaderMutation(name, value, f.opt("append", Node.flag, True)))
     return tuple(out)
 
@@ -167,4 +157,4 @@ def _adds(node: Node | None) -> tuple[HeaderMutation, ...]:
 def _removes(node: Node | None) -> tuple[str, ...]:
     if node is None:
         return ()
-    return tuple(_check(item, check_header_name, item.text()) for item in node.items())
+    return tuple(checked(item, check_header_name, item.text()) for item in node.items())

@@ -17,7 +17,6 @@ that builds ``RouteRule`` objects can validate them with one call.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from nodeproxy.config.model import DirectResponse, Redirect, RouteMatch, RouteRule
+from nodeproxy.routing.authority import is_ip
 from nodeproxy.routing.header_edits import VISIBLE, Header, HeaderEdits
 
 T = TypeVar("T")
@@ -293,14 +293,6 @@ def _request_host(authority: str, scheme: str, new_scheme: str, new_port: bool) 
 
 
 @lru_cache(maxsize=4096)
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def auto_host(host: str, port: int, *, ip_endpoints: bool) -> bytes | None:
     """The Host for ``auto_host_rewrite`` towards an endpoint; None leaves it.
 
@@ -308,7 +300,7 @@ def auto_host(host: str, port: int, *, ip_endpoints: bool) -> bytes | None:
     An IP address gives ``ip:port`` when ``ip_endpoints`` (the native format), and
     nothing in an Envoy file: Envoy does not rewrite toward a ``static`` host.
     """
-    if not _is_ip(host):
+    if not is_ip(host):
         return host.encode()
     if not ip_endpoints:
         return None

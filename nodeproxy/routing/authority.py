@@ -52,6 +52,15 @@ class Authority:
         return None
 
 
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 address (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_ipv4(host: str) -> bool:
     parts = host.split(".")
     return len(parts) == 4 and all(p.isdigit() for p in parts)

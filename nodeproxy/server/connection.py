@@ -276,7 +276,7 @@ class ConnectionLoop:
             return False
         ex.status = err.status
         try:
-            request_done = _skip_buffered_body(down)
+            request_done = down.skip_buffered_body()
         except ProxyError:
             request_done = False
         # After bad input the stream cannot be trusted to frame a next request.
@@ -312,13 +312,3 @@ def _retry_after(seconds: float) -> bytes:
     """``Retry-After`` in whole seconds, rounded up (RFC 9110 10.2.3), 1 s to 1 h."""
     whole = min(math.ceil(seconds), 3600) if math.isfinite(seconds) else 3600
     return str(max(1, whole)).encode()
-
-
-def _skip_buffered_body(down: Downstream) -> bool:
-    """Consume request body already buffered; True when the request is complete."""
-    codec = down.codec
-    while not codec.request_complete:
-        event = codec.next_event()
-        if type(event) is not h11.Data and type(event) is not h11.EndOfMessage:
-            return False
-    return True

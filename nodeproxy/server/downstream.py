@@ -20,6 +20,7 @@ import trio
 from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 from nodeproxy.http1.forwarding import VIA
+from nodeproxy.http1.impl import h11
 from nodeproxy.netio import receive_some, send_all
 from nodeproxy.routing.header_edits import HeaderEdits
 from nodeproxy.tls.identity import SpiffeId
@@ -124,6 +125,16 @@ class Downstream:
             await self.receive()
             event = self.codec.next_event()
         return event
+
+    def skip_buffered_body(self) -> bool:
+        """Consume the request body already received; True when the request is complete
+        (the connection can frame a next one)."""
+        codec = self.codec
+        while not codec.request_complete:
+            event = codec.next_event()
+            if type(event) is not h11.Data and type(event) is not h11.EndOfMessage:
+                return False
+        return True
 
     async def send(self, data: bytes) -> None:
         if not data:

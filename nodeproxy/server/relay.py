@@ -102,7 +102,7 @@ async def answer_local(
     the connection after the answer, as the error answers do. True: keep-alive.
     """
     codec = down.codec
-    close = drain or not _skip_buffered_body(down)
+    close = drain or not down.skip_buffered_body()
     if close:
         headers.append((b"connection", b"close"))
     reason = HTTPStatus(status).phrase.encode() if status in _KNOWN else b""
@@ -117,16 +117,6 @@ async def answer_local(
         await down.linger()
         return False
     return codec.keep_alive
-
-
-def _skip_buffered_body(down: Downstream) -> bool:
-    """Consume request body already parsed; True when the request is complete."""
-    codec = down.codec
-    while not codec.request_complete:
-        event = codec.next_event()
-        if type(event) is not h11.Data and type(event) is not h11.EndOfMessage:
-            return False
-    return True
 
 
 def _chunked(response: h11.Response) -> bool:

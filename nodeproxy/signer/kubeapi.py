@@ -25,6 +25,7 @@ from urllib.parse import quote
 import trio
 
 from nodeproxy.discovery.kubernetes.access import ApiAccess
+from nodeproxy.discovery.kubernetes.apiclient import open_api_stream
 from nodeproxy.signer.authorize import account_of, review_body
 from nodeproxy.signer.protocol import ExchangeError, SignerRefused, exchange
 
@@ -120,18 +121,9 @@ class KubeApi:
             return status, None
 
     async def _connect(self) -> trio.abc.Stream:
-        tcp = await trio.open_tcp_stream(self.access.host, self.access.port)
-        if not self.access.tls:
-            return tcp
-        if self._ssl is None:
+        if self._ssl is None and self.access.tls:
             self._ssl = self.access.ssl_context()
-        tls = trio.SSLStream(tcp, self._ssl, server_hostname=self.access.host)
-        try:
-            await tls.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        return tls
+        return await open_api_stream(self.access, self._ssl)
 
 
 def _message(doc: Any) -> str:

@@ -156,22 +156,28 @@ class ApiClient:
 
     async def _connect(self) -> trio.abc.Stream:
         access = self.access
+        if self._ssl is None and access.tls:
+            self._ssl = access.ssl_context()
         try:
             with trio.fail_after(self.connect_timeout):
-                tcp = await trio.open_tcp_stream(access.host, access.port)
-                if not access.tls:
-                    return tcp
-                if self._ssl is None:
-                    self._ssl = access.ssl_context()
-                tls = trio.SSLStream(tcp, self._ssl, server_hostname=access.host)
-                try:
-                    await tls.do_handshake()
-                except BaseException:
-                    await trio.aclose_forcefully(tcp)
-                    raise
-                return tls
+                return await open_api_stream(access, self._ssl)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as exc:
             raise ApiUnavailable(f"connecting to {access.server}: {exc!r}") from exc
+
+
+async def open_api_stream(access: ApiAccess, context: ssl.SSLContext | None) -> trio.abc.Stream:
+    """A connection to the API server: TCP, then TLS with ``context`` (the API's CA) when
+    ``access`` is https; the handshake done. Shared with the signer's API client."""
+    tcp = await trio.open_tcp_stream(access.host, access.port)
+    if context is None:
+        return tcp
+    tls = trio.SSLStream(tcp, context, server_hostname=access.host)
+    try:
+        await tls.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return tls
 
 
 def status_message(body: bytes) -> str:

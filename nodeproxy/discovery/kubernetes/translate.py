@@ -218,12 +218,14 @@ class Translator:
         return MappingProxyType(out)
 
 
-def _translate(
+def clusters_from(
     services: Iterable[ServiceRecord],
-    slices: Iterable[object],
-    pods: Iterable[PodRecord],
-    default_namespace: str,
+    slices: Iterable[SliceRecord | EndpointsRecord],
+    pods: Iterable[PodRecord] = (),
+    default_namespace: str = "default",
 ) -> Clusters:
+    """Clusters from EndpointSlices (``discovery.k8s.io/v1``) or v1 Endpoints (each
+    subset a slice of its own), in one go: what a ``Translator`` holds after one update."""
     t = Translator(default_namespace)
     t.update(
         ((f"{s.namespace}/{s.name}", s) for s in services),
@@ -231,26 +233,6 @@ def _translate(
         ((f"{p.namespace}/{p.name}", p) for p in pods),
     )
     return dict(t.clusters)
-
-
-def clusters_from_slices(
-    services: Iterable[ServiceRecord],
-    slices: Iterable[SliceRecord],
-    pods: Iterable[PodRecord] = (),
-    default_namespace: str = "default",
-) -> Clusters:
-    """Clusters from EndpointSlices (``discovery.k8s.io/v1``), in one go."""
-    return _translate(services, slices, pods, default_namespace)
-
-
-def clusters_from_endpoints(
-    services: Iterable[ServiceRecord],
-    endpoints: Iterable[EndpointsRecord],
-    pods: Iterable[PodRecord] = (),
-    default_namespace: str = "default",
-) -> Clusters:
-    """Clusters from v1 Endpoints (each subset is a slice of its own)."""
-    return _translate(services, endpoints, pods, default_namespace)
 
 
 def node_proxies(nodes: Iterable[NodeRecord], port: int = NODE_PROXY_PORT) -> dict[str, str]:
