@@ -1,10 +1,16 @@
-"""Immutable endpoint snapshots and the one object that publishes them.
+"""Immutable endpoint snapshots and the one object that holds the current one.
 
-Discovery (static config now, the Kubernetes watch in issue 4) is the only
-writer: it builds a complete new ``EndpointSnapshot`` and swaps it in with
-``publish``. Request tasks call ``current()`` once per request and use what
-they got for the whole decision, so a publish in the middle of a request can
-never be seen half-applied.
+One writer per process: the config's static endpoints are published once
+before anything starts (``discovery/setup.py``), Kubernetes discovery
+publishes every change (through ``catalog.OverlayRegistry``, which keeps the
+configured endpoints in each snapshot), and a worker process ``install``s the
+snapshots its supervisor published (``workers/child.py``). Each publish
+builds a complete new ``EndpointSnapshot`` (the clusters' endpoints, and the
+Service IPs the intercept listener resolves) and swaps it in. Request tasks
+call ``current()`` once per request and use what they got for the whole
+decision, so a publish in the middle of a request can never be seen
+half-applied. ``synced`` and ``first_sync`` say that the first complete list
+has arrived: ``/ready`` and a process taking over in a handoff wait for it.
 """
 
 from __future__ import annotations
