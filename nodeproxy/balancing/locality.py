@@ -16,26 +16,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nodeproxy.balancing.feedback import FeedbackBalancer, InFlight, LoadTable, Outcome
+from nodeproxy.balancing.feedback import FeedbackBalancer, Tracking
 from nodeproxy.discovery.snapshot import Endpoint
 
 DEFAULT_SATURATION = 64  # = ClusterConfig.max_connections_per_endpoint's default
 
 
-class LocalityAware:
-    """Prefer endpoints whose ``node`` is ``local_node``; spill over, never drop."""
+class LocalityAware(Tracking):
+    """Prefer endpoints whose ``node`` is ``local_node``; spill over, never drop.
+
+    Shares the inner balancer's ``LoadTable``, so the tries it counts (``on_start``,
+    ``on_complete``) are the inner balancer's too."""
 
     def __init__(
         self, inner: FeedbackBalancer, local_node: str, saturation: int = DEFAULT_SATURATION
     ) -> None:
         self.inner = inner
+        self.loads = inner.loads
         self.local_node = local_node
         self.saturation = saturation
         self.spills = 0  # picks that went off-node although local endpoints exist
-
-    @property
-    def loads(self) -> LoadTable:
-        return self.inner.loads
 
     def __repr__(self) -> str:
         return (
@@ -58,11 +58,3 @@ class LocalityAware:
 
     def pick(self, endpoints: Sequence[Endpoint], now: float) -> Endpoint | None:
         return self.inner.pick(self.candidates(endpoints), now)
-
-    def on_start(self, ep: Endpoint, now: float) -> InFlight:
-        return self.inner.on_start(ep, now)
-
-    def on_complete(
-        self, token: InFlight, now: float, outcome: Outcome, latency: float | None = None
-    ) -> None:
-        self.inner.on_complete(token, now, outcome, latency)

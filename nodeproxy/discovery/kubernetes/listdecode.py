@@ -94,6 +94,14 @@ class ListDecoder:
         self._pos = end
         return True, value
 
+    def _take(self, char: str, state: str) -> bool:
+        """If ``char`` comes next, consume it and go to ``state``."""
+        if self._buf[self._pos] != char:
+            return False
+        self._pos += 1
+        self._state = state
+        return True
+
     def _run(self, final: bool) -> list[Any]:
         items: list[Any] = []
         while self._state != "end" and self._skip_ws():
@@ -102,9 +110,7 @@ class ListDecoder:
                 self._expect("{")
                 self._state = "key"
             elif state == "key":
-                if self._buf[self._pos] == "}":
-                    self._pos += 1
-                    self._state = "end"
+                if self._take("}", "end"):
                     continue
                 ok, key = self._value(final)
                 if not ok:
@@ -116,9 +122,7 @@ class ListDecoder:
                 self._expect(":")
                 self._state = "value"
             elif state == "value":
-                if self._key == "items" and self._buf[self._pos] == "[":
-                    self._pos += 1
-                    self._state = "item"
+                if self._key == "items" and self._take("[", "item"):
                     continue
                 ok, value = self._value(final)
                 if not ok:
@@ -126,9 +130,7 @@ class ListDecoder:
                 self.fields[self._key] = value
                 self._state = "after"
             elif state == "item":
-                if self._buf[self._pos] == "]":
-                    self._pos += 1
-                    self._state = "after"
+                if self._take("]", "after"):
                     continue
                 ok, item = self._value(final)
                 if not ok:
