@@ -62,6 +62,7 @@ from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
+from nodeproxy.tunnel import Tunnels, carry_tcp
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams
 
@@ -118,6 +119,7 @@ async def run_app(
     else:
         link.attach(runtime)
     upstreams = Upstreams(runtime, mesh.certs if mesh is not None else None)
+    runtime.tunnels = Tunnels(runtime, mesh)  # TCP carrying: nodeproxy.tunnel.carry_tcp
     handle = AppHandle(runtime)
     # A worker's sockets come from its supervisor (link.attach); ours are acquired here.
     own = await ProcessSockets.acquire(config, runtime) if link is None else None
@@ -164,10 +166,14 @@ async def run_app(
                     addresses[LISTENER] = f"{mesh.config.inbound_host}:{port}"
                 if config.intercept is not None:  # the transparent listener (intercept/)
                     from nodeproxy.intercept.listener import LISTENER as INTERCEPT
-                    from nodeproxy.intercept.listener import serve_intercept
-                    from nodeproxy.intercept.tcp import LocalSplice
+                    from nodeproxy.intercept.listener import Intercepted, serve_intercept
 
-                    carrier = LocalSplice(runtime)
+                    async def carrier(stream: trio.SocketStream, conn: Intercepted) -> None:
+                        await carry_tcp(
+                            runtime, stream, peeked=conn.peeked, caller_ip=conn.caller_ip,
+                            dst_ip=conn.dst_ip, dst_port=conn.dst_port, sni=conn.sni,
+                        )  # fmt: skip
+
                     port = await serving.start(serve_intercept, runtime, upstreams, carrier)
                     handle.listener_ports[INTERCEPT] = port
                     addresses[INTERCEPT] = f"{config.intercept.host}:{port}"

@@ -71,6 +71,9 @@ class Runtime:
     # workers mint their own). Set once by the app before anything starts.
     mesh: Mesh | None = field(default=None, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
+    # TCP carrying (nodeproxy/tunnel/: a ``Tunnels``), set by app.py before the listeners
+    # start; typed loosely so this module does not import the data path.
+    tunnels: object | None = field(default=None, repr=False, compare=False)
     # More conditions for /ready (the mesh certificates): each gives None when all is
     # well, else (still ready?, a one-line reason that /ready shows).
     health_checks: list[Callable[[], tuple[bool, str] | None]] = field(

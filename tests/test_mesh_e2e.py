@@ -26,7 +26,8 @@ from tests.helpers.proc import running_nodeproxy
 
 
 async def test_webserver_reaches_auth_api_on_the_other_node_over_mtls(tmp_path: Path) -> None:
-    async with two_node_mesh(tmp_path) as mesh, client_from(WEB_IP) as client:
+    """The per-request hop (http_tunnel: off); the tunnel: tests/test_tunnel_http.py."""
+    async with two_node_mesh(tmp_path, http_tunnel="off") as mesh, client_from(WEB_IP) as client:
         with structlog.testing.capture_logs(
             processors=[structlog.contextvars.merge_contextvars]
         ) as logs:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -33,9 +33,13 @@ from nodeproxy.tls.identity import InvalidSpiffeId, SpiffeId, validate_trust_dom
 
 MESH_KEYS = (
     "trust_domain", "ca_dir", "ca_cert", "signer", "cert_lifetime", "renew_fraction", "inbound",
-    "nodes", "workloads", "default_identity", "enforce_outbound", "policy",
+    "nodes", "workloads", "default_identity", "enforce_outbound", "policy", "http_tunnel",
 )  # fmt: skip
 DEFAULT_INBOUND = ("0.0.0.0", 4143)
+
+
+def _http_tunnel(node: Node) -> Literal["auto", "off"]:
+    return "off" if node.choice("auto", "off") == "off" else "auto"
 
 
 def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> MeshConfig:
@@ -84,6 +88,7 @@ def read_mesh(node: Node, *, default_ns: str, node_name: str, binds: Binds) -> M
         workloads=workloads,
         default_identity=default_identity,
         enforce_outbound=f.opt("enforce_outbound", Node.flag, False),
+        http_tunnel=f.opt("http_tunnel", _http_tunnel, "auto"),
         policy=policy,
     )
 

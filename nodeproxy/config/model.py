@@ -83,6 +83,9 @@ class ClusterConfig:
     circuit_breaker: BreakerConfig | None = None  # None: no consecutive-failure breaker
     overload: OverloadLimits | None = None  # None: Envoy's thresholds (1024 / 1024 / 1024 / 3)
     health_check: HealthCheckConfig | None = None  # None: no active HTTP health checks
+    # The Service's ClusterIP:port addresses: an intercepted connection to one is carried
+    # to a backend of this cluster (nodeproxy/tunnel/); discovery fills its own.
+    vips: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,10 @@ class MeshConfig:
     workloads: tuple[WorkloadConfig, ...] = ()
     default_identity: tuple[str, str] | None = None  # (namespace, service account)
     enforce_outbound: bool = False  # also check cross-node requests before they leave
+    # HTTP to another node's pod: "auto" sends it through a CONNECT tunnel when the
+    # destination's policy has no HTTP rules (that node only splices); "off": always
+    # the per-request hop, which the destination node parses (nodeproxy/tunnel/).
+    http_tunnel: Literal["auto", "off"] = "auto"
     policy: Policy = field(default_factory=Policy.allow_all)
     ca_cert: str | None = None  # with signer: the CA certificate file
     signer: SignerConfig | None = None

@@ -36,7 +36,7 @@ from nodeproxy.config.yamlsrc import Node
 
 SERVICE_KEYS = (
     "name", "namespace", "connect_timeout", "response_timeout", *TRAFFIC_KEYS,
-    "max_connections_per_endpoint", "idle_timeout", "endpoints", "routes",
+    "max_connections_per_endpoint", "idle_timeout", "endpoints", "routes", "cluster_ip",
 )  # fmt: skip
 
 
@@ -63,6 +63,7 @@ class Service:
                 "max_connections_per_endpoint", Node.integer, d.max_connections_per_endpoint
             ),
             idle_timeout=f.opt("idle_timeout", Node.duration, d.idle_timeout),
+            vips=f.opt("cluster_ip", _vips, ()),
             **cluster_traffic(f),
         )
         return cls(node, (name, ns), cluster, f.get("routes"))
@@ -117,6 +118,12 @@ class Service:
             known = ", ".join(sorted(f"{n}.{s}" for n, s in targets))
             raise node.error(f"unknown service {text!r} (known: {known or 'none'})")
         return targets[key]
+
+
+def _vips(node: Node) -> tuple[tuple[str, int], ...]:
+    """``cluster_ip``: one ``ip:port`` or a list of them (intercepted TCP, nodeproxy/tunnel)."""
+    items = [node] if node.is_scalar() else node.items(non_empty=True)
+    return tuple(item.address() for item in items)
 
 
 def _endpoints(node: Node) -> tuple[EndpointConfig, ...]:

@@ -93,6 +93,9 @@ class Node:
     def is_map(self) -> bool:
         return isinstance(self.node, yaml.MappingNode)
 
+    def is_scalar(self) -> bool:
+        return isinstance(self.node, yaml.ScalarNode)
+
     def fields(self, *allowed: str, unknown: str = "unknown field") -> Fields:
         """This mapping's entries; a key outside ``allowed`` is an error naming it."""
         entries: dict[str, Node] = {}

@@ -102,10 +102,13 @@ class H11ServerCodec:
     refused.
     """
 
-    __slots__ = ("_head_reads", "_in_head", "_max", "conn", "method")
+    __slots__ = ("_head_reads", "_in_head", "_max", "allow_connect", "conn", "method")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._max = max_header_bytes
+        # CONNECT is refused (400) except where a listener takes tunnels: the mesh
+        # inbound port (tunnel/inbound.py), which sets this on each connection.
+        self.allow_connect = False
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._head_reads: list[bytes] = []
         self._in_head = True  # the next bytes belong to a request head
@@ -140,7 +143,7 @@ class H11ServerCodec:
                 raise HeadersTooLarge("request head over the limit")
             if has_te and (has_cl or event.http_version != b"1.1"):
                 raise BadFraming("transfer-encoding with content-length or on HTTP/1.0")
-            if event.method == b"CONNECT":  # authority-form tunnels are not proxied
+            if event.method == b"CONNECT" and not self.allow_connect:  # no tunnels here
                 raise BadRequest("CONNECT is not supported")
             parsed_head(event)
         return event

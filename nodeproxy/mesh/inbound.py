@@ -8,6 +8,10 @@
       -> policy        caller, service, method, path -> allow or 403 denied
       -> forward       plaintext to the pod, through the shared upstream pool
 
+or, for ``CONNECT pod-ip:port`` (a tunnel: intercepted TCP, or HTTP the
+source node sends through a tunnel), tunnel/inbound.py: local pod, TCP
+policy, 200, then raw bytes both ways.
+
 The inbound port is no open relay: a destination that is not a pod of this
 node (another node's pod, a host outside the mesh, the proxy's own admin
 port) is refused with 421 ``not_local_destination``, before the policy and
@@ -38,6 +42,7 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.server.admission import Admission
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import forward
+from nodeproxy.tunnel.inbound import serve_connect
 from nodeproxy.upstream.pool import Target, Upstreams
 
 LISTENER = "inbound"
@@ -84,6 +89,8 @@ class InboundHandler:
     """destination -> policy -> forward: the mTLS inbound listener's ``Handler``
     (``server/handler.py``)."""
 
+    accepts_connect = True  # CONNECT pod-ip:port tunnels (tunnel/inbound.py)
+
     def __init__(self, runtime: Runtime, upstreams: Upstreams, mesh: Mesh) -> None:
         config = runtime.config
         self.runtime = runtime
@@ -117,6 +124,16 @@ class InboundHandler:
 
     async def handle(self, down: Downstream, request: h11.Request, ex: Exchange) -> bool:
         caller = down.caller
+        if request.method == b"CONNECT":
+            return await serve_connect(
+                down,
+                request,
+                ex,
+                local=self.local(),
+                mesh=self.mesh,
+                caller=caller,
+                drain=self.runtime.drain,
+            )
         host, path = request_authority(request.target, request.headers)
         ex.authority, ex.path = host.decode("latin-1"), path.decode("latin-1")
         destination = service = None
@@ -132,7 +149,7 @@ class InboundHandler:
             raise MissingDestination("x-nodeproxy-destination is required on the inbound port")
         cluster, endpoint, service = pick_destination(self.local(), destination, service)
         ex.cluster, ex.upstream = cluster.name, endpoint.address
-        self.mesh.authorize(LISTENER, caller, service, ex)
+        self.mesh.authorize(LISTENER, caller, service, ex, endpoint.port)
         headers.append((XFCC_HEADER, self._xfcc_by + f";URI={caller}".encode()))
         request = request_event(request.method, request.target, headers)
         return await forward(

@@ -18,6 +18,14 @@ Runs after the balancer picked an endpoint, synchronously (no I/O):
   ``x-nodeproxy-service: <svc.ns>``. The peer enforces the policy; with
   ``mesh.enforce_outbound`` it is also checked here, before any connection,
   with the same answer.
+- Unless the destination's policy has HTTP rules (methods, paths) or
+  ``mesh.http_tunnel: off``: the same pod is reached through a CONNECT
+  tunnel instead (``TunnelEndpoint``, pooled per (peer, pod, identity)). The
+  peer checks the caller against the TCP policy once per tunnel (which
+  decides exactly as the HTTP policy would, having no HTTP rules to apply)
+  and then only splices bytes: it parses no request. The request goes as
+  the app sent it, plus ``x-forwarded-client-cert`` (``By=`` the peer node,
+  ``URI=`` the caller), the header the peer would otherwise have added.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ from nodeproxy.http1.impl import h11
 from nodeproxy.mesh.state import (
     DESTINATION_HEADER,
     SERVICE_HEADER,
+    XFCC_HEADER,
     Mesh,
     is_mesh_header,
     service_of,
 )
 from nodeproxy.server.downstream import Exchange
-from nodeproxy.upstream.peer import PeerEndpoint
+from nodeproxy.upstream.peer import PeerEndpoint, TunnelEndpoint
 from nodeproxy.upstream.pool import Target
 
 LISTENER = "outbound"
@@ -61,7 +70,7 @@ def mesh_step(
     local = mesh.is_local(endpoint)
     service = service_of(target.cluster)
     if local or mesh.config.enforce_outbound:
-        mesh.authorize(LISTENER, caller, service, ex)
+        mesh.authorize(LISTENER, caller, service, ex, endpoint.port)
     if local:
         return target, request
     if caller is None:
@@ -69,6 +78,21 @@ def mesh_step(
     address = mesh.nodes.get(endpoint.node)
     if address is None:
         raise UpstreamConnectFailure(f"no inbound address for node {endpoint.node!r}")
+    if mesh.config.http_tunnel == "auto" and not mesh.policy.has_http_rules(service):
+        tunnel = TunnelEndpoint(
+            host=address[0],
+            port=address[1],
+            node=endpoint.node,
+            identity=caller,
+            trust_domain=mesh.config.trust_domain,
+            destination=endpoint.address,
+            service=service,
+        )
+        headers = list(request.headers)
+        xfcc = f"By={tunnel.expected_server};URI={caller}"
+        headers.append((XFCC_HEADER, xfcc.encode()))
+        hop = request_event(request.method, request.target, headers)
+        return Target(target.cluster, tunnel, target.timeout), hop
     peer = PeerEndpoint(
         host=address[0],
         port=address[1],

@@ -175,12 +175,17 @@ class Mesh:
         return endpoint.node == self.node_name
 
     def authorize(
-        self, listener: str, caller: SpiffeId | None, service: str, ex: Exchange
+        self,
+        listener: str,
+        caller: SpiffeId | None,
+        service: str,
+        ex: Exchange,
+        port: int | None = None,
     ) -> Decision:
-        """Decide on ``ex`` (method, path), count, note the rule in ``ex`` for its access
-        line; raise ``Denied`` (403)."""
+        """Decide on ``ex`` (method, path) to pod ``port``, count, note the rule in ``ex``
+        for its access line; raise ``Denied`` (403)."""
         method, path = ex.method, ex.path
-        decision = self.policy.decide(caller, service, method, path)
+        decision = self.policy.decide(caller, service, method, path, port)
         rule = ex.policy_rule = decision.rule or DEFAULT_RULE
         if decision.allowed:
             self.stats.inc(POLICY_ALLOWED, labels(listener=listener, rule=rule))
@@ -194,6 +199,27 @@ class Mesh:
             method=method,
             path=path,
             rule=rule,
+        )
+        raise Denied(decision.rule)
+
+    def authorize_tcp(
+        self, listener: str, caller: SpiffeId | None, service: str, port: int
+    ) -> Decision:
+        """A connection (no HTTP to see): decide, count, log a refusal; raise ``Denied``."""
+        decision = self.policy.decide_tcp(caller, service, port)
+        rule = decision.rule or DEFAULT_RULE
+        if decision.allowed:
+            self.stats.inc(POLICY_ALLOWED, labels(listener=listener, rule=rule))
+            return decision
+        self.stats.inc(POLICY_DENIED, labels(listener=listener, rule=rule))
+        log.info(
+            "policy_denied",
+            listener=listener,
+            caller=str(caller) if caller else None,
+            service=service,
+            port=port,
+            rule=rule,
+            tcp=True,
         )
         raise Denied(decision.rule)
 

@@ -16,11 +16,23 @@ The semantics are Envoy RBAC's, flattened into one ordered list:
   (``source=None``) matches only ``*``.
 - Services are canonical ``svc.ns`` names (what routing's ``service_key``
   gives); ``*.ns`` is every service of a namespace, ``*`` every service.
+- ``ports`` (optional) are destination pod ports: the port a connection or
+  request reaches on the pod (the target port, not the Service port).
 - Methods compare case-insensitively (a lowercase ``delete`` must not slip
   past a deny rule written for ``DELETE``). Paths are normalised before the
   plain string-prefix test: query and fragment dropped, percent-encoded
   unreserved characters decoded, ``//`` merged and dot segments resolved, so
   ``/public/../admin`` and ``/%61dmin`` are both seen as ``/admin``.
+
+TCP (``decide_tcp``: caller, service, port; no method or path to see): the
+same ordered list, first match decides, ``default_action`` otherwise. A rule
+with HTTP conditions (``methods`` or ``path_prefixes``) cannot be checked on
+raw bytes, so it fails closed: such an *allow* rule never matches a TCP
+connection, such a *deny* rule always does (Istio's rule for TCP traffic).
+``has_http_rules(service)`` tells whether any rule that can apply to the
+service looks at method or path; when none does, an HTTP request's decision
+equals its connection's (``decide`` == ``decide_tcp``), which is what lets a
+node carry HTTP through a CONNECT tunnel that the destination only splices.
 
 Everything here is pure and immutable: ``decide`` is a table test, and the
 inbound data path calls it per request with no lock and no await.
@@ -105,14 +117,33 @@ class Rule:
     services: tuple[ServicePattern, ...]
     methods: frozenset[str] | None = None
     path_prefixes: tuple[str, ...] | None = None
+    ports: frozenset[int] | None = None
 
-    def matches(self, source: SpiffeId | None, service: str, method: str, path: str) -> bool:
+    @property
+    def http_only(self) -> bool:
+        """The rule looks at method or path: it cannot be checked on raw TCP."""
+        return self.methods is not None or self.path_prefixes is not None
+
+    def matches(
+        self, source: SpiffeId | None, service: str, method: str, path: str, port: int | None
+    ) -> bool:
         """``method`` upper-cased and ``path`` normalised by the caller (``Policy``)."""
         return (
             any(p.matches(source) for p in self.sources)
             and any(s.matches(service) for s in self.services)
+            and (self.ports is None or port in self.ports)
             and (self.methods is None or method in self.methods)
             and (self.path_prefixes is None or any(map(path.startswith, self.path_prefixes)))
+        )
+
+    def matches_tcp(self, source: SpiffeId | None, service: str, port: int) -> bool:
+        """A connection: HTTP conditions fail closed (allow: no match; deny: match)."""
+        if self.http_only and self.action is Action.ALLOW:
+            return False
+        return (
+            any(p.matches(source) for p in self.sources)
+            and any(s.matches(service) for s in self.services)
+            and (self.ports is None or port in self.ports)
         )
 
 
@@ -142,20 +173,43 @@ class Policy:
         """The policy when none is configured: every request is allowed."""
         return cls(rules=(), default_action=Action.ALLOW)
 
-    def decide(self, source: SpiffeId | None, service: str, method: str, path: str) -> Decision:
+    def decide(
+        self,
+        source: SpiffeId | None,
+        service: str,
+        method: str,
+        path: str,
+        port: int | None = None,
+    ) -> Decision:
         """First matching rule wins; no match means ``default_action``.
 
         ``service`` is ``svc.ns`` (a bare ``svc`` is taken in the default
-        namespace); ``path`` is the request target in origin form.
+        namespace); ``path`` is the request target in origin form; ``port`` the
+        destination pod's port (None: unknown, only rules without ``ports`` match).
         """
         if "." not in service:
             service = f"{service}.{self.default_namespace}"
         method = method.upper()
         path = normalize_path(path)
         for rule in self.rules:
-            if rule.matches(source, service, method, path):
+            if rule.matches(source, service, method, path, port):
                 return Decision(allowed=rule.action is Action.ALLOW, rule=rule.name)
         return Decision(allowed=self.default_action is Action.ALLOW, rule=None)
+
+    def decide_tcp(self, source: SpiffeId | None, service: str, port: int) -> Decision:
+        """A connection to ``service`` on pod port ``port``: first match, else the default."""
+        if "." not in service:
+            service = f"{service}.{self.default_namespace}"
+        for rule in self.rules:
+            if rule.matches_tcp(source, service, port):
+                return Decision(allowed=rule.action is Action.ALLOW, rule=rule.name)
+        return Decision(allowed=self.default_action is Action.ALLOW, rule=None)
+
+    def has_http_rules(self, service: str) -> bool:
+        """Some rule that may apply to ``service`` looks at method or path."""
+        if "." not in service:
+            service = f"{service}.{self.default_namespace}"
+        return any(r.http_only and any(s.matches(service) for s in r.services) for r in self.rules)
 
     def __repr__(self) -> str:
         return f"<Policy [{len(self.rules)} rules | default {self.default_action.value}]>"

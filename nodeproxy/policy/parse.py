@@ -10,6 +10,7 @@ Shape (the ``policy:`` section of the native config)::
         to: ["auth-api"]            # svc (default namespace), svc.ns, *.ns or *
         methods: [GET, POST]        # optional
         path_prefixes: ["/login"]   # optional
+        ports: [8080]               # optional: destination pod ports (TCP and HTTP)
 
 Writing a policy at all means "only what is listed": the default default is
 deny (as with a Kubernetes NetworkPolicy); with no ``policy`` section the
@@ -32,7 +33,7 @@ from nodeproxy.tls.identity import (
     validate_trust_domain,
 )
 
-_RULE_KEYS = frozenset({"name", "action", "from", "to", "methods", "path_prefixes"})
+_RULE_KEYS = frozenset({"name", "action", "from", "to", "methods", "path_prefixes", "ports"})
 _POLICY_KEYS = frozenset({"default_action", "rules"})
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 method token
@@ -126,6 +127,11 @@ def _rule(raw: Any, field: str, default_namespace: str) -> Rule:
         for i, p in enumerate(prefixes):
             if not _string(p, f"{field}.path_prefixes[{i}]").startswith("/"):
                 raise ConfigError(f"{field}.path_prefixes[{i}]", f"{p!r} must start with '/'")
+    ports = _list(raw.get("ports"), f"{field}.ports", optional=True)
+    if ports is not None:
+        for i, port in enumerate(ports):
+            if type(port) is not int or not 0 < port < 65536:
+                raise ConfigError(f"{field}.ports[{i}]", f"{port!r} is not a port (1-65535)")
     return Rule(
         name=_string(raw["name"], f"{field}.name"),
         action=_action(raw["action"], f"{field}.action"),
@@ -133,6 +139,7 @@ def _rule(raw: Any, field: str, default_namespace: str) -> Rule:
         services=tuple(services),
         methods=frozenset(m.upper() for m in methods) if methods is not None else None,
         path_prefixes=tuple(prefixes) if prefixes is not None else None,
+        ports=frozenset(ports) if ports is not None else None,
     )
 
 

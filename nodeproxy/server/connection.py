@@ -82,6 +82,8 @@ class ConnectionLoop:
             self.runtime.stats, listener, self.access_log_enabled, self.sources
         )
         self.admission = handler.admission if handler.admission.enabled else None
+        # The mesh inbound port takes CONNECT tunnels (tunnel/inbound.py); others refuse them.
+        self.accepts_connect = bool(getattr(handler, "accepts_connect", False))
 
     def __repr__(self) -> str:
         return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"
@@ -140,6 +142,7 @@ class ConnectionLoop:
         peer; ``setup``: prepares the ``Downstream``, e.g. with bytes already read)."""
         limits = self.limits
         down = Downstream(stream, limits, caller)
+        down.codec.allow_connect = self.accepts_connect
         if setup is not None:
             setup(down)
         self.live.add(down)
@@ -281,6 +284,9 @@ class ConnectionLoop:
             request_done = False
         # After bad input the stream cannot be trusted to frame a next request.
         close = not request_done or err.status in _CLOSE_AFTER or self.runtime.drain.draining
+        # A refused CONNECT: what the client sent after its head is tunnel payload,
+        # never to be read as a next request.
+        close = close or codec.method == b"CONNECT"
         body = err.response_body()
         headers = [
             (b"content-type", b"text/plain"),

@@ -12,10 +12,18 @@ the plain HTTP/1.1 path unchanged on both sides of a node-to-node hop:
   (what the lingering close after an error answer and the WebSocket splice
   need: the peer sees a clean end of stream);
 - ``identity`` is the peer's verified SPIFFE ID, read once after the
-  handshake.
+  handshake;
+- ``half_close`` is the real TLS 1.3 half-close a byte tunnel needs
+  (``tunnel/splice.py``): ``close_notify`` goes out and the stream stays
+  readable until the peer's own ``close_notify``. trio's ``SSLStream`` has no
+  public call for it, so it drives the ssl object the way ``aclose`` does
+  (``unwrap`` without waiting for the peer's answer); with a trio that lacks
+  those internals it falls back to a full close.
 """
 
 from __future__ import annotations
+
+import ssl
 
 import trio
 
@@ -36,7 +44,14 @@ class TLSStream:
         return f"<TLSStream {self.identity} {self.tls.version()}>"
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.tls.receive_some(max_bytes)
+        try:
+            return await self.tls.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            # After our own close_notify (half_close), ssl reports the peer's as an
+            # error rather than b"": it is the clean end of the stream.
+            if isinstance(exc.__cause__, ssl.SSLZeroReturnError):
+                return b""
+            raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.tls.send_all(data)
@@ -47,6 +62,18 @@ class TLSStream:
     async def send_eof(self) -> None:
         """No TLS half-close: send close_notify and close the connection."""
         await self.aclose()
+
+    async def half_close(self) -> None:
+        """Send ``close_notify`` and keep reading (TLS 1.3 half-close)."""
+        retry = getattr(self.tls, "_retry", None)
+        ssl_object = getattr(self.tls, "_ssl_object", None)
+        if retry is None or ssl_object is None:
+            await self.aclose()
+            return
+        with trio.move_on_after(1.0) as scope:  # a peer that never reads must not hold us
+            await retry(ssl_object.unwrap, ignore_want_read=True)
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self.tls.transport_stream)
 
     async def aclose(self) -> None:
         try:

@@ -54,6 +54,24 @@ class PeerEndpoint(EndpointConfig):
         return SpiffeId.node(self.node or "", self.trust_domain)
 
 
+@dataclass(frozen=True)
+class TunnelEndpoint(PeerEndpoint):
+    """A pod of a peer node reached through a CONNECT tunnel (nodeproxy/tunnel/).
+
+    The peer only splices: one pooled connection is one HTTP/1.1 connection to
+    ``destination`` (the pod), opened as ``identity``. Pooled per (peer, pod,
+    identity): no byte of one workload's exchange can reach another's, and a
+    connection never changes pods (the peer fixed it at CONNECT time).
+    """
+
+    destination: str = ""  # the pod's host:port
+    service: str | None = None  # the svc.ns the source resolved (x-nodeproxy-service)
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        return (f"mesh:{self.node}", f"{self.destination} via tunnel as {self.identity}")
+
+
 def handshake_failure_reason(exc: BaseException | None) -> str:
     """A short, stable label for why a TLS handshake failed (either side)."""
     if isinstance(exc, ssl.SSLCertVerificationError):

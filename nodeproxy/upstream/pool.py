@@ -18,7 +18,10 @@ sockets open to the whole cluster (``max_connections``): past either, 503
 A ``PeerEndpoint`` (a pod on another node, reached through that node's
 inbound mTLS listener, ``peer.py``) is pooled by (peer node, identity) and
 connected with TLS presenting the calling workload's certificate; the data
-path above sees the same ``UpstreamConnection`` either way.
+path above sees the same ``UpstreamConnection`` either way. A
+``TunnelEndpoint`` is pooled by (peer, pod, identity) and, after the
+handshake, sends ``CONNECT pod`` (nodeproxy/tunnel/): the connection is then
+a plain HTTP/1.1 connection to that pod, which the peer only splices.
 
 The reaper task also forgets pools whose endpoint left discovery more than
 ``endpoint_grace`` ago (``prune.py``): their idle connections are closed and
@@ -39,6 +42,7 @@ from nodeproxy.errors import (
     PeerTLSFailure,
     UpstreamConnectFailure,
     UpstreamConnectTimeout,
+    UpstreamProtocolError,
 )
 from nodeproxy.http1.codec import H11ClientCodec
 from nodeproxy.resilience.overload import OverloadGuard, Resource
@@ -50,10 +54,12 @@ from nodeproxy.stats.names import (
     UPSTREAM_REQUESTS,
 )
 from nodeproxy.stats.registry import Labels, Stats, labels
+from nodeproxy.tls.stream import TLSStream
+from nodeproxy.tunnel.client import handshake
 from nodeproxy.upstream.connection import UpstreamConnection as UpstreamConnection
 from nodeproxy.upstream.connection import stirred
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
-from nodeproxy.upstream.peer import PeerEndpoint, open_peer_stream
+from nodeproxy.upstream.peer import PeerEndpoint, TunnelEndpoint, open_peer_stream
 from nodeproxy.upstream.prune import Presence, Sweep
 
 if TYPE_CHECKING:
@@ -224,6 +230,8 @@ class Upstreams:
                 tls = await open_peer_stream(
                     stream, ctx, endpoint, cluster.connect_timeout, self._stats
                 )
+                if isinstance(endpoint, TunnelEndpoint):  # CONNECT: the peer then only splices
+                    await open_http_tunnel(tls, endpoint, cluster.connect_timeout)
             except BaseException:
                 self._stats.inc(UPSTREAM_CONNECT_FAILURES, entry.ep_labels)
                 raise
@@ -311,6 +319,18 @@ class Upstreams:
                 conn.close()
                 closed += 1
         return closed
+
+
+async def open_http_tunnel(tls: TLSStream, endpoint: TunnelEndpoint, timeout: float) -> None:
+    """CONNECT to the pod over a handshaken peer stream; it then carries one HTTP/1.1
+    connection. An HTTP server does not speak first: bytes before our request are an error."""
+    try:
+        first = await handshake(tls, endpoint.destination, endpoint.service, timeout, http=True)
+        if first:
+            raise UpstreamProtocolError(f"{endpoint.destination} sent bytes before any request")
+    except BaseException:
+        await trio.aclose_forcefully(tls.tls.transport_stream)
+        raise
 
 
 def _pool_key(lbls: Labels) -> tuple[str, str] | None:

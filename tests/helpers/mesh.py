@@ -120,6 +120,7 @@ async def two_node_mesh(
     tmp_path: Path,
     *,
     enforce_outbound: bool = False,
+    http_tunnel: str = "auto",
     issuer: Callable[[str], str] | None = None,
     ca: CertificateAuthority | None = None,
 ) -> AsyncIterator[Mesh]:
@@ -127,11 +128,14 @@ async def two_node_mesh(
 
     ``issuer(node)``: the mesh section's issuer lines for that node (e.g. a
     ``signer``); default ``ca_dir`` (a local CA made here, or ``ca``'s).
+    ``http_tunnel``: ``mesh.http_tunnel`` ("off": the per-request hop node-b parses).
     """
     ca_dir = tmp_path / "mesh-ca"
     if ca is None:  # 30 days back: room for "expired" test certs
         ca = init_ca(ca_dir, now=utc_now() - timedelta(days=30))
     template = CONFIG if issuer is None else CONFIG.replace("ca_dir: {ca_dir}", "{issuer}")
+    tunnel = f"  http_tunnel: {http_tunnel}\n  enforce_outbound:"
+    template = template.replace("  enforce_outbound:", tunnel)
 
     def lines(node: str) -> str:
         return issuer(node) if issuer is not None else ""
