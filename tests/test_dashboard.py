@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from nodeproxy.admin import dashboard_page
-from nodeproxy.admin.dashboard import History, Sample, build
+from nodeproxy.admin.dashboard import build
 from nodeproxy.admin.handlers import ROUTES, AdminContext, handle
+from nodeproxy.admin.rates import History, Sample
 from nodeproxy.config.model import EndpointConfig
 from nodeproxy.stats import names as s
 from nodeproxy.stats.prometheus import stats_families

@@ -7,25 +7,16 @@ pod what it has in flight and how often it was throttled. Everything here is
 pure: the ``/clusters`` view (the workers' merged one under a supervisor),
 the metric families, the per-source table and ``now`` go in, a dict comes out.
 
-Rates: counters only grow, so a rate needs an earlier reading. ``History``
-keeps a small ring of the counter samples taken at earlier polls (at most one
-per ``min_spacing`` seconds, ``max_samples`` of them, none older than needed
-for ``window``) and each poll compares with the newest sample at least
-``window`` seconds old (or the oldest one kept, when the page has not been
-open that long). The interval actually used is reported (``rate_window_s``);
-the first poll after a quiet spell has none and reports ``null`` rates. A
-counter that went backwards (series forgotten, worker replaced) counts as 0.
-Latency quantiles come the same way from the histogram's bucket counts over
-the window, or over the process lifetime when the window saw no request.
+Rates (requests, errors, throttling per second) and windowed latency come
+from ``rates.py``: a bounded ring of earlier polls' samples.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from nodeproxy.admin.rates import History, Key, Rates, Sample
 from nodeproxy.stats.names import (
     POOL_CONNECTIONS,
     REQUEST_DURATION,
@@ -37,51 +28,10 @@ from nodeproxy.stats.prometheus import Family
 from nodeproxy.stats.registry import Histogram
 from nodeproxy.traffic.sources import SourceCounts
 
-WINDOW = 10.0
-MIN_SPACING = 1.0
-MAX_SAMPLES = 64
 MAX_SOURCES_SHOWN = 100  # the busiest; the rest are counted
 MAX_IDLE_NAMES = 50
 STATES = ("healthy", "unhealthy", "ejected", "draining")
 _BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
-
-Key = tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Cumulative counters (flat keys) and latency bucket counts per cluster at ``at``."""
-
-    at: float
-    counters: Mapping[Key, float]
-    buckets: Mapping[str, tuple[int, ...]]
-
-
-class History:
-    """The ring of earlier polls' samples; owned by the admin context, mutated per poll."""
-
-    def __init__(
-        self, window: float = WINDOW, min_spacing: float = MIN_SPACING, max_samples: int = 64
-    ) -> None:
-        self.window = window
-        self.min_spacing = min_spacing
-        self._ring: deque[Sample] = deque(maxlen=max_samples)
-
-    def __repr__(self) -> str:
-        return f"<History [{len(self._ring)} samples, window {self.window:g}s]>"
-
-    def __len__(self) -> int:
-        return len(self._ring)
-
-    def advance(self, sample: Sample) -> Sample | None:
-        """The sample to compare ``sample`` with (None: no earlier one); keeps ``sample``."""
-        ring = self._ring
-        while len(ring) >= 2 and ring[1].at <= sample.at - self.window:
-            ring.popleft()  # ring[0] stays the newest sample at least a window old
-        base = ring[0] if ring and ring[0].at < sample.at else None
-        if not ring or sample.at - ring[-1].at >= self.min_spacing:
-            ring.append(sample)
-        return base
 
 
 def _series(families: Sequence[Family]) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -125,48 +75,6 @@ def _counters(
     return out
 
 
-@dataclass(frozen=True)
-class _Rates:
-    now: Sample
-    base: Sample | None
-
-    @property
-    def seconds(self) -> float | None:
-        return None if self.base is None else self.now.at - self.base.at
-
-    def delta(self, *key: str) -> float | None:
-        if self.base is None:
-            return None
-        return max(self.now.counters.get(key, 0.0) - self.base.counters.get(key, 0.0), 0.0)
-
-    def per_second(self, *key: str) -> float | None:
-        d, s = self.delta(*key), self.seconds
-        return None if d is None or not s else round(d / s, 3)
-
-    def ratio(self, prefix: Key) -> float | None:
-        total, errors = self.delta(*prefix, "rq"), self.delta(*prefix, "err")
-        if total is None or errors is None or total == 0:
-            return None
-        return round(errors / total, 4)
-
-    def latency(self, cluster: str, lifetime: Histogram | None) -> dict[str, Any]:
-        counts = self.now.buckets.get(cluster)
-        old = self.base.buckets.get(cluster) if self.base is not None else None
-        if lifetime is not None and counts is not None and old is not None:
-            diff = [max(a - b, 0) for a, b in zip(counts, old, strict=True)]
-            if sum(diff):
-                recent = Histogram(lifetime.buckets, diff, 0.0, sum(diff))
-                return _quantiles(recent, "window")
-        return _quantiles(lifetime, "lifetime")
-
-
-def _quantiles(hist: Histogram | None, over: str) -> dict[str, Any]:
-    if hist is None or hist.count == 0:
-        return {"p50_ms": None, "p99_ms": None, "count": 0, "over": over}
-    p50, p99 = hist.estimate(0.5) * 1000, hist.estimate(0.99) * 1000
-    return {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "count": hist.count, "over": over}
-
-
 def _breaker(traffic: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The cluster's breaker; under a supervisor, the worst of the workers'."""
     if not traffic:
@@ -191,7 +99,7 @@ def _endpoint(
     ep: Mapping[str, Any],
     state: str,
     pool: Mapping[str, float],
-    r: _Rates,
+    r: Rates,
     now: float,
 ) -> dict[str, Any]:
     traffic: Mapping[str, Any] = ep.get("traffic") or {}
@@ -225,7 +133,7 @@ def build(
     history: History,
     idle: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The dashboard at ``now``; see docs/admin.md ("The dashboard") for every field.
+    """The dashboard at ``now``; see docs/admin.md ("`/`: the live dashboard") for every field.
 
     ``view`` may leave out clusters with no traffic (``clusters_view(only=...)``);
     ``idle`` names them, for the list of services this node does not talk to."""
@@ -235,13 +143,15 @@ def build(
         _counters(families, sources or ()),
         {c: tuple(h.counts) for c, h in hists.items()},
     )
-    r = _Rates(sample, history.advance(sample))
+    r = Rates(sample, history.advance(sample))
     pools: dict[tuple[str, str], dict[str, float]] = {}
     for lbls, v in _series(families).get(POOL_CONNECTIONS, []):
         pool = pools.setdefault((lbls.get("cluster", ""), lbls.get("endpoint", "")), {})
         pool[lbls.get("state", "")] = pool.get(lbls.get("state", ""), 0) + v
-    known = {k[1:3] for k in sample.counters if k[0] == "e"} | set(pools)
-    active = {k[1] for k in sample.counters if k[0] == "c"} | {c for c, _ in known}
+    remembered: dict[str, set[str]] = {}  # cluster -> endpoints with series
+    for cluster, address in {k[1:3] for k in sample.counters if k[0] == "e"} | set(pools):
+        remembered.setdefault(cluster, set()).add(address)
+    active = {k[1] for k in sample.counters if k[0] == "c"} | set(remembered)
 
     clusters: list[dict[str, Any]] = []
     idle_names: list[str] = []
@@ -257,11 +167,9 @@ def build(
             state = "healthy" if ep["state"] == "active" else str(ep["state"])
             pool = pools.get((name, ep["address"]), {})
             endpoints.append(_endpoint(name, ep, state, pool, r, now))
-        for cluster, address in sorted(known):  # gone from discovery, still remembered
-            if cluster == name and address not in listed:
-                gone = {"address": address}
-                pool = pools.get((name, address), {})
-                endpoints.append(_endpoint(name, gone, "draining", pool, r, now))
+        for address in sorted(remembered.get(name, set()) - listed):  # gone from discovery
+            pool = pools.get((name, address), {})
+            endpoints.append(_endpoint(name, {"address": address}, "draining", pool, r, now))
         settings = c.get("settings") or {}
         key = ("c", name)
         clusters.append(
@@ -292,7 +200,7 @@ def build(
     }
 
 
-def _sources(rows: Sequence[tuple[str, SourceCounts]], r: _Rates, now: float) -> dict[str, Any]:
+def _sources(rows: Sequence[tuple[str, SourceCounts]], r: Rates, now: float) -> dict[str, Any]:
     """The busiest sources first: in flight, then throttled, then requests."""
     ranked = sorted(rows, key=lambda s: (-s[1].in_flight, -s[1].throttled, -s[1].requests, s[0]))
     shown = [

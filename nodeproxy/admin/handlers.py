@@ -29,6 +29,7 @@ from nodeproxy.admin.clusters import (
 )
 from nodeproxy.admin.dump import config_dump
 from nodeproxy.admin.process import process_families, runtime_families
+from nodeproxy.admin.rates import History
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
 from nodeproxy.stats.prometheus import Family, families_json, render, stats_families
@@ -74,7 +75,7 @@ class AdminContext:
     runtime: Runtime
     started_at: float
     workers: WorkersView | None = None
-    history: dashboard.History = field(default_factory=dashboard.History)  # dashboard rates
+    history: History = field(default_factory=History)  # the dashboard's rates
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ Try it:
   curl -i -x {proxy} http://{DEMO_SERVICE}/admin
 
 Admin:
+  # the live dashboard (services, endpoints, rates, calling pods): open in a browser
+  #   http://{admin}/
   curl {admin}/clusters
   curl {admin}/stats/prometheus
   curl -i {admin}/ready
