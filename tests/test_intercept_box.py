@@ -9,7 +9,6 @@ intercept install``); this test starts it inside ``unshare --mount --net
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -54,9 +53,6 @@ EXPECTED = [
     "uninstall_leaves_nothing_node-2",
 ]
 
-# Carried across nodes by nodeproxy.tunnel's mTLS CONNECT tunnels.
-REMOTE_TCP = ("tcp_echo_remote", "tcp_pod_ip_remote", "tls_remote", "server_first_remote")
-
 
 async def test_pod_without_proxy_settings_is_intercepted_carried_over_mtls_and_policed() -> None:
     command = ["unshare", "--mount", "--net", "--pid", "--fork",
@@ -73,7 +69,5 @@ async def test_pod_without_proxy_settings_is_intercepted_carried_over_mtls_and_p
     except (ValueError, IndexError):
         pytest.fail(f"no verdict (exit {result.returncode}): {result.stderr.decode()[-3000:]}")
     assert verdict["error"] is None, json.dumps(verdict, indent=1)[:20000]
-    expected = dict.fromkeys(EXPECTED, True)
-    if importlib.util.find_spec("nodeproxy.tunnel") is None:  # same-node splice only
-        expected.update(dict.fromkeys(REMOTE_TCP, False))  # refused: never carried in clear
-    assert verdict["checks"] == expected, json.dumps(verdict, indent=1)[:20000]
+    assert verdict["checks"] == dict.fromkeys(EXPECTED, True), json.dumps(verdict, indent=1)[:20000]
+    assert verdict["ok"] is True

@@ -12,8 +12,9 @@ and classify them (detect.py):
   balancing, breakers, retries and node-to-node mTLS as for a proxy client.
 - Everything else (TLS, with its SNI; other protocols; nothing within the
   deadline, as a server-first protocol sends nothing) and HTTP to a
-  destination discovery does not know -> the TCP path (``TcpCarrier``): the
-  bytes carried unchanged to the destination as dialled.
+  destination discovery does not know -> the TCP path (``TcpCarrier``;
+  app.py passes ``nodeproxy.tunnel.carry_tcp``): the bytes carried unchanged,
+  over an mTLS tunnel when the destination is another node's pod.
 
 A connection that was not redirected (someone dialled the port itself) has no
 original destination: it is closed at once, never proxied to ourselves.
