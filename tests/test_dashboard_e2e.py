@@ -170,6 +170,12 @@ async def test_dashboard_json_after_traffic_shows_states_rates_and_sources() -> 
         assert (flood["errors"], flood["in_flight"]) == (3, 0)
         assert (sources[POLITE]["requests"], sources[POLITE]["throttled"]) == (5, 0)
 
+        # the admin's Host check holds for the page and its data (DNS rebinding)
+        for path in ("/", "/dashboard.json"):
+            refused = await admin.get(path, headers={"host": "evil.example"})
+            assert refused.status_code == 421
+            assert refused.headers["x-nodeproxy-error"] == "admin_host_not_allowed"
+
 
 class Texts(html.parser.HTMLParser):
     """Every ``data-*`` attribute set of the rendered DOM, and its visible text."""
