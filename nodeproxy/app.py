@@ -155,7 +155,7 @@ async def run_app(
                     handle.listener_ports[lc.name] = port
                     addresses[lc.name] = f"{lc.host}:{port}"
                 if mesh is not None:
-                    inbound = InboundHandler(runtime, upstreams, mesh)
+                    inbound = InboundHandler(runtime, upstreams)
                     mtls = partial(
                         serve_inbound,
                         server_context=mesh.certs.server_context,

@@ -78,6 +78,8 @@ class Pipeline:
     """route -> admit -> balance -> upstream -> send -> report -> relay, for one listener:
     the outbound listeners' ``Handler`` (``server/handler.py``)."""
 
+    accepts_connect = False  # a CONNECT is refused by the codec before routing
+
     def __init__(
         self,
         runtime: Runtime,

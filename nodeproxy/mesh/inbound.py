@@ -91,11 +91,11 @@ class InboundHandler:
 
     accepts_connect = True  # CONNECT pod-ip:port tunnels (tunnel/inbound.py)
 
-    def __init__(self, runtime: Runtime, upstreams: Upstreams, mesh: Mesh) -> None:
-        config = runtime.config
+    def __init__(self, runtime: Runtime, upstreams: Upstreams) -> None:
+        config, mesh = runtime.config, runtime.mesh
+        assert mesh is not None, "the inbound listener serves only with a mesh"
         self.runtime = runtime
         self.upstreams = upstreams
-        self.mesh = mesh
         self.listener = ListenerConfig(
             name=LISTENER, host=mesh.config.inbound_host, port=mesh.config.inbound_port
         )
@@ -105,6 +105,13 @@ class InboundHandler:
         self._version = -1
         self._local: _Local = {}
         self._xfcc_by = f"By={mesh.node_id}".encode()
+
+    @property
+    def mesh(self) -> Mesh:
+        """The runtime's mesh (its one owner)."""
+        mesh = self.runtime.mesh
+        assert mesh is not None
+        return mesh
 
     def __repr__(self) -> str:
         return f"<InboundHandler {self.mesh.node_name} [{len(self._local)} local pods]>"

@@ -83,7 +83,7 @@ class ConnectionLoop:
         )
         self.admission = handler.admission if handler.admission.enabled else None
         # The mesh inbound port takes CONNECT tunnels (tunnel/inbound.py); others refuse them.
-        self.accepts_connect = bool(getattr(handler, "accepts_connect", False))
+        self.accepts_connect = handler.accepts_connect
 
     def __repr__(self) -> str:
         return f"<ConnectionLoop {self.listener} [{len(self.idle)} idle]>"

@@ -24,6 +24,8 @@ class Handler(Protocol):
     # The listener's rate limits and per-source fairness: the loop admits each
     # request through it (when ``enabled``) before ``handle``.
     admission: Admission
+    # Whether CONNECT requests reach ``handle`` (else the codec refuses them: 400).
+    accepts_connect: bool
 
     def bound(self, port: int) -> None:
         """The listener's port, once bound (before any connection is accepted)."""
