@@ -186,41 +186,36 @@ class Mesh:
         for its access line; raise ``Denied`` (403)."""
         method, path = ex.method, ex.path
         decision = self.policy.decide(caller, service, method, path, port)
-        rule = ex.policy_rule = decision.rule or DEFAULT_RULE
-        if decision.allowed:
-            self.stats.inc(POLICY_ALLOWED, labels(listener=listener, rule=rule))
-            return decision
-        self.stats.inc(POLICY_DENIED, labels(listener=listener, rule=rule))
-        log.info(
-            "policy_denied",
-            listener=listener,
-            caller=str(caller) if caller else None,
-            service=service,
-            method=method,
-            path=path,
-            rule=rule,
-        )
-        raise Denied(decision.rule)
+        ex.policy_rule = decision.rule or DEFAULT_RULE
+        return self._enforce(decision, listener, caller, service, method=method, path=path)
 
     def authorize_tcp(
         self, listener: str, caller: SpiffeId | None, service: str, port: int
     ) -> Decision:
         """A connection (no HTTP to see): decide, count, log a refusal; raise ``Denied``."""
         decision = self.policy.decide_tcp(caller, service, port)
+        return self._enforce(decision, listener, caller, service, port=port, tcp=True)
+
+    def _enforce(
+        self,
+        decision: Decision,
+        listener: str,
+        caller: SpiffeId | None,
+        service: str,
+        **request: object,
+    ) -> Decision:
+        """Count ``decision`` under its rule; a refusal is logged (with ``request``'s
+        fields) and raised as ``Denied``."""
         rule = decision.rule or DEFAULT_RULE
         if decision.allowed:
             self.stats.inc(POLICY_ALLOWED, labels(listener=listener, rule=rule))
             return decision
         self.stats.inc(POLICY_DENIED, labels(listener=listener, rule=rule))
+        caller_text = str(caller) if caller else None
         log.info(
-            "policy_denied",
-            listener=listener,
-            caller=str(caller) if caller else None,
-            service=service,
-            port=port,
-            rule=rule,
-            tcp=True,
-        )
+            "policy_denied", listener=listener, caller=caller_text, service=service, rule=rule,
+            **request,
+        )  # fmt: skip
         raise Denied(decision.rule)
 
 
