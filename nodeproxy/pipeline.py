@@ -99,7 +99,9 @@ class Pipeline:
         self.traffic = runtime.traffic
         self.retrier = Retrier(runtime.stats)
         # the listener's rate limits and fairness; route buckets are runtime.routes'
-        self.admission = Admission(listener, config.fairness, runtime.stats, runtime.routes)
+        self.admission = Admission(
+            listener, config.fairness, runtime.stats, runtime.routes, runtime.sources
+        )
         self._body_timeout = config.limits.downstream_idle_timeout
         # auto_host_rewrite toward an IP endpoint: ip:port natively, nothing as Envoy.
         self._auto_host_ip = config.source_format == "native"

@@ -269,12 +269,19 @@ def test_dashboard_json_route_answers_from_the_runtime() -> None:
 
 
 def test_workers_source_tables_are_summed() -> None:
-    one = [("10.0.0.1", 1, 10, 1, 2, 0, 5.0), ("10.0.0.2", 0, 3, 0, 0, 0, 30.0)]
-    two = [("10.0.0.1", 2, 5, 0, 0, 4, 1.0)]
+    src = Sources()
+    src.start("10.0.0.1", 95.0)
+    src.answered("10.0.0.1", 429, "rate_limited", 95.0)
+    src.waited("10.0.0.1")
+    src.waited("10.9.9.9")  # unknown (forgotten meanwhile): ignored
+    one = [*src.wire_rows(now=100.0), ("10.0.0.2", 0, 3, 0, 0, 0, 0, 30.0)]
+    assert one[0] == ("10.0.0.1", 1, 1, 0, 1, 0, 1, 5.0)
+    two = [("10.0.0.1", 2, 14, 1, 1, 4, 2, 1.0)]
     merged = dict(merge_sources([one, two], now=100.0))
     a = merged["10.0.0.1"]
     assert (a.in_flight, a.requests, a.errors, a.rate_limited, a.fairness_rejected) == (
         3, 15, 1, 2, 4
     )  # fmt: skip
+    assert a.queued == 3
     assert (a.throttled, a.last_seen) == (6, 99.0)
     assert merged["10.0.0.2"].last_seen == 70.0

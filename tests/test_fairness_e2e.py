@@ -107,6 +107,16 @@ async def test_polite_source_keeps_full_success_and_low_latency_under_a_flood() 
         assert refused == {"source_overloaded"}
         assert stats.counter(FAIRNESS_QUEUED, listener) == 4
         assert stats.counter(FAIRNESS_REJECTED, listener) == FLOOD - 8
+        flooder, polite_pod = p.runtime.sources.get("127.0.0.2"), p.runtime.sources.get("127.0.0.3")
+        assert flooder is not None  # the admin dashboard's per-source table
+        assert polite_pod is not None
+        assert (flooder.requests, flooder.queued, flooder.fairness_rejected) == (
+            FLOOD,
+            4,
+            FLOOD - 8,
+        )
+        assert (flooder.in_flight, flooder.throttled) == (0, FLOOD - 8)
+        assert (polite_pod.requests, polite_pod.queued, polite_pod.throttled) == (20, 0, 0)
 
 
 async def test_a_queued_request_gives_up_after_max_wait() -> None:

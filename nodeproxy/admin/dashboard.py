@@ -211,6 +211,7 @@ def _sources(rows: Sequence[tuple[str, SourceCounts]], r: Rates, now: float) -> 
             "errors": c.errors,
             "rate_limited": c.rate_limited,
             "fairness_rejected": c.fairness_rejected,
+            "queued": c.queued,
             "throttled": c.throttled,
             "rps": r.per_second("s", src, "rq"),
             "throttled_per_s": r.per_second("s", src, "thr"),

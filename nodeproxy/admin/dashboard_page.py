@@ -125,11 +125,12 @@ function sources(src) {
   }
   const rows = src.rows.map(r => row([
     el("td", "text", r.source), r.in_flight, r.requests, rate(r.rps), r.errors,
-    r.rate_limited, r.fairness_rejected, el("td", r.throttled > 0 ? "hot" : "", r.throttled),
+    r.rate_limited, r.fairness_rejected, r.queued,
+    el("td", r.throttled > 0 ? "hot" : "", r.throttled),
     rate(r.throttled_per_s), num(r.idle_s, 0) + " s",
   ], {source: r.source, throttled: r.throttled, "in-flight": r.in_flight}));
   s.append(table(["source", "in flight", "requests", "req/s", "errors (5xx)", "rate limited",
-    "fairness refused", "throttled", "throttled/s", "last seen"], rows, 1));
+    "fairness refused", "queued", "throttled", "throttled/s", "last seen"], rows, 1));
   if (src.count > src.rows.length)
     s.append(el("p", "idle", (src.count - src.rows.length) + " more sources not shown"));
   return s;

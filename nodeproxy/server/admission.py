@@ -33,6 +33,7 @@ from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.stats.names import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.traffic.routes import Limiter, Routes
+from nodeproxy.traffic.sources import Sources
 
 Handler = Callable[[Downstream, h11.Request, Exchange], Awaitable[bool]]
 
@@ -111,6 +112,7 @@ class Admission:
         fairness: FairnessConfig | None,
         stats: Stats,
         routes: Routes,
+        sources: Sources | None = None,
     ) -> None:
         now = trio.current_time()
         self.stats = stats
@@ -118,6 +120,7 @@ class Admission:
         self.limiter = None if listener.rate_limit is None else Limiter(listener.rate_limit, now)
         self.gate = None if fairness is None else FairGate(fairness)
         self.routes = routes  # the process's (``runtime.routes``), shared by every listener
+        self.sources = sources  # the process's per-source table: who waited for a slot
 
     def __repr__(self) -> str:
         return f"<Admission {self.listener} {self.limiter!r} {self.gate!r}>"
@@ -139,6 +142,8 @@ class Admission:
         try:
             if await self.gate.enter(source):
                 self.stats.inc(FAIRNESS_QUEUED, labels(listener=self.listener))
+                if self.sources is not None:
+                    self.sources.waited(source)
         except SourceOverloaded:
             self.stats.inc(FAIRNESS_REJECTED, labels(listener=self.listener))
             raise

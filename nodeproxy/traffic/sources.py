@@ -9,7 +9,7 @@ the admin dashboard shows, over every listener: requests in flight now
 (counted from the request head to its accounting, so a request waiting in a
 fairness queue is in flight), requests answered, 5xx answers, and the ones
 refused by a rate limit (429 ``rate_limited``) or by fairness (503
-``source_overloaded``).
+``source_overloaded``), and the ones that waited in a fairness queue.
 
 Bounded: at most ``max_sources`` rows; the least recently seen source with
 nothing in flight is forgotten first (a pod that left the node). Sources with
@@ -25,6 +25,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 DEFAULT_MAX_SOURCES = 1024
+# One row as a worker sends it to its supervisor: (source, in_flight, requests, errors,
+# rate_limited, fairness_rejected, queued, seconds since last seen); ages, since the two
+# processes' clocks differ.
+WireRow = tuple[str, int, int, int, int, int, int, float]
 
 
 @dataclass(slots=True)
@@ -36,6 +40,7 @@ class SourceCounts:
     errors: int = 0  # answered 5xx
     rate_limited: int = 0  # answered 429 by a local rate limit
     fairness_rejected: int = 0  # answered 503 by per-source fairness
+    queued: int = 0  # waited in a fairness queue for a slot (then served)
     last_seen: float = 0.0
 
     @property
@@ -81,6 +86,12 @@ class Sources:
         forgotten meanwhile is simply dropped with its count)."""
         row.in_flight -= 1
 
+    def waited(self, source: str) -> None:
+        """A request of ``source`` got its fairness slot after waiting in the queue."""
+        row = self._rows.get(source)
+        if row is not None:
+            row.queued += 1
+
     def answered(self, source: str, status: int, cause: str | None, now: float) -> None:
         """A request of ``source`` was accounted with ``status`` (and the proxy's ``cause``)."""
         row = self._rows.get(source)  # start() made it the most recent already
@@ -108,6 +119,22 @@ class Sources:
             self.forgotten += 1
         row = self._rows[source] = SourceCounts()
         return row
+
+    def wire_rows(self, now: float) -> list[WireRow]:
+        """Every row for the supervisor (``workers/merge.py`` sums them)."""
+        return [
+            (
+                s,
+                c.in_flight,
+                c.requests,
+                c.errors,
+                c.rate_limited,
+                c.fairness_rejected,
+                c.queued,
+                now - c.last_seen,
+            )
+            for s, c in self._rows.items()
+        ]
 
     def items(self) -> list[tuple[str, SourceCounts]]:
         """Every row, a copy (safe to read across awaits), least recently seen first."""

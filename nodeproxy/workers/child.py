@@ -164,29 +164,13 @@ class WorkerLink:
                 if request.clusters
                 else None
             ),
-            sources=_sources(runtime, now) if request.clusters else None,
+            sources=runtime.sources.wire_rows(now) if request.clusters else None,
         )
 
     def breaker_tripped(self, cluster: str) -> None:
         """Called by a breaker of this worker as it trips: tell the supervisor (best effort)."""
         self._tripped.add(cluster)
         self._trip_wake.set()
-
-
-def _sources(runtime: Runtime, now: float) -> list[tuple[str, int, int, int, int, int, float]]:
-    """The per-source table for the supervisor's dashboard (ages: our clock is not its)."""
-    return [
-        (
-            s,
-            c.in_flight,
-            c.requests,
-            c.errors,
-            c.rate_limited,
-            c.fairness_rejected,
-            now - c.last_seen,
-        )
-        for s, c in runtime.sources.items()
-    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

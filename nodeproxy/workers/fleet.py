@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import structlog
 import trio
 
+from nodeproxy.traffic.sources import WireRow
 from nodeproxy.workers import wire
 
 log = structlog.get_logger("nodeproxy.supervisor")
@@ -78,7 +79,7 @@ class Slot:
         self.restarts = 0
         self.last: wire.StatsReply | None = None
         self.clusters: dict[str, object] | None = None
-        self.sources: list[tuple[str, int, int, int, int, int, float]] | None = None
+        self.sources: list[WireRow] | None = None
         self.reply_seq = 0
         self.replied = trio.Event()
         # This slot's share of the retired totals (for the per-worker series)

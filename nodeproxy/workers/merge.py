@@ -27,7 +27,7 @@ from typing import Any
 from nodeproxy.admin.process import BREAKER_OPEN
 from nodeproxy.stats.names import BUILD_INFO
 from nodeproxy.stats.registry import Histogram, Labels, Stats
-from nodeproxy.traffic.sources import SourceCounts
+from nodeproxy.traffic.sources import SourceCounts, WireRow
 from nodeproxy.workers.wire import StatsReply
 
 MAX_GAUGES = frozenset({BUILD_INFO, BREAKER_OPEN})
@@ -111,12 +111,12 @@ def _endpoint_traffic(per_worker: dict[str, dict[str, Any]]) -> dict[str, Any] |
 
 
 def merge_sources(
-    workers: Iterable[Iterable[tuple[str, int, int, int, int, int, float]]], now: float
+    workers: Iterable[Iterable[WireRow]], now: float
 ) -> list[tuple[str, SourceCounts]]:
     """Each worker's per-source rows summed by source; last seen is the latest of theirs."""
     out: dict[str, SourceCounts] = {}
     for rows in workers:
-        for src, in_flight, requests, errors, limited, refused, idle in rows:
+        for src, in_flight, requests, errors, limited, refused, queued, idle in rows:
             c = out.get(src)
             if c is None:
                 c = out[src] = SourceCounts(last_seen=now - idle)
@@ -125,6 +125,7 @@ def merge_sources(
             c.errors += errors
             c.rate_limited += limited
             c.fairness_rejected += refused
+            c.queued += queued
             c.last_seen = max(c.last_seen, now - idle)
     return list(out.items())
 

@@ -26,6 +26,7 @@ import trio
 
 from nodeproxy.config.model import EMPTY_LABELS
 from nodeproxy.discovery.snapshot import Endpoint
+from nodeproxy.traffic.sources import WireRow
 
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct("!I")
@@ -111,9 +112,8 @@ class StatsReply:
     resident_bytes: int
     cpu_seconds: float
     clusters: dict[str, Any] | None = None
-    # with clusters: the per-source table, (source, in_flight, requests, errors,
-    # rate_limited, fairness_rejected, seconds since last seen) each
-    sources: list[tuple[str, int, int, int, int, int, float]] | None = None
+    # with clusters: the per-source table (traffic/sources.py)
+    sources: list[WireRow] | None = None
 
 
 @dataclass(frozen=True)
