@@ -1,4 +1,4 @@
-"""Issue 15's interception box: a pod with no proxy settings is in the mesh.
+"""The interception box: a pod with no proxy settings is in the mesh.
 
 The scenario is ``tests/helpers/intercept_box.py`` (2 nodes, pods in their own
 network namespaces, nftables redirect rules installed by ``nodeproxy

@@ -1,4 +1,4 @@
-"""Issue 15's interception box: pods in their own network namespaces, no proxy settings.
+"""The interception box: pods in their own network namespaces, no proxy settings.
 
 Run ONLY inside ``unshare --mount --net --pid --fork`` (tests/test_intercept_box.py
 does); it refuses otherwise, as tests/helpers/cluster_in_a_box.py does.
