@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 def summarise(config: Config) -> str:
     endpoints = sum(len(c.endpoints) for c in config.clusters.values())
     listeners = ", ".join(f"{lc.name}@{lc.host}:{lc.port}" for lc in config.listeners)
+    if (ic := config.intercept) is not None:
+        listeners += f", intercept@{ic.host}:{ic.port}"
     workers = f", workers {config.workers}" if config.workers != 1 else ""
     return (
         f"ok: {config.source_format} config, listeners [{listeners}], "

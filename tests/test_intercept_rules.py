@@ -6,9 +6,12 @@ tests/test_intercept_box.py (inside its own network namespace).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from nodeproxy.intercept.install import pod_cidrs_of
+from nodeproxy.intercept.install import InstallError, node_pod_cidrs, pod_cidrs_of
 from nodeproxy.intercept.rules import (
     InterceptRules,
     RulesError,
@@ -16,6 +19,8 @@ from nodeproxy.intercept.rules import (
     nft_install,
     nft_uninstall,
 )
+from tests.fakes.apiserver import fake_apiserver
+from tests.fakes.k8s_objects import node
 
 
 def rules(**kw: object) -> InterceptRules:
@@ -103,3 +108,22 @@ def test_a_listener_on_its_own_address_is_reached_by_dnat() -> None:
     assert rules(address="0.0.0.0").address is None  # the wildcard: redirect to the port
     with pytest.raises(RulesError, match="not an IPv4 address"):
         rules(address="fd00::1")
+
+
+async def test_pod_ranges_come_from_this_nodes_object_in_the_api(tmp_path: Path) -> None:
+    async with fake_apiserver() as api:
+        for name, cidrs in (("node-1", ["10.244.1.0/24"]), ("node-2", ["10.244.2.0/24"])):
+            obj = node(name, "10.0.0.1")
+            obj["spec"] = {"podCIDR": cidrs[0], "podCIDRs": cidrs}
+            api.add("nodes", obj)
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "f",
+            "clusters": [{"name": "f", "cluster": {"server": api.url}}],
+            "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+        }))  # fmt: skip
+        assert await node_pod_cidrs(str(kc), None, "node-2") == ("10.244.2.0/24",)
+        assert await node_pod_cidrs(str(kc), None, "node-9") == ()  # no such Node: no ranges
+        with pytest.raises(InstallError, match="cannot read kubeconfig"):
+            await node_pod_cidrs(str(tmp_path / "missing"), None, "node-1")

@@ -95,11 +95,19 @@ def pod_cidrs_of(node_list: bytes) -> tuple[str, ...]:
 async def node_pod_cidrs(
     kubeconfig: str | None, context: str | None, node_name: str
 ) -> tuple[str, ...]:
-    """This Node's pod ranges, read from the API."""
+    """This Node's pod ranges, read from the API (InstallError when it cannot be asked)."""
     from nodeproxy.discovery.kubernetes.access import from_kubeconfig, in_cluster
-    from nodeproxy.discovery.kubernetes.apiclient import ApiClient
+    from nodeproxy.discovery.kubernetes.apiclient import (
+        ApiClient,
+        ApiStatusError,
+        ApiUnavailable,
+    )
+    from nodeproxy.errors import ConfigError
 
-    access = from_kubeconfig(kubeconfig, context) if kubeconfig else in_cluster()
     target = "/api/v1/nodes?fieldSelector=" + quote(f"metadata.name={node_name}", safe="")
-    async with ApiClient(access).get(target) as response:
-        return pod_cidrs_of(await response.read_all(NODE_LIST_LIMIT))
+    try:
+        access = from_kubeconfig(kubeconfig, context) if kubeconfig else in_cluster()
+        async with ApiClient(access).get(target) as response:
+            return pod_cidrs_of(await response.read_all(NODE_LIST_LIMIT))
+    except (ConfigError, ApiUnavailable, ApiStatusError, ValueError) as exc:
+        raise InstallError(f"reading Node {node_name}'s spec.podCIDRs: {exc}") from None
