@@ -120,6 +120,7 @@ class Pipeline:
         request = strip_mesh_headers(request)
         routed = down.route_authority or ex.authority  # intercepted: the original destination
         decision = self.route(routed, ex.path, request.headers)
+        ex.route = decision.rule.name or decision.virtual_host.name
         ex.via = self.forwarding.via
         if self._reads_xff:
             ex.client = forwarded_client(request.headers, down.client_ip, self.forwarding)

@@ -142,7 +142,7 @@ def test_index_lists_every_endpoint() -> None:
 def test_prometheus_page_has_runtime_and_process_gauges() -> None:
     rt = make_runtime()
     rt.stats.inc(s.REQUESTS, labels(cluster="bdgreeter", code_class="2xx", listener="outbound"))
-    rt.stats.observe(s.REQUEST_DURATION, labels(cluster="bdgreeter"), 0.004)
+    rt.stats.observe(s.REQUEST_DURATION_MS, labels(cluster="bdgreeter"), 4.0)
     resp = call(rt, "GET", "/stats/prometheus")
     assert header(resp, "content-type") == CONTENT_TYPE
     types, samples = parse_exposition(resp.text)
@@ -153,7 +153,7 @@ def test_prometheus_page_has_runtime_and_process_gauges() -> None:
     assert values[("nodeproxy_cluster_endpoints", (("cluster", "bdgreeter"),))] == 2
     assert values[("nodeproxy_process_resident_memory_bytes", ())] > 1_000_000
     assert types["nodeproxy_process_cpu_seconds_total"] == "counter"
-    assert types[s.REQUEST_DURATION] == "histogram"
+    assert types[s.REQUEST_DURATION_MS] == "histogram"
     alias = call(rt, "GET", "/stats?format=prometheus")
     assert header(alias, "content-type") == CONTENT_TYPE
     assert (
@@ -165,14 +165,14 @@ def test_prometheus_page_has_runtime_and_process_gauges() -> None:
 def test_stats_json() -> None:
     rt = make_runtime()
     rt.stats.inc(s.PROXY_ERRORS, labels(cause="connection_failure"), 3)
-    rt.stats.observe(s.REQUEST_DURATION, labels(cluster="bdgreeter"), 0.004)
+    rt.stats.observe(s.REQUEST_DURATION_MS, labels(cluster="bdgreeter"), 4.0)
     data = json.loads(call(rt, "GET", "/stats").body)
     assert data["counters"][s.PROXY_ERRORS] == [
         {"labels": {"cause": "connection_failure"}, "value": 3}
     ]
-    (hist,) = data["histograms"][s.REQUEST_DURATION]
+    (hist,) = data["histograms"][s.REQUEST_DURATION_MS]
     assert hist["count"] == 1
-    assert 0.0025 < hist["p50"] <= 0.005
+    assert 2.5 < hist["p50"] <= 5.0
     assert data["gauges"]["nodeproxy_ready"] == [{"labels": {}, "value": 1.0}]
 
 

@@ -138,9 +138,9 @@ def traffic_stats(ok: int, failed: int, slow: int = 0) -> Stats:
     st.inc(s.UPSTREAM_REQUESTS, labels(endpoint="10.0.0.9:80", code_class="2xx", **cl), 4)
     st.gauge_set(s.POOL_CONNECTIONS, labels(endpoint="10.0.0.9:80", state="active", **cl), 1)
     for _ in range(ok + failed - slow):
-        st.observe(s.REQUEST_DURATION, labels(**cl), 0.003)
+        st.observe(s.REQUEST_DURATION_MS, labels(route="api", **cl), 3.0)
     for _ in range(slow):
-        st.observe(s.REQUEST_DURATION, labels(**cl), 0.7)
+        st.observe(s.REQUEST_DURATION_MS, labels(route="api-slow", **cl), 700.0)
     return st
 
 

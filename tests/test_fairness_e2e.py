@@ -89,7 +89,7 @@ async def test_polite_source_keeps_full_success_and_low_latency_under_a_flood() 
     async with backend() as b, run_proxy(config_for(b, fairness)) as p:
         results: list[httpx.Response] = []
         stats = p.runtime.stats
-        listener = labels(listener="outbound")
+        flood_labels = labels(listener="outbound", source="127.0.0.2")  # the polite one never waits
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(flood, p, results)
@@ -97,7 +97,7 @@ async def test_polite_source_keeps_full_success_and_low_latency_under_a_flood() 
                 await until(lambda: len(results) >= FLOOD - 8 and len(b.requests) >= 4)
                 polite = await polite_round(p, 20)
                 assert len(b.requests) == 4 + 20  # the flood never had more than 4 upstream
-                assert stats.counter(FAIRNESS_QUEUED, listener) == 0  # the queued 4 still wait
+                assert stats.counter(FAIRNESS_QUEUED, flood_labels) == 0  # the queued 4 still wait
                 b.release.set()  # the flood's slots free up: its queued tickets go next
         assert [status for status, _ in polite] == [200] * 20
         assert max(seconds for _, seconds in polite) < 0.5
@@ -105,8 +105,9 @@ async def test_polite_source_keeps_full_success_and_low_latency_under_a_flood() 
         assert statuses == [200] * 8 + [503] * (FLOOD - 8)
         refused = {r.headers["x-nodeproxy-error"] for r in results if r.status_code == 503}
         assert refused == {"source_overloaded"}
-        assert stats.counter(FAIRNESS_QUEUED, listener) == 4
-        assert stats.counter(FAIRNESS_REJECTED, listener) == FLOOD - 8
+        assert stats.counter(FAIRNESS_QUEUED, flood_labels) == 4
+        assert stats.counter(FAIRNESS_REJECTED, flood_labels) == FLOOD - 8
+        assert stats.sum_counter(FAIRNESS_QUEUED, source="127.0.0.3") == 0
         flooder, polite_pod = p.runtime.sources.get("127.0.0.2"), p.runtime.sources.get("127.0.0.3")
         assert flooder is not None  # the admin dashboard's per-source table
         assert polite_pod is not None

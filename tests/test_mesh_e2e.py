@@ -17,9 +17,8 @@ import pytest
 import structlog
 import trio
 
-from nodeproxy.mesh.state import POLICY_DENIED
+from nodeproxy.stats.names import POLICY_DENIED, TLS_HANDSHAKE_FAILURES
 from nodeproxy.tls.ca import init_ca
-from nodeproxy.upstream.peer import TLS_HANDSHAKE_FAILURES
 from tests.helpers.backends import backend
 from tests.helpers.mesh import REPORTING, WEB, WEB_IP, client_from, two_node_mesh
 from tests.helpers.proc import running_nodeproxy

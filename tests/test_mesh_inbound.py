@@ -22,11 +22,11 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from nodeproxy.stats.names import TLS_HANDSHAKE_FAILURES
 from nodeproxy.tls.ca import CertificateAuthority, generate_key, issue_workload_cert, utc_now
 from nodeproxy.tls.ca import private_key_pem as key_pem
 from nodeproxy.tls.context import client_context
 from nodeproxy.tls.identity import SpiffeId
-from nodeproxy.upstream.peer import TLS_HANDSHAKE_FAILURES
 from tests.helpers.mesh import WEB, Mesh, pin, two_node_mesh
 
 CURL, OPENSSL = shutil.which("curl"), shutil.which("openssl")

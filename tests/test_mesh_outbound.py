@@ -11,10 +11,10 @@ import pytest
 import trio
 import trustme
 
+from nodeproxy.stats.names import TLS_HANDSHAKE_FAILURES
 from nodeproxy.tls.ca import CertificateAuthority, init_ca, issue_workload_cert, utc_now
 from nodeproxy.tls.context import server_context
 from nodeproxy.tls.identity import SpiffeId
-from nodeproxy.upstream.peer import TLS_HANDSHAKE_FAILURES
 from tests.helpers.backends import free_port
 from tests.helpers.mesh import CONFIG, REPORTING_IP, WEB_IP, Node, client_from, start_node
 

@@ -61,7 +61,12 @@ async def test_route_limit_answers_429_with_retry_after_after_the_burst() -> Non
             assert r.text == "local_rate_limited\n"
             assert len(b.requests) == 3  # the refused request never left the proxy
             stats = p.runtime.stats
-            assert stats.counter(RATE_LIMITED, labels(listener="outbound", scope="route")) == 1
+            assert (
+                stats.counter(
+                    RATE_LIMITED, labels(listener="outbound", scope="route", source="127.0.0.1")
+                )
+                == 1
+            )
 
 
 async def test_per_source_limit_separates_calling_pods() -> None:
@@ -85,7 +90,12 @@ async def test_per_source_limit_separates_calling_pods() -> None:
             assert 99 <= int(refused.headers["retry-after"]) <= 100
             assert len(b.requests) == 4
             stats = p.runtime.stats
-            assert stats.counter(RATE_LIMITED, labels(listener="outbound", scope="listener")) == 3
+            assert (
+                stats.counter(
+                    RATE_LIMITED, labels(listener="outbound", scope="listener", source="127.0.0.2")
+                )
+                == 3
+            )
 
 
 NATIVE = """

@@ -17,8 +17,7 @@ import httpx
 import trio
 
 from nodeproxy.config.model import Config, RetryConfig
-from nodeproxy.stats.names import RETRIES, RETRIES_DENIED
-from nodeproxy.stats.registry import labels
+from nodeproxy.stats.names import RETRIES, RETRIES_OVERFLOW
 from tests.helpers.backends import backend, free_port, run_proxy, simple_config
 
 
@@ -49,9 +48,7 @@ async def test_retries_hide_a_replica_that_refuses_connections() -> None:
             with trio.fail_after(10):
                 statuses = [(await c.get("http://svc/x")).status_code for _ in range(40)]
             assert statuses == [200] * 40
-            retried = p.runtime.stats.counter(
-                RETRIES, labels(cluster="svc", reason="connect_failure")
-            )
+            retried = p.runtime.stats.sum_counter(RETRIES, cluster="svc", reason="connect_failure")
             assert retried >= 1  # the refusing replica was picked and skipped
             assert len(good.requests) == 40
 
@@ -112,15 +109,15 @@ async def test_the_retry_budget_limits_retries() -> None:
         assert r.status_code == 503
         assert r.headers["x-nodeproxy-error"] == "connection_failure"
         stats = p.runtime.stats
-        assert stats.counter(RETRIES, labels(cluster="svc", reason="connect_failure")) == 0
-        assert stats.counter(RETRIES_DENIED, labels(cluster="svc")) == 1
+        assert stats.sum_counter(RETRIES, cluster="svc", reason="connect_failure") == 0
+        assert stats.sum_counter(RETRIES_OVERFLOW, cluster="svc", threshold="budget") == 1
     allowed = fast(num_retries=3)
     async with run_proxy(with_retries(config, allowed)) as p, client(p.url) as c:
         with trio.fail_after(10):
             r = await c.get("http://svc/x")
         assert r.status_code == 503
         stats = p.runtime.stats
-        assert stats.counter(RETRIES, labels(cluster="svc", reason="connect_failure")) == 3
+        assert stats.sum_counter(RETRIES, cluster="svc", reason="connect_failure") == 3
 
 
 async def test_per_try_timeout_gives_up_a_stalled_try_within_the_route_timeout() -> None:
@@ -135,5 +132,5 @@ async def test_per_try_timeout_gives_up_a_stalled_try_within_the_route_timeout()
                     r = await c.get("http://svc/stall")
                     assert r.status_code == 504
                     assert trio.current_time() - start < 2.0  # 4 tries x 0.1 s, not 5 s
-            timeouts = p.runtime.stats.counter(RETRIES, labels(cluster="svc", reason="timeout"))
+            timeouts = p.runtime.stats.sum_counter(RETRIES, cluster="svc", reason="timeout")
             assert timeouts == 6

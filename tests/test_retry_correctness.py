@@ -27,8 +27,7 @@ from nodeproxy.config import load_config_text
 from nodeproxy.config.model import ClusterConfig, Config, EndpointConfig
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
-from nodeproxy.stats.names import RETRIES_DENIED
-from nodeproxy.stats.registry import labels
+from nodeproxy.stats.names import RETRIES_OVERFLOW
 from nodeproxy.traffic.attempt import Ticket
 from nodeproxy.traffic.state import ClusterTraffic
 from tests.helpers.backends import free_port, run_proxy
@@ -176,7 +175,7 @@ async def test_refused_retries_answer_the_failure_in_hand_never_overloaded() -> 
             # what is not a 200 is the refused connect itself, counted as a denied retry
             failures = sum(n for (status, _), n in answers.items() if status != 200)
             assert set(answers) <= {(200, ""), (503, "connection_failure")}, answers
-            denied = p.runtime.stats.counter(RETRIES_DENIED, labels(cluster="svc"))
+            denied = p.runtime.stats.sum_counter(RETRIES_OVERFLOW, cluster="svc")
             assert denied == failures
             state = p.runtime.traffic.get("svc")
             assert state is not None

@@ -23,8 +23,7 @@ from nodeproxy.discovery.snapshot import static_snapshot
 from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import Runtime
 from nodeproxy.server.listener import serve_listener
-from nodeproxy.stats.names import RETRIES_DENIED
-from nodeproxy.stats.registry import labels
+from nodeproxy.stats.names import RETRIES_OVERFLOW
 from nodeproxy.upstream.pool import Upstreams
 from tests.helpers.backends import backend, free_port
 
@@ -131,5 +130,5 @@ async def test_a_route_retry_budget_is_shared_by_listeners() -> None:
             assert second.headers["x-nodeproxy-error"] == "connection_failure"
             assert len(good.requests) == 1
             stats = p.runtime.stats
-            assert stats.counter(RETRIES_DENIED, labels(cluster="svc")) == 1
+            assert stats.sum_counter(RETRIES_OVERFLOW, cluster="svc", threshold="budget") == 1
         assert [r.status_code for r in answers] == [200]

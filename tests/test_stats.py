@@ -126,9 +126,9 @@ def filled_stats() -> Stats:
     st.inc(s.REQUESTS, labels(cluster="bdgreeter", code_class="2xx", listener="outbound"), 5)
     st.inc(s.PROXY_ERRORS, labels(cause='weird "quoted"\\path\nnewline'))
     st.gauge_set(s.DOWNSTREAM_CONNECTIONS_ACTIVE, labels(listener="outbound"), 2)
-    for v in (0.0004, 0.003, 0.003, 0.2, 45.0):
-        st.observe(s.REQUEST_DURATION, labels(cluster="bdgreeter"), v)
-    st.observe(s.REQUEST_DURATION, labels(cluster="other"), 0.01)
+    for v in (0.4, 3.0, 3.0, 200.0, 45000.0):
+        st.observe(s.REQUEST_DURATION_MS, labels(cluster="bdgreeter"), v)
+    st.observe(s.REQUEST_DURATION_MS, labels(cluster="other"), 10.0)
     return st
 
 
@@ -137,7 +137,7 @@ def test_rendered_exposition_parses_back_and_histograms_are_cumulative() -> None
     types, samples = parse_exposition(text)
     assert types[s.REQUESTS] == "counter"
     assert types[s.DOWNSTREAM_CONNECTIONS_ACTIVE] == "gauge"
-    assert types[s.REQUEST_DURATION] == "histogram"
+    assert types[s.REQUEST_DURATION_MS] == "histogram"
     assert f"# HELP {s.REQUESTS} {s.HELP[s.REQUESTS]}" in text
 
     req = [x for x in samples if x[0] == s.REQUESTS]
@@ -151,7 +151,7 @@ def test_rendered_exposition_parses_back_and_histograms_are_cumulative() -> None
         buckets = [
             (lbl["le"], v)
             for name, lbl, v in samples
-            if name == f"{s.REQUEST_DURATION}_bucket" and lbl["cluster"] == cluster
+            if name == f"{s.REQUEST_DURATION_MS}_bucket" and lbl["cluster"] == cluster
         ]
         assert len(buckets) == len(DEFAULT_BUCKETS) + 1
         values = [v for _, v in buckets]
@@ -162,7 +162,7 @@ def test_rendered_exposition_parses_back_and_histograms_are_cumulative() -> None
         (cnt,) = [
             v
             for n, lbl, v in samples
-            if n == f"{s.REQUEST_DURATION}_count" and lbl["cluster"] == cluster
+            if n == f"{s.REQUEST_DURATION_MS}_count" and lbl["cluster"] == cluster
         ]
         assert cnt == count
     le = {
@@ -170,15 +170,15 @@ def test_rendered_exposition_parses_back_and_histograms_are_cumulative() -> None
         for n, lbl, v in samples
         if n.endswith("_bucket") and lbl["cluster"] == "bdgreeter"
     }
-    assert le["0.0005"] == 1
-    assert le["0.005"] == 3
-    assert le["30.0"] == 4  # 45 s is beyond the last finite bucket
+    assert le["0.5"] == 1
+    assert le["5.0"] == 3
+    assert le["30000.0"] == 4  # 45 s is beyond the last finite bucket
     (total,) = [
         v
         for n, lbl, v in samples
-        if n == f"{s.REQUEST_DURATION}_sum" and lbl["cluster"] == "bdgreeter"
+        if n == f"{s.REQUEST_DURATION_MS}_sum" and lbl["cluster"] == "bdgreeter"
     ]
-    assert total == pytest.approx(45.2064)
+    assert total == pytest.approx(45206.4)
 
 
 def test_families_are_sorted_and_empty_registry_renders_nothing() -> None:
@@ -203,12 +203,14 @@ def test_families_json_shape() -> None:
         "value": 5,
     }
     hist = next(
-        h for h in data["histograms"][s.REQUEST_DURATION] if h["labels"] == {"cluster": "bdgreeter"}
+        h
+        for h in data["histograms"][s.REQUEST_DURATION_MS]
+        if h["labels"] == {"cluster": "bdgreeter"}
     )
     assert hist["count"] == 5
     assert isinstance(hist["p50"], float)
-    assert 0.0025 <= hist["p50"] <= 0.005
-    assert hist["p99"] == 30.0
+    assert 2.5 <= hist["p50"] <= 5.0
+    assert hist["p99"] == 30000.0
     buckets = hist["buckets"]
     assert isinstance(buckets, dict)
     assert buckets["+Inf"] == 5

@@ -20,7 +20,7 @@ from nodeproxy.admin.handlers import AdminContext, AdminResponse, handle
 from nodeproxy.config import load_config_text
 from nodeproxy.resilience.overload import Resource
 from nodeproxy.runtime import Runtime
-from nodeproxy.stats.names import RETRIES_DENIED
+from nodeproxy.stats.names import RETRIES_OVERFLOW
 from nodeproxy.stats.registry import labels
 from tests.helpers.backends import run_proxy
 from tests.helpers.replicas import Replica, keep_alive, replicas
@@ -297,7 +297,12 @@ async def test_max_retries_reached_answers_the_failure_in_hand_without_retrying(
         assert (status, body) == (500, b"only")
         assert "x-nodeproxy-error" not in headers
         assert backend.requests == 1  # the retry was refused, not sent
-        assert p.runtime.stats.counter(RETRIES_DENIED, labels(cluster="svc")) == 1
+        assert (
+            p.runtime.stats.counter(
+                RETRIES_OVERFLOW, labels(route="svc", cluster="svc", threshold="max_retries")
+            )
+            == 1
+        )
         backend.status = 200
         assert (await c.get(HOST))[0] == 200
         state = p.runtime.traffic.get("svc")

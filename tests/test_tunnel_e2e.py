@@ -14,7 +14,7 @@ import pytest
 import structlog
 import trio
 
-from nodeproxy.mesh.state import POLICY_DENIED
+from nodeproxy.stats.names import POLICY_DENIED
 from nodeproxy.tunnel import carry_tcp
 from nodeproxy.tunnel.carry import TCP_CONNECTIONS
 from tests.helpers.mesh import REPORTING_IP, WEB_IP

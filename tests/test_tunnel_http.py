@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from nodeproxy.mesh.state import POLICY_ALLOWED, POLICY_DENIED
+from nodeproxy.stats.names import POLICY_ALLOWED, POLICY_DENIED
 from tests.helpers.mesh import WEB, WEB_IP, client_from, two_node_mesh
 
 

@@ -121,7 +121,7 @@ async def test_two_workers_serve_and_admin_counts_every_request(tmp_path: Path) 
             after = await scrape(proxy.admin_port)
             requests = "nodeproxy_requests_total"
             assert total(after, requests) - total(before, requests) == sent
-            duration = "nodeproxy_request_duration_seconds_count"
+            duration = "nodeproxy_request_duration_ms_count"
             assert total(after, duration) - total(before, duration) == sent
             per_worker = total(after, "nodeproxy_worker_requests_total")
             assert per_worker - total(before, "nodeproxy_worker_requests_total") == sent

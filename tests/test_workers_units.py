@@ -9,7 +9,7 @@ import pytest
 from nodeproxy.config.model import EndpointConfig
 from nodeproxy.resilience.breaker import BreakerState, CircuitBreaker
 from nodeproxy.resilience.health import HealthState, HealthTracker
-from nodeproxy.stats.names import BUILD_INFO, REQUEST_DURATION, REQUESTS
+from nodeproxy.stats.names import BUILD_INFO, REQUEST_DURATION_MS, REQUESTS
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.workers import wire
 from nodeproxy.workers.count import cgroup_quota, cpus_allowed, quota_v1, quota_v2
@@ -79,7 +79,7 @@ def _reply(requests: float, seconds: tuple[float, ...]) -> wire.StatsReply:
     stats = Stats()
     stats.inc(REQUESTS, labels(cluster="svc"), requests)
     for s in seconds:
-        stats.observe(REQUEST_DURATION, labels(cluster="svc"), s)
+        stats.observe(REQUEST_DURATION_MS, labels(cluster="svc"), s)
     stats.gauge_set(BUILD_INFO, labels(version="x"), 1)
     stats.gauge_set("nodeproxy_downstream_connections_active", (), 2)
     return wire.StatsReply(0, stats.counters, stats.gauges, stats.histograms, 0, 1.0)
@@ -87,10 +87,10 @@ def _reply(requests: float, seconds: tuple[float, ...]) -> wire.StatsReply:
 
 def test_merge_sums_counters_and_histograms_and_keeps_the_dead() -> None:
     own, retired = Stats(), Retired()
-    a, b = _reply(5, (0.001, 0.2)), _reply(7, (0.003,))
+    a, b = _reply(5, (1.0, 200.0)), _reply(7, (3.0,))
     out = merged(own, retired, [a, b])
     assert out.counter(REQUESTS, labels(cluster="svc")) == 12
-    hist = out.histogram(REQUEST_DURATION, labels(cluster="svc"))
+    hist = out.histogram(REQUEST_DURATION_MS, labels(cluster="svc"))
     assert hist is not None
     assert hist.count == 3
     assert out.gauge(BUILD_INFO, labels(version="x")) == 1  # the same fact, not 2
@@ -99,7 +99,7 @@ def test_merge_sums_counters_and_histograms_and_keeps_the_dead() -> None:
     after = merged(own, retired, [_reply(0, ()), b])
     assert after.counter(REQUESTS, labels(cluster="svc")) == 12  # not back to 7
     assert after.gauge("nodeproxy_downstream_connections_active") == 4  # live ones only: 2 + 2
-    again = after.histogram(REQUEST_DURATION, labels(cluster="svc"))
+    again = after.histogram(REQUEST_DURATION_MS, labels(cluster="svc"))
     assert again is not None
     assert again.count == 3
 

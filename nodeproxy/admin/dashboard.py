@@ -19,7 +19,7 @@ from typing import Any
 from nodeproxy.admin.rates import History, Key, Rates, Sample
 from nodeproxy.stats.names import (
     POOL_CONNECTIONS,
-    REQUEST_DURATION,
+    REQUEST_DURATION_MS,
     REQUESTS,
     UPSTREAM_CONNECT_FAILURES,
     UPSTREAM_REQUESTS,
@@ -39,10 +39,20 @@ def _series(families: Sequence[Family]) -> dict[str, list[tuple[dict[str, str], 
 
 
 def _hists(families: Sequence[Family]) -> dict[str, Histogram]:
+    """The latency histogram per cluster (summed over the routes that send to it)."""
+    out: dict[str, Histogram] = {}
     for fam in families:
-        if fam.name == REQUEST_DURATION:
-            return {dict(lbls).get("cluster", ""): h for lbls, h in fam.histograms}
-    return {}
+        if fam.name == REQUEST_DURATION_MS:
+            for lbls, h in fam.histograms:
+                cluster = dict(lbls).get("cluster", "")
+                mine = out.get(cluster)
+                if mine is None:
+                    out[cluster] = Histogram(h.buckets, list(h.counts), h.total, h.count)
+                else:
+                    mine.counts = [a + b for a, b in zip(mine.counts, h.counts, strict=True)]
+                    mine.total += h.total
+                    mine.count += h.count
+    return out
 
 
 def _counters(

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import resource
 
-from nodeproxy.resilience.breaker import BreakerState
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.prometheus import Family
 from nodeproxy.stats.registry import labels
+from nodeproxy.stats.traffic import traffic_families
 
 RESIDENT_MEMORY = "nodeproxy_process_resident_memory_bytes"
 CPU_SECONDS = "nodeproxy_process_cpu_seconds_total"
@@ -27,8 +27,6 @@ READY = "nodeproxy_ready"
 DRAINING = "nodeproxy_draining"
 CLUSTER_ENDPOINTS = "nodeproxy_cluster_endpoints"
 SNAPSHOT_VERSION = "nodeproxy_endpoint_snapshot_version"
-SUBSET_REQUESTS = "nodeproxy_subset_requests_total"
-BREAKER_OPEN = "nodeproxy_circuit_breaker_open"
 
 
 def resident_memory_bytes() -> int:
@@ -115,31 +113,5 @@ def runtime_families(
             "Version of the endpoint snapshot in use (bumps on every publish).",
             (((), float(snapshot.version)),),
         ),
-        *(traffic_families(runtime, now) if traffic else ()),
+        *(traffic_families(runtime.traffic, now) if traffic else ()),
     ]
-
-
-def traffic_families(runtime: Runtime, now: float) -> list[Family]:
-    """Canary subset counters and breaker states, read from the per-process traffic state."""
-    states = runtime.traffic.items()
-    subsets = tuple(
-        (labels(cluster=name, subset=key), float(count))
-        for name, state in states
-        for key, count in sorted(state.subset_requests.items())
-    )
-    breakers = tuple(
-        (
-            labels(cluster=name),
-            0.0 if state.breaker.state(now) is BreakerState.CLOSED else 1.0,
-        )
-        for name, state in states
-        if state.breaker is not None
-    )
-    families = []
-    if subsets:
-        help_text = "Requests sent to each canary label subset (route subsets and splits)."
-        families.append(Family(SUBSET_REQUESTS, "counter", help_text, subsets))
-    if breakers:
-        help_text = "1 while a service's circuit breaker is open or half-open, else 0."
-        families.append(Family(BREAKER_OPEN, "gauge", help_text, breakers))
-    return families

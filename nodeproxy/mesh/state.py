@@ -31,6 +31,7 @@ from nodeproxy.config.model import (
     WorkloadConfig,
 )
 from nodeproxy.policy.model import Decision, Denied, Policy
+from nodeproxy.stats.names import POLICY_ALLOWED, POLICY_DENIED
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.ca import CAError, CertificateAuthority, load_ca, load_ca_cert, utc_now
 from nodeproxy.tls.context import TLSConfigError
@@ -43,8 +44,6 @@ from nodeproxy.tls.sources import SourceIdentities
 if TYPE_CHECKING:
     from nodeproxy.server.downstream import Exchange
 
-POLICY_DENIED = "nodeproxy_policy_denied_total"  # {listener, rule}
-POLICY_ALLOWED = "nodeproxy_policy_allowed_total"  # {listener, rule}
 DEFAULT_RULE = "(default)"  # the rule name logged when default_action decided
 
 DESTINATION_HEADER = b"x-nodeproxy-destination"

@@ -125,6 +125,7 @@ class OutlierDetector:
         self._clear_after = -math.inf
         self._known: Sequence[Endpoint] | None = None  # last endpoints found all active
         self.ejections = 0
+        self.ejections_by_reason: dict[str, int] = {}  # the metrics' reason label
         self.overflows = 0  # ejections refused by max_ejection_percent
         self.panics = 0  # healthy() calls that found everything ejected
 
@@ -242,7 +243,14 @@ class OutlierDetector:
         self._known = None  # the next ``healthy`` scans (and later unejects) again
         host.times += 1
         self.ejections += 1
+        self.ejections_by_reason[reason] = self.ejections_by_reason.get(reason, 0) + 1
         return Ejection(address, reason, host.until, host.multiplier)
+
+    def ejected(self, now: float) -> int:
+        """How many hosts are ejected at ``now``."""
+        for host in self._hosts.values():
+            self._refresh(host, now)
+        return sum(h.state is HostState.EJECTED for h in self._hosts.values())
 
     def describe(self, ep: Endpoint, now: float) -> dict[str, object]:
         """Per-endpoint state for ``/clusters`` and ``/explain``."""

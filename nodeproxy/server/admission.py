@@ -16,7 +16,9 @@ held until the response is relayed), then after routing the route's limits
 (``check_route``). The listener's buckets are this listener's; a route's
 buckets belong to the process (``runtime.routes``, ``traffic/routes.py``),
 since every listener serves the same routes. The source is the client's IP:
-on a node proxy that is the calling pod.
+on a node proxy that is the calling pod. Refusals and waits are counted per
+source (``source`` label), the first ``SOURCE_CAP`` sources of the listener
+by name, later ones as ``other``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ from nodeproxy.errors import RateLimited, SourceOverloaded
 from nodeproxy.http1.impl import h11
 from nodeproxy.resilience.fairness import Admitted, FairScheduler, Rejected, Ticket
 from nodeproxy.server.downstream import Downstream, Exchange
-from nodeproxy.stats.names import FAIRNESS_QUEUED, FAIRNESS_REJECTED, RATE_LIMITED
-from nodeproxy.stats.registry import Stats, labels
+from nodeproxy.stats.names import (
+    FAIRNESS_QUEUED,
+    FAIRNESS_REJECTED,
+    FAIRNESS_WAITING,
+    RATE_LIMITED,
+    SOURCE_CAP,
+)
+from nodeproxy.stats.registry import Bounded, Stats, labels
 from nodeproxy.traffic.routes import Limiter, Routes
 from nodeproxy.traffic.sources import Sources
 
@@ -78,6 +86,11 @@ class FairGate:
         del self._waiters[ticket.id]
         return True
 
+    @property
+    def waiting(self) -> int:
+        """Requests parked for a slot now."""
+        return len(self._waiters)
+
     def leave(self, source: str) -> None:
         """A request of ``source`` ended: hand its slot to the next waiter still there."""
         ticket = self.scheduler.release(source, trio.current_time())
@@ -121,6 +134,9 @@ class Admission:
         self.gate = None if fairness is None else FairGate(fairness)
         self.routes = routes  # the process's (``runtime.routes``), shared by every listener
         self.sources = sources  # the process's per-source table: who waited for a slot
+        self.source_labels = Bounded(SOURCE_CAP)  # the ``source`` label's values
+        if self.gate is not None:
+            stats.add_collector(self._publish)
 
     def __repr__(self) -> str:
         return f"<Admission {self.listener} {self.limiter!r} {self.gate!r}>"
@@ -141,11 +157,11 @@ class Admission:
             return await handle(down, request, ex)
         try:
             if await self.gate.enter(source):
-                self.stats.inc(FAIRNESS_QUEUED, labels(listener=self.listener))
+                self._count(FAIRNESS_QUEUED, source)
                 if self.sources is not None:
                     self.sources.waited(source)
         except SourceOverloaded:
-            self.stats.inc(FAIRNESS_REJECTED, labels(listener=self.listener))
+            self._count(FAIRNESS_REJECTED, source)
             raise
         try:
             return await handle(down, request, ex)
@@ -160,12 +176,22 @@ class Admission:
         try:
             self.routes.check_rate(rule, source, trio.current_time())
         except RateLimited:
-            self.stats.inc(RATE_LIMITED, labels(listener=self.listener, scope="route"))
+            self._count(RATE_LIMITED, source, scope="route")
             raise
 
     def _limit(self, limiter: Limiter, source: str, scope: str) -> None:
         try:
             limiter.check(source, trio.current_time())
         except RateLimited:
-            self.stats.inc(RATE_LIMITED, labels(listener=self.listener, scope=scope))
+            self._count(RATE_LIMITED, source, scope=scope)
             raise
+
+    def _publish(self, stats: Stats) -> None:
+        """The requests waiting now, for a reader of the gauges (``Stats.collect``)."""
+        assert self.gate is not None
+        stats.gauge_set(FAIRNESS_WAITING, labels(listener=self.listener), self.gate.waiting)
+
+    def _count(self, name: str, source: str, **more: str) -> None:
+        """One more of ``name`` for ``source`` (refusals and waits only: off the fast path)."""
+        lbls = labels(listener=self.listener, source=self.source_labels(source), **more)
+        self.stats.inc(name, lbls)

@@ -181,6 +181,7 @@ class Exchange:
     protocol: str = "HTTP/1.1"
     status: int = 0
     cluster: str | None = None
+    route: str = ""  # the route rule's name, else its virtual host's (the metrics' route label)
     upstream: str | None = None
     request_id: str = ""
     cause: str | None = None

@@ -43,7 +43,7 @@ from nodeproxy.server.handler import Handler
 from nodeproxy.server.listener import Acceptor, serve_acceptor
 from nodeproxy.tls.context import PeerIdentityError, peer_identity
 from nodeproxy.tls.stream import TLSStream
-from nodeproxy.upstream.peer import count_failure, handshake_failure_reason
+from nodeproxy.upstream.peer import count_failure, count_handshake, handshake_failure_reason
 
 log = structlog.get_logger("nodeproxy.tls")
 
@@ -83,6 +83,7 @@ class InboundAcceptor(Acceptor):
             try:
                 await tls.do_handshake()
                 identity = peer_identity(tls, trust_domain=self.trust_domain)
+                count_handshake(self.runtime.stats, self.listener)
                 return TLSStream(tls, identity)
             except trio.BrokenResourceError as exc:
                 reason, detail = handshake_failure_reason(exc.__cause__), repr(exc.__cause__)

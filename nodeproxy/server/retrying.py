@@ -28,8 +28,10 @@ process-wide one, ``runtime.routes``); both are held until the request ends.
 When either says no, the retry is not made and the client gets the failure in
 hand: the last try's answer, or its error mapped as usual (503
 ``connection_failure``...), as Envoy does on ``upstream_rq_retry_overflow``;
-the refusal is counted in ``nodeproxy_retries_denied_total`` (and a
-``max_retries`` refusal in the guard's ``overflows``).
+the refusal is counted in ``nodeproxy_retries_overflow_total{threshold}`` (and a
+``max_retries`` refusal in the guard's ``overflows``). A request that was
+retried and then got an answer its policy accepts counts in
+``nodeproxy_retries_succeeded_total`` (Envoy's ``upstream_rq_retry_success``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from nodeproxy.resilience.retry import RetryPolicy, TryFailure
 from nodeproxy.runtime import DrainState
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.server.exchange import Outgoing, relay, send
-from nodeproxy.stats.names import RETRIES, RETRIES_DENIED
+from nodeproxy.stats.names import RETRIES, RETRIES_OVERFLOW, RETRIES_SUCCEEDED
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.traffic.attempt import Attempt
 from nodeproxy.traffic.routes import RouteState
@@ -106,6 +108,7 @@ class Retrier:
         assert type(head) is h11.Request
         budget.request_started()
         holding = False  # holds a slot of the route's budget
+        retried = False  # a retry was made (a later accepted answer is a retry success)
         retrying = False  # holds a max_retries slot of ``overload``
         try:
             deadline = timeout = math.inf
@@ -135,21 +138,23 @@ class Retrier:
                     failure = first.status_code
                     attempt.report_status(failure, trio.current_time())
                     if not policy.covers(failure):
+                        if retried:
+                            self._count(RETRIES_SUCCEEDED, ex, target.cluster.name)
                         return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
                 if not _may_retry(policy, out, ex.method, failure):
                     if err is not None:
                         raise err
                     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
-                denied = False
+                denied = ""  # the threshold that said no
                 if overload is not None and not retrying:
                     retrying = overload.try_admit(Resource.RETRIES)  # False: an overflow
-                    denied = not retrying
+                    denied = "" if retrying else Resource.RETRIES.value
                 if not denied and not holding:
                     holding = budget.try_acquire_retry()
-                    denied = not holding
+                    denied = "" if holding else "budget"
                 cluster = target.cluster.name
                 if denied:  # the failure in hand is the answer (Envoy's retry overflow)
-                    self.stats.inc(RETRIES_DENIED, labels(cluster=cluster))
+                    self._count(RETRIES_OVERFLOW, ex, cluster, threshold=denied)
                     if err is not None:
                         raise err
                     return await relay(down, conn, first, ex, upstreams, out.upgrade, drain)
@@ -157,7 +162,8 @@ class Retrier:
                     upstreams.record_response(conn, first.status_code)
                     upstreams.release(conn, reusable=False)
                 reason = failure.value if isinstance(failure, TryFailure) else str(failure)
-                self.stats.inc(RETRIES, labels(cluster=cluster, reason=reason))
+                self._count(RETRIES, ex, cluster, reason=reason)
+                retried = True
                 policy = policy.increment()
                 await trio.sleep(policy.backoff(self.rng))
                 if trio.current_time() >= deadline:  # spent backing off: no endpoint to blame
@@ -168,6 +174,11 @@ class Retrier:
             if holding:
                 budget.release_retry()
             budget.request_finished()
+
+    def _count(self, name: str, ex: Exchange, cluster: str, **more: str) -> None:
+        """One more of ``name`` for the request's route and cluster (retries are rare:
+        the labels are built on the spot)."""
+        self.stats.inc(name, labels(route=ex.route, cluster=cluster, **more))
 
 
 def _may_retry(policy: RetryPolicy, out: Outgoing, method: str, failure: TryFailure | int) -> bool:

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
+OTHER = "other"  # the label value past a ``Bounded`` cap
 
-# Latency buckets in seconds: 0.5 ms .. 30 s.
+# Latency buckets in milliseconds (Envoy's and Linkerd's unit): 0.5 ms .. 30 s.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0,
 )  # fmt: skip
 
 
@@ -179,3 +181,29 @@ class Stats:
         yield from self.counters.get(name, {}).items()
         self.collect()
         yield from self.gauges.get(name, {}).items()
+
+
+class Bounded:
+    """Caps the label values that come from outside the config (client IPs, callers).
+
+    The first ``cap`` distinct values map to themselves, every later one to
+    ``"other"``, so a family labelled through one ``Bounded`` has at most
+    ``cap + 1`` values of that label however many clients come and go.
+    """
+
+    __slots__ = ("_seen", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Bounded [{len(self._seen)}/{self.cap}]>"
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.cap:
+            self._seen.add(value)
+            return value
+        return OTHER

@@ -14,6 +14,12 @@ close``), bounded by the check's ``timeout`` for connect + response head;
 answer must also name that cluster: ``resilience/health.py`` ``passes``),
 anything else, a refused connection or a timeout fails. At most one probe per endpoint is in flight,
 so the number of probe tasks is bounded by the number of endpoints.
+
+Each probe counts in ``nodeproxy_health_checks_total{cluster, result}``
+(``success``, ``failure``: answered but failing the check, ``network_failure``:
+refused, reset or closed, ``timeout``), and each cluster's count of failing
+endpoints is ``nodeproxy_health_check_unhealthy_endpoints`` (set where the
+checks run: the process, or a supervisor for its workers).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import trio
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.resilience.health import HealthCheckConfig, passes
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import HEALTH_CHECK_UNHEALTHY, HEALTH_CHECKS
+from nodeproxy.stats.registry import labels
 from nodeproxy.traffic.state import ClusterTraffic
 
 log = structlog.get_logger("nodeproxy.health")
@@ -36,17 +44,28 @@ _MAX_HEAD = 16384  # bytes of response head read from a probe before giving up
 _CHUNK = 4096
 _ANY = HealthCheckConfig()
 
+SUCCESS, FAILURE, NETWORK_FAILURE, TIMEOUT = "success", "failure", "network_failure", "timeout"
+
 
 async def probe(
     endpoint: Endpoint, path: str, timeout: float, check: HealthCheckConfig | None = None
 ) -> bool:
     """One ``GET path`` against ``endpoint``: True for a head within ``timeout`` that
     ``check`` passes (default: any 2xx/3xx)."""
+    return await probe_result(endpoint, path, timeout, check) == SUCCESS
+
+
+async def probe_result(
+    endpoint: Endpoint, path: str, timeout: float, check: HealthCheckConfig | None = None
+) -> str:
+    """One ``GET path`` against ``endpoint``: ``SUCCESS`` for a head within ``timeout``
+    that ``check`` passes (default: any 2xx/3xx), ``FAILURE`` for one it fails,
+    ``NETWORK_FAILURE`` when the connection failed, else ``TIMEOUT``."""
     with trio.move_on_after(timeout):
         try:
             stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
         except OSError:
-            return False
+            return NETWORK_FAILURE
         async with stream:
             conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
             request = h11.Request(
@@ -65,12 +84,13 @@ async def probe(
                     if event is h11.NEED_DATA:
                         conn.receive_data(await stream.receive_some(_CHUNK))
                     elif type(event) is h11.Response:
-                        return passes(check or _ANY, event.status_code, event.headers)
+                        ok = passes(check or _ANY, event.status_code, event.headers)
+                        return SUCCESS if ok else FAILURE
                     elif type(event) is h11.ConnectionClosed:
-                        return False
+                        return NETWORK_FAILURE
             except (OSError, trio.BrokenResourceError, h11.ProtocolError):
-                return False
-    return False
+                return NETWORK_FAILURE
+    return TIMEOUT
 
 
 class HealthChecker:
@@ -113,11 +133,18 @@ class HealthChecker:
         tracker = state.health
         assert tracker is not None
         try:
-            ok = await probe(ep, tracker.config.path, tracker.config.timeout, tracker.config)
+            result = await probe_result(
+                ep, tracker.config.path, tracker.config.timeout, tracker.config
+            )
         finally:
             self._in_flight.discard(key)
         self.probes += 1
-        changed = tracker.record(ep, ok, trio.current_time())
+        stats = self.runtime.stats
+        stats.inc(HEALTH_CHECKS, labels(cluster=state.name, result=result))
+        changed = tracker.record(ep, result == SUCCESS, trio.current_time())
+        stats.gauge_set(
+            HEALTH_CHECK_UNHEALTHY, labels(cluster=state.name), len(tracker.unhealthy())
+        )
         if changed is not None:
             if self.on_change is not None:
                 self.on_change()

@@ -26,12 +26,11 @@ import trio
 
 from nodeproxy.config.model import EndpointConfig
 from nodeproxy.errors import PeerTLSFailure, UpstreamConnectTimeout
+from nodeproxy.stats.names import TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES
 from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tls.context import PeerIdentityError, verify_peer
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tls.stream import TLSStream
-
-TLS_HANDSHAKE_FAILURES = "nodeproxy_tls_handshake_failures_total"  # {listener, reason}
 
 log = structlog.get_logger("nodeproxy.tls")
 
@@ -103,6 +102,10 @@ def count_failure(stats: Stats, listener: str, reason: str) -> None:
     stats.inc(TLS_HANDSHAKE_FAILURES, labels(listener=listener, reason=reason))
 
 
+def count_handshake(stats: Stats, listener: str) -> None:
+    stats.inc(TLS_HANDSHAKES, labels(listener=listener))
+
+
 async def open_peer_stream(
     tcp: trio.SocketStream,
     ctx: ssl.SSLContext,
@@ -127,6 +130,7 @@ async def open_peer_stream(
                 await trio.aclose_forcefully(tcp)
                 raise
             assert peer.identity is not None
+            count_handshake(stats, "outbound")
             return TLSStream(tls, peer.expected_server)
         await trio.aclose_forcefully(tcp)  # trio does not flush our alert: close, or it waits
         count_failure(stats, "outbound", reason)

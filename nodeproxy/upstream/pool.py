@@ -30,6 +30,7 @@ their metric series dropped, so pod churn does not grow them forever.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -50,6 +51,7 @@ from nodeproxy.runtime import Runtime
 from nodeproxy.stats.names import (
     POOL_CONNECTIONS,
     UPSTREAM_CONNECT_FAILURES,
+    UPSTREAM_CONNECTIONS_CLOSED,
     UPSTREAM_CONNECTIONS_OPENED,
     UPSTREAM_REQUESTS,
 )
@@ -161,10 +163,9 @@ class Upstreams:
             conn, expired = pool.checkout(trio.current_time())
         except PoolFull:
             conn, expired = await self._wait_for_slot(entry, cluster.connect_timeout, guard)
-        for old in expired:
-            old.close()
+        self._close(entry, expired)
         if conn is not None and (fresh or stirred(conn)):
-            conn.close()
+            self._close(entry, (conn,))
             conn = None  # keep the slot, open a new socket in it
         if conn is not None:
             conn.reused = True
@@ -247,7 +248,7 @@ class Upstreams:
             conn.codec.start_next_cycle()
             entry.pool.checkin(conn, trio.current_time())
         else:
-            conn.close()
+            self._close(entry, (conn,))
             entry.pool.discard()
         if entry.lot:  # ParkingLot is falsy when nobody waits; skip the call on the hot path
             entry.lot.unpark()
@@ -268,9 +269,8 @@ class Upstreams:
         closed = 0
         for entry in self._entries.values():
             expired = entry.pool.expire(now)
-            for conn in expired:
-                conn.close()
             if expired:
+                self._close(entry, expired)
                 closed += len(expired)
         return closed
 
@@ -315,10 +315,17 @@ class Upstreams:
         """Close every idle connection now (drain, shutdown); returns how many."""
         closed = 0
         for entry in self._entries.values():
-            for conn in entry.pool.take_all_idle():
-                conn.close()
-                closed += 1
+            idle = entry.pool.take_all_idle()
+            self._close(entry, idle)
+            closed += len(idle)
         return closed
+
+    def _close(self, entry: _Entry, conns: Sequence[UpstreamConnection]) -> None:
+        """Close connections of ``entry``'s pool and count them."""
+        for conn in conns:
+            conn.close()
+        if conns:
+            self._stats.inc(UPSTREAM_CONNECTIONS_CLOSED, entry.ep_labels, len(conns))
 
 
 async def open_http_tunnel(tls: TLSStream, endpoint: TunnelEndpoint, timeout: float) -> None:

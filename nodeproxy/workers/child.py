@@ -27,9 +27,10 @@ import structlog
 import trio
 
 from nodeproxy.admin.clusters import active_clusters, clusters_view
-from nodeproxy.admin.process import resident_memory_bytes, traffic_families
+from nodeproxy.admin.process import resident_memory_bytes
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.registry import Stats
+from nodeproxy.stats.traffic import traffic_families
 from nodeproxy.workers import wire
 
 log = structlog.get_logger("nodeproxy.worker")
@@ -41,7 +42,7 @@ def _snapshot_stats(runtime: Runtime, now: float) -> Stats:
     out.counters = {name: dict(series) for name, series in runtime.stats.counters.items()}
     out.gauges = {name: dict(series) for name, series in runtime.stats.gauges.items()}
     out.histograms = runtime.stats.histograms
-    for fam in traffic_families(runtime, now):
+    for fam in traffic_families(runtime.traffic, now):
         target = out.counters if fam.kind == "counter" else out.gauges
         target[fam.name] = dict(fam.samples)
     return out

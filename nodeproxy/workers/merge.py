@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nodeproxy.admin.process import BREAKER_OPEN
-from nodeproxy.stats.names import BUILD_INFO
+from nodeproxy.stats.names import BREAKER_OPEN, BUILD_INFO
 from nodeproxy.stats.registry import Histogram, Labels, Stats
 from nodeproxy.traffic.sources import SourceCounts, WireRow
 from nodeproxy.workers.wire import StatsReply
