@@ -51,7 +51,6 @@ import trio
 
 from nodeproxy import __version__, access_log
 from nodeproxy.admin.server import serve_admin, serve_probes
-from nodeproxy.admin.stats import BUILD_INFO, labels
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
 from nodeproxy.handoff.process import ProcessSockets
@@ -62,6 +61,8 @@ from nodeproxy.pipeline import Pipeline
 from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
+from nodeproxy.stats.names import BUILD_INFO
+from nodeproxy.stats.registry import labels
 from nodeproxy.tunnel import Tunnels, carry_tcp
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams

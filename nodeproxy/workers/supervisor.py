@@ -39,7 +39,6 @@ import trio
 
 from nodeproxy import __version__
 from nodeproxy.admin.server import serve_admin, serve_probes
-from nodeproxy.admin.stats import BUILD_INFO, DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS, labels
 from nodeproxy.app import watch_signals
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.kubernetes import KubernetesDiscovery
@@ -49,6 +48,8 @@ from nodeproxy.errors import ConfigError
 from nodeproxy.handoff.process import ProcessSockets
 from nodeproxy.handoff.protocol import HandoffError
 from nodeproxy.runtime import Runtime
+from nodeproxy.stats.names import BUILD_INFO, DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
+from nodeproxy.stats.registry import labels
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import ChildArgs, RestartBudget, Slot, backoff, spawn
