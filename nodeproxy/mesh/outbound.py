@@ -66,7 +66,7 @@ def mesh_step(
     endpoint = target.endpoint
     if endpoint.node is None:
         return target, request
-    caller = mesh.sources.lookup(client_ip)
+    caller = ex.caller = mesh.sources.lookup(client_ip)
     local = mesh.is_local(endpoint)
     service = service_of(target.cluster)
     if local or mesh.config.enforce_outbound:

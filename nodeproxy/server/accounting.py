@@ -5,8 +5,9 @@ hot path (one call per request, no await): label sets are built once per
 (route, cluster, status) and then looked up, the access line goes through
 ``access_log.emit`` (batched JSON, or a structlog event), and an upgraded
 connection also counts as a tunnel with its bytes both ways. A request from a
-known caller (the inbound listener's mTLS peer) also counts under the
-caller's namespace and service account, capped at ``SOURCE_CAP`` callers.
+known caller (the inbound listener's mTLS peer, or the source pod a mesh's
+outbound listener identified) also counts under the caller's namespace and
+service account, capped at ``SOURCE_CAP`` callers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from nodeproxy.stats.names import (
     UPGRADES,
 )
 from nodeproxy.stats.registry import OTHER, Bounded, Labels, Stats, labels
-from nodeproxy.tls.identity import InvalidSpiffeId, parse_spiffe_id
+from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.traffic.sources import Sources
 
 
@@ -38,15 +39,6 @@ def code_labels(status: int) -> tuple[str, str]:
     if not 100 <= status <= 599:
         return OTHER, OTHER
     return str(status), f"{status // 100}xx"
-
-
-def caller_of(identity: str) -> tuple[str, str]:
-    """(namespace, service account) of a workload SPIFFE ID; ``("", "")`` for any other."""
-    try:
-        found = parse_spiffe_id(identity)
-    except InvalidSpiffeId:
-        return "", ""
-    return found.namespace or "", found.service_account or ""
 
 
 class Accounting:
@@ -64,8 +56,8 @@ class Accounting:
         self._labels: dict[tuple[str, str | None, int], tuple[Labels, Labels]] = {}
         self._listener_labels = labels(listener=listener)
         self._callers = Bounded(SOURCE_CAP)
-        # (identity, cluster, status class) -> labels, bounded through ``_callers``
-        self._caller_labels: dict[tuple[str, str | None, int], Labels] = {}
+        # (caller, cluster, status class) -> labels, bounded through ``_callers``
+        self._caller_labels: dict[tuple[SpiffeId | None, str | None, int], Labels] = {}
 
     def __repr__(self) -> str:
         return f"<Accounting {self.listener} [{len(self._labels)} label sets]>"
@@ -102,23 +94,23 @@ class Accounting:
         stats.inc(BYTES_RECEIVED, self._listener_labels, received)
         stats.inc(BYTES_SENT, self._listener_labels, sent)
         self.sources.answered(down.client_ip, ex.status, ex.cause, now)
-        if ex.peer_identity is not None:
-            self._account_caller(ex.peer_identity, ex)
+        if ex.caller is not None:
+            self._account_caller(ex.caller, ex)
         if self.access_log_enabled:
             access_log.emit(ex, duration, received, sent)
         if ex.upgrade is not None and ex.status == 101:
             self._account_tunnel(ex.upgrade, received, sent)
         return now
 
-    def _account_caller(self, identity: str, ex: Exchange) -> None:
-        key = (identity, ex.cluster, ex.status // 100)
+    def _account_caller(self, caller: SpiffeId, ex: Exchange) -> None:
+        key: tuple[SpiffeId | None, str | None, int] = (caller, ex.cluster, ex.status // 100)
         lbls = self._caller_labels.get(key)
         if lbls is None:
-            if self._callers(identity) == OTHER:  # past the cap: parse nothing
+            if self._callers(str(caller)) == OTHER:  # past the cap: one shared series
                 namespace = account = OTHER
-                key = (OTHER, ex.cluster, ex.status // 100)
+                key = (None, ex.cluster, ex.status // 100)
             else:
-                namespace, account = caller_of(identity)
+                namespace, account = caller.namespace or "", caller.service_account or ""
             lbls = self._caller_labels.get(key)
             if lbls is None:
                 lbls = self._caller_labels[key] = labels(

@@ -262,7 +262,7 @@ class ConnectionLoop:
         self, down: Downstream, request: h11.Request | None, baseline: tuple[int, int]
     ) -> Exchange:
         ex = Exchange(listener=self.listener, source=down.source, started=trio.current_time())
-        ex.peer_identity = down.peer_identity
+        ex.peer_identity, ex.caller = down.peer_identity, down.caller
         ex.bytes_received, ex.bytes_sent = baseline  # counters before this request
         if request is not None:
             ex.method = request.method.decode("latin-1")

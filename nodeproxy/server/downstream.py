@@ -196,4 +196,7 @@ class Exchange:
     response_edits: HeaderEdits | None = None  # the route's response_headers_to_add/remove
     cors: list[tuple[bytes, bytes]] | None = None  # CORS response headers (routing/cors.py)
     peer_identity: str | None = None  # the mTLS caller's SPIFFE ID (inbound listener)
+    # The calling workload when known (the metrics' caller labels): the mTLS peer on the
+    # inbound listener, the source pod's identity on a mesh's outbound listener.
+    caller: SpiffeId | None = None
     policy_rule: str | None = None  # the mesh policy rule that decided (mesh/state.py)
