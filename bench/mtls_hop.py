@@ -1,4 +1,4 @@
-"""The cost of one node-to-node hop: plaintext same-node path vs mTLS to another node, in one run.
+"""The cost of one node-to-node hop: same-node path, the mTLS hop, the mTLS tunnel, in one run.
 
 Why this shape: what the mesh adds is the hop node-a -> node-b over mTLS, so the same request to
 the same upstream is measured twice on the same machine: once with the endpoint on node-a itself
@@ -7,6 +7,12 @@ the same upstream is measured twice on the same machine: once with the endpoint 
 and the same policy check, so the difference is the hop: node-b's whole work plus what TLS adds
 to node-a. The upstream is nginx answering a fixed 200 from memory (bench/nginx-upstream.conf.tmpl)
 so it never limits the proxies.
+
+The cross-node request is measured twice, through two node-a processes with the same config but
+`mesh.http_tunnel`: `off` (the per-request hop: node-b parses every request, checks the policy and
+forwards it over its own pool: "mtls") and `auto` (one CONNECT tunnel per pooled connection:
+node-b checks the policy once per tunnel and only splices bytes: "tunnel"). The issue's bar: the
+tunnel's CPU per request (both proxies) at most 0.7 x the per-request hop's.
 
 Two costs are reported:
 - keep-alive: wrk -t1 -c16 at node-a; req/s, p50/p99 and each proxy's CPU µs per request (utime +
@@ -83,6 +89,7 @@ services:
   - {{name: remote, namespace: bench, endpoints: [{{address: "127.0.0.1:{up}", node: node-b}}]}}
 mesh:
   ca_dir: {ca}
+  http_tunnel: {http_tunnel}   # off: the per-request hop node-b parses; auto: a CONNECT tunnel
   inbound: "127.0.0.1:{inbound}"
   nodes: {{node-a: "127.0.0.1:{a_inbound}", node-b: "127.0.0.1:{b_inbound}"}}
   workloads:   # wrk and the client connect from 127.0.0.1: that is the calling pod
@@ -116,6 +123,8 @@ class Setup:
     a_admin: int
     b_in: int
     b_admin: int
+    t_out: int = 0  # node-a-tunnel: the same node, mesh.http_tunnel: auto
+    t_admin: int = 0
     commands: list[str] = field(default_factory=list)
     memory_handshake_us: float = 0.0  # calibration: ssl alone, both sides, in memory
 
@@ -173,16 +182,21 @@ def start_all(args: argparse.Namespace, procs: Processes) -> Setup:
     setup.commands.append(shlex.join(nginx))
     wait_http_ok(setup.up, upstream, PATH, REMOTE)
     a_in = free_port()
+    setup.t_out, setup.t_admin = free_port(), free_port()
     ports = {
         "node-a": (setup.a_out, setup.a_admin, a_in),
+        "node-a-tunnel": (setup.t_out, setup.t_admin, free_port()),
         "node-b": (free_port(), setup.b_admin, setup.b_in),
     }
-    for node, cpu in (("node-b", args.node_b_cpu), ("node-a", args.node_a_cpu)):
-        outbound, admin, inbound = ports[node]
-        config = out / f"{node}.yaml"
+    procs_on = (("node-b", args.node_b_cpu), ("node-a", args.node_a_cpu))
+    for name, cpu in (*procs_on, ("node-a-tunnel", args.node_a_cpu)):
+        outbound, admin, inbound = ports[name]
+        node = name.removesuffix("-tunnel")  # node-a-tunnel is node-a with the tunnel on
+        config = out / f"{name}.yaml"
         config.write_text(
             CONFIG.format(
                 node=node,
+                http_tunnel="auto" if name == "node-a-tunnel" else "off",
                 outbound=outbound,
                 admin=admin,
                 inbound=inbound,
@@ -196,11 +210,12 @@ def start_all(args: argparse.Namespace, procs: Processes) -> Setup:
             )
         )
         argv = pinned(cpu, args.nodeproxy, "run", "--config", str(config))
-        proc = procs.start(node, argv)
+        proc = procs.start(name, argv)
         setup.commands.append(shlex.join(argv))
         wait_http_ok(admin, proc, "/ready", "localhost")
     for host in (LOCAL, REMOTE):
         wait_http_ok(setup.a_out, procs.running["node-a"], PATH, host)
+    wait_http_ok(setup.t_out, procs.running["node-a-tunnel"], PATH, REMOTE)
     return setup
 
 
@@ -210,17 +225,23 @@ def wrk_at(args: argparse.Namespace, port: int, host: str, seconds: float) -> tu
     return shlex.join(argv), out
 
 
+MODES = ("plaintext", "mtls", "tunnel")  # same node; the per-request hop; the CONNECT tunnel
+
+
 def keep_alive(args: argparse.Namespace, procs: Processes, setup: Setup, mode: str) -> KeepAlive:
     host = LOCAL if mode == "plaintext" else REMOTE
+    a_name, port, admin = "node-a", setup.a_out, setup.a_admin
+    if mode == "tunnel":
+        a_name, port, admin = "node-a-tunnel", setup.t_out, setup.t_admin
     if args.warmup > 0:
-        wrk_at(args, setup.a_out, host, args.warmup)
-    groups = {n: procs.running[n].pid for n in ("node-a", "node-b")}
+        wrk_at(args, port, host, args.warmup)
+    groups = {"node-a": procs.running[a_name].pid, "node-b": procs.running["node-b"].pid}
     opened = partial(
-        counter, setup.a_admin, "nodeproxy_upstream_connections_opened_total", cluster="mesh:node-b"
+        counter, admin, "nodeproxy_upstream_connections_opened_total", cluster="mesh:node-b"
     )
     opened_before = opened()
     before = {n: cpu_seconds(g) for n, g in groups.items()}
-    command, text = wrk_at(args, setup.a_out, host, args.duration)
+    command, text = wrk_at(args, port, host, args.duration)
     used = {n: cpu_seconds(g) - before[n] for n, g in groups.items()}
     row = KeepAlive(mode, Result(target=mode, wrk_command=command))
     parse_wrk(text, row.wrk)
@@ -283,14 +304,25 @@ def report(args: argparse.Namespace, setup: Setup, ka: list[KeepAlive], nc: list
             f" | {w.non_2xx + w.socket_errors}"
             f" | {r.mtls_opened_during_run:.0f} / {r.mtls_opened_total:.0f} |"
         )
-    if len(ka) == 2:
-        plain, mtls = ka
+    by_mode = {r.mode: r for r in ka}
+    if "plaintext" in by_mode and "mtls" in by_mode:
+        plain, mtls = by_mode["plaintext"], by_mode["mtls"]
         both, alone = mtls.node_a_us + mtls.node_b_us, plain.node_a_us + plain.node_b_us
         lines += [
             "",
             f"- the mTLS hop adds {both - alone:.1f} CPU µs per request (both proxies together):"
             f" {both / max(alone, 1e-9):.2f} x the plaintext same-node path;"
             f" node-a alone pays {mtls.node_a_us - plain.node_a_us:+.1f} µs for speaking TLS",
+        ]
+    if "mtls" in by_mode and "tunnel" in by_mode:
+        mtls, tunnel = by_mode["mtls"], by_mode["tunnel"]
+        hop, tun = mtls.node_a_us + mtls.node_b_us, tunnel.node_a_us + tunnel.node_b_us
+        ratio = tun / max(hop, 1e-9)
+        lines += [
+            f"- the CONNECT tunnel: {tun:.1f} CPU µs per cross-node request (both proxies) against"
+            f" {hop:.1f} for the per-request hop: **{ratio:.2f} x** (the bar: <= 0.70,"
+            f" {'met' if ratio <= 0.7 else 'NOT met'}); node-b {mtls.node_b_us:.1f} ->"
+            f" {tunnel.node_b_us:.1f} µs, node-a {mtls.node_a_us:.1f} -> {tunnel.node_a_us:.1f} µs",
         ]
     lines += [
         "",
@@ -374,13 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes(args.out)
     try:
         setup = start_all(args, procs)
-        ka = [keep_alive(args, procs, setup, mode) for mode in ("plaintext", "mtls")]
+        ka = [keep_alive(args, procs, setup, mode) for mode in MODES]
         nc = new_connections(args, procs, setup)
     except KeyboardInterrupt as exc:
         print(f"interrupted by {exc or 'SIGINT'}; stopped every process started", file=sys.stderr)
         return 130
     except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
-        names = [n for n in ("node-a", "node-b", "upstream") if (args.out / f"{n}.log").exists()]
+        names = [
+            n
+            for n in ("node-a", "node-a-tunnel", "node-b", "upstream")
+            if (args.out / f"{n}.log").exists()
+        ]
         tails = "\n".join(f"--- {n}.log\n{procs.log_tail(n)}" for n in names)
         print(f"failed: {exc}\n{tails}", file=sys.stderr)
         return 1

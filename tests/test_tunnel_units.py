@@ -228,3 +228,80 @@ def test_a_pod_port_backing_several_services_is_judged_as_one_that_allows() -> N
     assert pick_service(p, WEB, ("secret.shop", "echo.shop"), 9000) == "echo.shop"
     assert pick_service(p, BATCH, both, 9000) == "echo.shop"  # none allows: the first, denied
     assert not p.decide_tcp(BATCH, pick_service(p, BATCH, both, 9000), 9000).allowed
+
+
+async def test_tls_bytes_read_ahead_make_an_idle_tunnel_connection_unusable() -> None:
+    """A record the pod sent after its answer may sit in TLS's buffer, where a poll of the
+    socket cannot see it: the pooled connection must not serve a next request."""
+    import socket as stdsocket
+
+    import trio
+
+    from nodeproxy.http1.codec import H11ClientCodec
+    from nodeproxy.upstream.connection import UpstreamConnection, stirred
+
+    a, b = stdsocket.socketpair()
+    tcp = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+
+    class Buffered:
+        socket = tcp.socket
+        held = False
+
+        def buffered(self) -> bool:
+            return self.held
+
+    stream = Buffered()
+    conn = UpstreamConnection(stream, H11ClientCodec(1024), ("c", "e"))  # type: ignore[arg-type]
+    assert not stirred(conn)
+    stream.held = True
+    assert stirred(conn)
+    a.close()
+    b.close()
+
+
+async def test_rawtls_takes_over_a_trio_tls_stream_without_losing_read_ahead_bytes() -> None:
+    """Two records arrive in one read: trio decrypts the first, RawTLS must find the
+    second in the shared buffer, even after sending its own close_notify (unwrap reads
+    on, and would eat it); then half-close both ways."""
+    import socket as stdsocket
+    import ssl
+
+    import trio
+    import trustme
+
+    from nodeproxy.tls.stream import TLSStream
+    from nodeproxy.tunnel.rawtls import RawTLS
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("pod.example").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    a, b = stdsocket.socketpair()
+    client = trio.SSLStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(a)), client_ctx,
+        server_hostname="pod.example",
+    )  # fmt: skip
+    server = trio.SSLStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(b)), server_ctx, server_side=True
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        await server.do_handshake()
+    await client.send_all(b"head|")
+    await client.send_all(b"tail")  # a second record, in the kernel before the server reads
+    assert await server.receive_some(5) == b"head|"
+    raw = RawTLS.adopt(TLSStream(server, SpiffeId.node("n")))
+    assert raw is not None
+    await raw.send_all(b"answer")
+    await raw.half_close()  # before reading "tail": closing our side must not swallow it
+    assert await raw.receive_some() == b"tail"
+    assert await client.receive_some(100) == b"answer"
+    peer = TLSStream(client, SpiffeId.node("m"))
+    assert await peer.receive_some(100) == b""  # our close_notify: end of that direction
+    await peer.send_all(b"still open")  # the other direction still works
+    assert await raw.receive_some() == b"still open"
+    await peer.half_close()
+    assert await raw.receive_some() == b""
+    await raw.aclose()
+    await peer.aclose()

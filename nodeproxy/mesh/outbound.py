@@ -42,6 +42,7 @@ from nodeproxy.mesh.state import (
     service_of,
 )
 from nodeproxy.server.downstream import Exchange
+from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.upstream.peer import PeerEndpoint, TunnelEndpoint
 from nodeproxy.upstream.pool import Target
 
@@ -79,18 +80,9 @@ def mesh_step(
     if address is None:
         raise UpstreamConnectFailure(f"no inbound address for node {endpoint.node!r}")
     if mesh.config.http_tunnel == "auto" and not mesh.policy.has_http_rules(service):
-        tunnel = TunnelEndpoint(
-            host=address[0],
-            port=address[1],
-            node=endpoint.node,
-            identity=caller,
-            trust_domain=mesh.config.trust_domain,
-            destination=endpoint.address,
-            service=service,
-        )
+        tunnel, xfcc = _tunnel(mesh, endpoint.node, address, caller, endpoint.address, service)
         headers = list(request.headers)
-        xfcc = f"By={tunnel.expected_server};URI={caller}"
-        headers.append((XFCC_HEADER, xfcc.encode()))
+        headers.append((XFCC_HEADER, xfcc))
         hop = request_event(request.method, request.target, headers)
         return Target(target.cluster, tunnel, target.timeout), hop
     peer = PeerEndpoint(
@@ -105,3 +97,35 @@ def mesh_step(
     headers.append((SERVICE_HEADER, service.encode()))
     hop = request_event(request.method, request.target, headers)
     return Target(target.cluster, peer, target.timeout), hop
+
+
+_TUNNELS_MAX = 4096  # (peer, caller, pod, service) entries kept; cleared whole past it
+
+
+def _tunnel(
+    mesh: Mesh,
+    node: str,
+    address: tuple[str, int],
+    caller: SpiffeId,
+    destination: str,
+    service: str,
+) -> tuple[TunnelEndpoint, bytes]:
+    """The pooled tunnel's endpoint and the request's ``x-forwarded-client-cert``, made
+    once per (peer, caller, pod, service) rather than per request."""
+    key = (node, address, caller, destination, service)
+    found = mesh.tunnels.get(key)
+    if found is None:
+        if len(mesh.tunnels) >= _TUNNELS_MAX:
+            mesh.tunnels.clear()
+        tunnel = TunnelEndpoint(
+            host=address[0],
+            port=address[1],
+            node=node,
+            identity=caller,
+            trust_domain=mesh.config.trust_domain,
+            destination=destination,
+            service=service,
+        )
+        xfcc = f"By={tunnel.expected_server};URI={caller}".encode()
+        found = mesh.tunnels[key] = (tunnel, xfcc)
+    return found

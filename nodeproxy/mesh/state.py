@@ -43,6 +43,7 @@ from nodeproxy.tls.sources import SourceIdentities
 
 if TYPE_CHECKING:
     from nodeproxy.server.downstream import Exchange
+    from nodeproxy.upstream.peer import TunnelEndpoint
 
 DEFAULT_RULE = "(default)"  # the rule name logged when default_action decided
 
@@ -89,6 +90,11 @@ class Mesh:
     stats: Stats
     nodes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     _inputs: tuple[object, object] | None = field(default=None, repr=False)
+    # HTTP through tunnels: (peer, address, caller, pod, service) -> (TunnelEndpoint,
+    # x-forwarded-client-cert), made once (mesh/outbound.py; bounded there)
+    tunnels: dict[tuple[object, ...], tuple[TunnelEndpoint, bytes]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def create(cls, config: Config, stats: Stats) -> Mesh:

@@ -63,15 +63,26 @@ class TLSStream:
         """No TLS half-close: send close_notify and close the connection."""
         await self.aclose()
 
+    def buffered(self) -> bool:
+        """TLS holds received bytes not read yet (invisible to a ``poll`` of the socket)."""
+        incoming = getattr(self.tls, "_incoming", None)
+        return bool(incoming is not None and incoming.pending) or bool(
+            getattr(self.tls, "_ssl_object", None) and self.tls._ssl_object.pending()
+        )
+
     async def half_close(self) -> None:
         """Send ``close_notify`` and keep reading (TLS 1.3 half-close)."""
         retry = getattr(self.tls, "_retry", None)
-        ssl_object = getattr(self.tls, "_ssl_object", None)
-        if retry is None or ssl_object is None:
+        obj = getattr(self.tls, "_ssl_object", None)
+        incoming = getattr(self.tls, "_incoming", None)
+        if retry is None or not isinstance(obj, ssl.SSLObject):
+            await self.aclose()
+            return
+        if not isinstance(incoming, ssl.MemoryBIO):
             await self.aclose()
             return
         with trio.move_on_after(1.0) as scope:  # a peer that never reads must not hold us
-            await retry(ssl_object.unwrap, ignore_want_read=True)
+            await retry(close_notify, obj, incoming, ignore_want_read=True)
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self.tls.transport_stream)
 
@@ -83,3 +94,22 @@ class TLSStream:
                 await trio.aclose_forcefully(self.tls.transport_stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.socket.close()
+
+
+def close_notify(obj: ssl.SSLObject, incoming: ssl.MemoryBIO) -> None:
+    """Put our ``close_notify`` in the outgoing BIO, and nothing else happens.
+
+    ``SSLObject.unwrap`` calls ``SSL_shutdown`` twice: the second call reads on
+    towards the peer's ``close_notify``, consuming (and losing) any records the
+    peer already sent that sit unread in ``incoming``. So those bytes are taken
+    out first and put back, in order, before anyone else can touch the BIO
+    (no await in between): the second call finds nothing to read.
+    """
+    held = incoming.read()
+    try:
+        obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass  # the peer's close_notify comes later, through a read
+    finally:
+        if held:
+            incoming.write(held)

@@ -13,6 +13,9 @@ Bytes already read before the splice started (``pending``: what protocol
 detection peeked, what h11 read past a CONNECT head) go first, in order.
 A tunnel with no byte either way for ``idle`` seconds is closed.
 
+A TLS side is driven straight on its ssl object (``rawtls.py``): a tunnel
+only moves bytes, and trio's ``SSLStream`` costs more than the crypto.
+
 Two tasks per tunnel, in one nursery: per connection, never per request.
 The caller closes both streams afterwards.
 
@@ -35,8 +38,10 @@ import trio
 
 from nodeproxy.netio import receive_some, send_all
 from nodeproxy.tls.stream import TLSStream
+from nodeproxy.tunnel.rawtls import RawTLS
 
 Stream = trio.abc.Stream | TLSStream
+_Side = Stream | RawTLS
 
 
 @dataclass(slots=True)
@@ -52,10 +57,10 @@ class Spliced:
     last_at: float = 0.0  # when bytes last moved
 
 
-async def half_close(stream: Stream) -> None:
+async def half_close(stream: _Side) -> None:
     """End our sending direction only (TLS: ``close_notify``; TCP: shutdown write)."""
     with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        if isinstance(stream, TLSStream):
+        if isinstance(stream, (TLSStream, RawTLS)):
             await stream.half_close()
         elif isinstance(stream, trio.abc.HalfCloseableStream):
             await stream.send_eof()
@@ -63,13 +68,13 @@ async def half_close(stream: Stream) -> None:
             await stream.aclose()
 
 
-async def _receive(stream: Stream, chunk: int) -> bytes | bytearray:
+async def _receive(stream: _Side, chunk: int) -> bytes | bytearray:
     if type(stream) is trio.SocketStream:
         return await receive_some(stream, chunk)
     return await stream.receive_some(chunk)
 
 
-async def _send(stream: Stream, data: bytes | bytearray) -> None:
+async def _send(stream: _Side, data: bytes | bytearray) -> None:
     if type(stream) is trio.SocketStream:
         await send_all(stream, bytes(data))
     else:
@@ -89,6 +94,8 @@ async def splice(
 ) -> Spliced:
     """Copy a -> b (``a_pending`` first) and b -> a (``b_pending`` first) until both end;
     with ``drain``, also end between exchanges once it is set (module docstring)."""
+    a_side: _Side = RawTLS.adopt(a) or a if isinstance(a, TLSStream) else a
+    b_side: _Side = RawTLS.adopt(b) or b if isinstance(b, TLSStream) else b
     result = Spliced(last_at=trio.current_time())
     watcher = trio.CancelScope()  # ends the drain watcher once both directions ended
     ended = 0
@@ -96,7 +103,7 @@ async def splice(
         scope = nursery.cancel_scope
         scope.deadline = trio.current_time() + idle
 
-        async def pipe(src: Stream, dst: Stream, pending: bytes, forward: bool) -> None:
+        async def pipe(src: _Side, dst: _Side, pending: bytes, forward: bool) -> None:
             nonlocal ended
             try:
                 await copy(src, dst, pending, forward)
@@ -105,7 +112,7 @@ async def splice(
                 if ended == 2:
                     watcher.cancel()
 
-        async def copy(src: Stream, dst: Stream, pending: bytes, forward: bool) -> None:
+        async def copy(src: _Side, dst: _Side, pending: bytes, forward: bool) -> None:
             try:
                 data: bytes | bytearray = pending
                 while True:
@@ -138,8 +145,8 @@ async def splice(
                         return
                     await trio.sleep_until(max(quiet_at, trio.current_time() + 0.05))
 
-        nursery.start_soon(pipe, a, b, a_pending, True)
-        nursery.start_soon(pipe, b, a, b_pending, False)
+        nursery.start_soon(pipe, a_side, b_side, a_pending, True)
+        nursery.start_soon(pipe, b_side, a_side, b_pending, False)
         if drain is not None:
             nursery.start_soon(close_when_quiet, drain)
     result.idle_timeout = scope.cancelled_caught and not result.broken and not result.drained

@@ -59,6 +59,9 @@ def stirred(conn: UpstreamConnection) -> bool:
     outstanding), so it is closed and a new one opened in its slot. One
     ``poll(0)`` syscall per reuse; the poll object lives with the connection.
     """
+    buffered = getattr(conn.stream, "buffered", None)  # TLS: what it read ahead is unseen
+    if buffered is not None and buffered():
+        return True
     poller = conn._poller
     if poller is None:
         poller = conn._poller = select.poll()

@@ -58,6 +58,7 @@ from nodeproxy.stats.names import (
 from nodeproxy.stats.registry import Labels, Stats, labels
 from nodeproxy.tls.stream import TLSStream
 from nodeproxy.tunnel.client import handshake
+from nodeproxy.tunnel.rawtls import RawTLS
 from nodeproxy.upstream.connection import UpstreamConnection as UpstreamConnection
 from nodeproxy.upstream.connection import stirred
 from nodeproxy.upstream.endpoint_pool import EndpointPool, PoolFull
@@ -227,17 +228,20 @@ class Upstreams:
             if ctx is None:
                 await trio.aclose_forcefully(stream)
                 raise PeerTLSFailure(f"this node holds no certificate for {endpoint.identity}")
+            raw = None
             try:
                 tls = await open_peer_stream(
                     stream, ctx, endpoint, cluster.connect_timeout, self._stats
                 )
                 if isinstance(endpoint, TunnelEndpoint):  # CONNECT: the peer then only splices
                     await open_http_tunnel(tls, endpoint, cluster.connect_timeout)
+                    raw = RawTLS.adopt(tls)  # moves bytes cheaper than trio's SSLStream
             except BaseException:
                 self._stats.inc(UPSTREAM_CONNECT_FAILURES, entry.ep_labels)
                 raise
-            # TLSStream has SocketStream's surface (socket, send_all, receive_some, send_eof).
-            stream = cast(trio.SocketStream, tls)
+            # TLSStream and RawTLS have SocketStream's surface (socket, send_all,
+            # receive_some, send_eof).
+            stream = cast(trio.SocketStream, tls if raw is None else raw)
         self._stats.inc(UPSTREAM_CONNECTIONS_OPENED, entry.ep_labels)
         return UpstreamConnection(stream, H11ClientCodec(self._max_header_bytes), key)
 
