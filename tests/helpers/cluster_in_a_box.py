@@ -50,7 +50,9 @@ admin: {{address: "0.0.0.0:9901"}}
 log: {{format: json, access_log: false}}
 discovery:
   kubernetes: {{kubeconfig: {kubeconfig}}}
-mesh: {{ca_dir: {ca}, inbound: "0.0.0.0:4143"}}
+# http_tunnel off: the per-request hop, which node-2 parses and counts (node_to_node_mtls);
+# HTTP over pooled CONNECT tunnels is the interception box's and test_tunnel_http.py's.
+mesh: {{ca_dir: {ca}, inbound: "0.0.0.0:4143", http_tunnel: "off"}}
 services:  # settings only; the endpoints come from the API. Round robin so that both
   - name: bdgreeter  # replicas answer a sequential client (p2c_ewma would keep to one)
     lb_policy: round_robin
