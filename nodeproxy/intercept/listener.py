@@ -156,9 +156,7 @@ class InterceptAcceptor(Acceptor):
                 return
         self.runtime.stats.inc(INTERCEPTED, self.counted[(detected.protocol, "tcp")])
         conn = Intercepted(caller_ip, dst_ip, dst_port, peeked, detected.sni)
-        log.info("intercepted_tcp", caller=caller_ip, dst=f"{dst_ip}:{dst_port}",
-                 protocol=detected.protocol.value, sni=detected.sni)  # fmt: skip
-        try:
+        try:  # the TCP path writes the connection's line (tcp_connection, with the SNI)
             await self.carry_tcp(stream, conn)
         except Exception:  # one broken connection must not stop the listener
             log.exception("intercept_tcp_failed", caller=caller_ip, dst=f"{dst_ip}:{dst_port}")

@@ -58,7 +58,7 @@ CONFIG = """
 node_name: ${{NODE_NAME}}
 listeners: [{{address: "0.0.0.0:4140"}}]
 admin: {{address: "0.0.0.0:9901"}}
-log: {{format: json, access_log: false}}
+log: {{format: json, access_log: true}}  # one tcp_connection line per TCP connection
 discovery:
   kubernetes: {{kubeconfig: {kubeconfig}}}
 mesh:
@@ -273,7 +273,10 @@ async def scenario(box: Box) -> None:
                   and seen[("tls", "tcp")] == 1 and seen[("tcp", "tcp")] >= 6,
                   {f"{k[0]}/{k[1]}": v for k, v in seen.items()})  # fmt: skip
         log1 = (box.work / "node-1.log").read_text(errors="replace")
-        box.check("sni_logged", "tls.example" in log1, log1[-2000:])
+        tcp_lines = [json.loads(ln) for ln in log1.splitlines()
+                     if ln.startswith("{") and '"tcp_connection"' in ln]  # fmt: skip
+        tls_line = [e for e in tcp_lines if e.get("dst") == f"{SERVICES['tls-remote'][0]}:443"]
+        box.check("sni_logged", [e.get("sni") for e in tls_line] == ["tls.example"], tcp_lines)
 
         for name, (_, prefix) in NODES.items():
             env = {**os.environ, "NODE_NAME": name, "POD_CIDR": f"{prefix}.0/24"}
