@@ -240,7 +240,7 @@ def test_page_is_self_contained_and_held_by_its_csp() -> None:
 
 def test_nav_is_escaped() -> None:
     page = dashboard_page.page([("GET", "/a<b>", 'say "hi"'), ("POST", "/x&y", "")])
-    assert '<a href="/a&lt;b&gt;" title="say &quot;hi&quot;">/a&lt;b&gt;</a>' in page
+    assert '<a href="./a&lt;b&gt;" title="say &quot;hi&quot;">/a&lt;b&gt;</a>' in page
     assert "POST /x&amp;y" in page
 
 

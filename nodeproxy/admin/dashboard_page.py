@@ -10,6 +10,8 @@ Kubernetes (services, labels, nodes) and are untrusted: the script builds
 every element with ``createElement`` and sets text with ``textContent``
 (``append`` of strings), never ``innerHTML``. The nav bar is rendered here,
 escaped, so every other admin endpoint stays one click away, also without JS.
+Links and the fetch are relative, so the page works behind a path prefix too
+(``kubectl proxy``'s ``.../pods/<pod>:9901/proxy/``).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ function render(d) {
 async function poll() {
   const err = document.getElementById("error");
   try {
-    const r = await fetch("/dashboard.json", {cache: "no-store"});
+    const r = await fetch("dashboard.json", {cache: "no-store"});
     if (!r.ok) throw new Error("HTTP " + r.status + " " + (await r.text()).slice(0, 200));
     render(await r.json());
     err.hidden = true;
@@ -186,8 +188,8 @@ def page(nav: Iterable[tuple[str, str, str]]) -> str:
     links = []
     for method, path, doc in nav:
         p, d = html.escape(path), html.escape(doc)
-        if method == "GET":
-            links.append(f'<a href="{p}" title="{d}">{p}</a>')
+        if method == "GET":  # relative: the page also works behind a path prefix (kubectl proxy)
+            links.append(f'<a href=".{p}" title="{d}">{p}</a>')
         else:
             links.append(f'<code title="{d}">{html.escape(method)} {p}</code>')
     return (
