@@ -46,6 +46,7 @@ EXPECTED = [
     "server_first_remote",
     "tcp_denied_local",
     "tcp_denied_remote",
+    "tls_denied",
     "bridge_sees_only_tls",
     "detection_counted",
     "sni_logged",

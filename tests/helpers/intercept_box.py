@@ -52,7 +52,8 @@ SERVICES = {"greeter": ("10.96.0.10", (80, 8080), "remote"),
             "tls-remote": ("10.96.0.13", (443, 9443), "remote"),
             "banner-remote": ("10.96.0.14", (3306, 3306), "remote"),
             "secret-local": ("10.96.0.15", (9000, 9000), "local"),
-            "secret-remote": ("10.96.0.16", (9000, 9000), "remote")}  # fmt: skip
+            "secret-remote": ("10.96.0.16", (9000, 9000), "remote"),
+            "tls-secret": ("10.96.0.17", (443, 9443), "remote")}  # fmt: skip
 DEADLINE = 50.0
 CONFIG = """
 node_name: ${{NODE_NAME}}
@@ -67,7 +68,10 @@ mesh:
   policy:
     default_action: allow
     rules:
-      - {{name: no-secrets, action: deny, from: ["*"], to: [secret-local, secret-remote]}}
+      - name: no-secrets
+        action: deny
+        from: ["*"]
+        to: [secret-local, secret-remote, tls-secret]
 intercept:
   address: "169.254.20.41:15001"  # as the DaemonSet: the same link-local address per node
   pod_cidrs: ["${{POD_CIDR}}"]
@@ -233,6 +237,7 @@ async def scenario(box: Box) -> None:
             "banner_remote": f"banner@{SERVICES['banner-remote'][0]}:3306",
             "denied_local": f"echo@{SERVICES['secret-local'][0]}:9000",
             "denied_remote": f"echo@{SERVICES['secret-remote'][0]}:9000",
+            "tls_denied": f"tls@{SERVICES['tls-secret'][0]}:443",
             "echo_remote_pod_ip": f"echo@{PODS['remote'][1]}:9000",
         }
         raw = await run_in("pod-client", py, "-m", "tests.helpers.box_pods", "tcp",
@@ -252,6 +257,8 @@ async def scenario(box: Box) -> None:
                   or str(res["denied_local"]).startswith("error"), res)  # fmt: skip
         box.check("tcp_denied_remote", res["denied_remote"] in ("closed", "timeout")
                   or str(res["denied_remote"]).startswith("error"), res)  # fmt: skip
+        box.check("tls_denied", str(res["tls_denied"]).startswith("error")
+                  or res["tls_denied"] == "closed", res)  # fmt: skip
 
         dump.send_signal(signal.SIGINT)
         await dump.wait()
@@ -270,7 +277,7 @@ async def scenario(box: Box) -> None:
                                    protocol=p, path=path)
                 for p, path in (("http1", "http"), ("tls", "tcp"), ("tcp", "tcp"))}  # fmt: skip
         box.check("detection_counted", seen[("http1", "http")] >= 4
-                  and seen[("tls", "tcp")] == 1 and seen[("tcp", "tcp")] >= 6,
+                  and seen[("tls", "tcp")] == 2 and seen[("tcp", "tcp")] >= 6,
                   {f"{k[0]}/{k[1]}": v for k, v in seen.items()})  # fmt: skip
         log1 = (box.work / "node-1.log").read_text(errors="replace")
         tcp_lines = [json.loads(ln) for ln in log1.splitlines()
