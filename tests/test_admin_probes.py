@@ -16,6 +16,7 @@ from functools import partial
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from nodeproxy.app import AppHandle, run_app
 from nodeproxy.config import load_config_text
@@ -56,10 +57,16 @@ async def test_probe_port_answers_ready_and_healthz_for_any_host() -> None:
             assert (r.status_code, r.text) == (200, "LIVE\n")
             r = await probes.get("/healthz", headers={"host": host})
             assert (r.status_code, r.text) == (200, "ok\n")
+        # A pod's connection accepted just before the drain (no request yet) keeps the app
+        # draining, up to its 1 s grace, instead of stopping at once with nothing in flight.
+        port = next(iter(handle.listener_ports.values()))
+        pod = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()  # accepted
         handle.runtime.drain.start("test")
         r = await probes.get("/ready")
         assert r.status_code == 503  # draining: the same answer as the admin port's
         assert (await probes.get("/healthz")).status_code == 200
+        await pod.aclose()
 
 
 @pytest.mark.parametrize(
