@@ -138,13 +138,22 @@ def test_an_endpoint_snapshot_survives_the_wire() -> None:
         EndpointConfig("10.0.0.1", 80, MappingProxyType({"version": "v2"}), "node-a", 2.0),
         EndpointConfig("10.0.0.2", 80),
     )
-    sent = wire.Endpoints.of(7, MappingProxyType({"svc": eps}), {"node-a": "10.1.0.1:15008"}, {})
+    vips = {("10.96.0.10", 80): "svc"}
+    sent = wire.Endpoints.of(
+        7, MappingProxyType({"svc": eps}), {"node-a": "10.1.0.1:15008"}, {}, vips
+    )
     import pickle
 
     got = pickle.loads(pickle.dumps(sent))
     assert got.version == 7
     assert got.endpoints() == {"svc": eps}
     assert got.node_proxies == {"node-a": "10.1.0.1:15008"}
+    assert got.service_ips == vips  # a worker resolves intercepted ClusterIPs too
+    from nodeproxy.discovery.snapshot import EndpointRegistry
+
+    registry = EndpointRegistry()
+    registry.install(got.version, got.endpoints(), got.service_ips)
+    assert dict(registry.current().service_ips) == vips
 
 
 @pytest.mark.parametrize(

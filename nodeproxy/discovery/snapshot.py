@@ -84,9 +84,18 @@ class EndpointRegistry:
             self.on_publish(self._current)
         return self._current
 
-    def install(self, version: int, clusters: Mapping[str, tuple[Endpoint, ...]]) -> None:
+    def install(
+        self,
+        version: int,
+        clusters: Mapping[str, tuple[Endpoint, ...]],
+        service_ips: Mapping[tuple[str, int], str] | None = None,
+    ) -> None:
         """Take a snapshot another process published, as it was (a worker's registry)."""
-        self._current = EndpointSnapshot(version=version, clusters=MappingProxyType(dict(clusters)))
+        self._current = EndpointSnapshot(
+            version=version,
+            clusters=MappingProxyType(dict(clusters)),
+            service_ips=MappingProxyType(dict(service_ips or {})),
+        )
         self.synced = True
         self.first_sync.set()
 

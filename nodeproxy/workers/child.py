@@ -118,7 +118,7 @@ class WorkerLink:
         if isinstance(message, wire.Endpoints):
             if runtime.mesh is not None:
                 runtime.mesh.update(message.node_proxies, message.pods)
-            runtime.endpoints.install(message.version, message.endpoints())
+            runtime.endpoints.install(message.version, message.endpoints(), message.service_ips)
             self._apply_health(now)
             await self._maybe_ready()
         elif isinstance(message, wire.Health):

@@ -106,7 +106,11 @@ class Supervisor:
         disc = self.kubernetes
         assert disc is not None
         self.endpoints = wire.Endpoints.of(
-            snapshot.version, snapshot.clusters, disc.node_proxies, disc.pod_identities
+            snapshot.version,
+            snapshot.clusters,
+            disc.node_proxies,
+            disc.pod_identities,
+            snapshot.service_ips,
         )
         self._broadcast(self.endpoints)
 

@@ -48,6 +48,8 @@ class Endpoints:
     clusters: Mapping[str, tuple[WireEndpoint, ...]]
     node_proxies: Mapping[str, str] = field(default_factory=dict)
     pods: Mapping[str, Any] = field(default_factory=dict)  # pod IP -> PodIdentity
+    # (ClusterIP, port) -> cluster: what interception resolves a Service address with
+    service_ips: Mapping[tuple[str, int], str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -56,12 +58,13 @@ class Endpoints:
         clusters: Mapping[str, tuple[Endpoint, ...]],
         node_proxies: Mapping[str, str],
         pods: Mapping[str, Any],
+        service_ips: Mapping[tuple[str, int], str] | None = None,
     ) -> Endpoints:
         wire = {
             name: tuple((e.host, e.port, dict(e.labels), e.node, e.weight) for e in eps)
             for name, eps in clusters.items()
         }
-        return cls(version, wire, dict(node_proxies), dict(pods))
+        return cls(version, wire, dict(node_proxies), dict(pods), dict(service_ips or {}))
 
     def endpoints(self) -> dict[str, tuple[Endpoint, ...]]:
         """The snapshot's clusters as the data path holds them."""
