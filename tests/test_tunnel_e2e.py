@@ -122,3 +122,24 @@ async def test_peeked_bytes_go_first(mesh: TcpMesh) -> None:
         port = listeners[0].socket.getsockname()[1]
         assert await exchange(port, WEB_IP, b"abcdef") == b"abcdefbye 6\n"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_tunnel_is_closed_after_tcp_idle_timeout(tmp_path: Path) -> None:
+    async with tcp_mesh(tmp_path, idle="0.5s") as m:
+        port = await m.intercepted(m.a, ("127.0.0.1", m.remote.port))
+        sock = trio.socket.socket()
+        await sock.bind((WEB_IP, 0))
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        await stream.send_all(b"hi")
+        with trio.fail_after(10):
+            got = b""
+            while got != b"hi":
+                got += await stream.receive_some(100)
+            try:  # then silence both ways: the proxies close it (FIN or reset)
+                rest = await stream.receive_some(100)
+            except trio.BrokenResourceError:
+                rest = b""
+        assert rest == b""
+        await stream.aclose()
+        await eventually(lambda: tcp(m, "tunnel", "idle_timeout") == 1)

@@ -240,6 +240,7 @@ def _limits(node: Node) -> Limits:
             "request_body_min_rate", lambda n: n.integer(0), d.request_body_min_rate
         ),
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, d.stream_idle_timeout),
+        tcp_idle_timeout=f.opt("tcp_idle_timeout", Node.duration, d.tcp_idle_timeout),
     )
 
 

@@ -150,6 +150,9 @@ class Limits:
     request_body_timeout: float = 10.0
     request_body_min_rate: int = 1024
     stream_idle_timeout: float = 300.0  # Envoy's name and default: a silent body or tunnel
+    # A TCP tunnel (nodeproxy/tunnel/) with no byte either way: Envoy's tcp_proxy default.
+    # Longer than stream_idle_timeout: database and broker connections sit idle in pools.
+    tcp_idle_timeout: float = 3600.0
     max_connections_per_source: int = 256  # per listener and client IP; 0 = no cap
 
 

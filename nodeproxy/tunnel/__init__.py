@@ -21,7 +21,7 @@ cancellation propagates). Where the bytes go:
 - a pod of **this node** (or a ClusterIP whose pick is one): the TCP policy
   (caller identity -> service and pod port, first match, the policy's default
   otherwise; docs/security.md) is checked here, then a plain TCP connection
-  to the pod, spliced with half-close and ``limits.stream_idle_timeout``;
+  to the pod, spliced with half-close and ``limits.tcp_idle_timeout`` (1 h);
 - a pod of **another node**: an mTLS connection to that node's inbound port
   presenting the caller's workload certificate, ``CONNECT pod-ip:port
   HTTP/1.1`` (h11), then raw bytes; that node checks identity and policy and

@@ -81,7 +81,7 @@ class Tunnels:
         self.node_name = runtime.config.node_name
         self.vips: dict[Vip, str] = vips_from_config(runtime.config.clusters)
         self._index: PodIndex | None = None
-        self.idle = runtime.config.limits.stream_idle_timeout
+        self.idle = runtime.config.limits.tcp_idle_timeout
         self.chunk = runtime.config.limits.stream_chunk_bytes
         self.log_lines = runtime.config.log.access_log
 

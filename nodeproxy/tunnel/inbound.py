@@ -15,7 +15,7 @@ calling workload's, ``server/inbound.py``); the connection loop parsed the
     200           then raw bytes both ways (``splice.py``): what the client sent
                   after the head before our answer (h11's ``trailing_data``) goes
                   first; half-close passes through; idle past
-                  ``limits.stream_idle_timeout`` closes; a tunnel the source
+                  ``limits.tcp_idle_timeout`` closes; a tunnel the source
                   marked ``x-nodeproxy-tunnel: http`` (one pooled HTTP/1.1
                   connection) also closes between exchanges once a drain starts
 
@@ -120,7 +120,7 @@ async def serve_connect(
             tls,
             pod,
             a_pending=pending,
-            idle=down.limits.stream_idle_timeout,
+            idle=down.limits.tcp_idle_timeout,
             chunk=down.chunk,
             drain=drain.started if carries_http(request) else None,
         )
@@ -132,5 +132,5 @@ async def serve_connect(
     stats.inc(TUNNEL_BYTES, labels(listener=LISTENER, direction="upstream"), result.a_to_b)
     stats.inc(TUNNEL_BYTES, labels(listener=LISTENER, direction="downstream"), result.b_to_a)
     if result.idle_timeout:
-        ex.cause = "stream_idle_timeout"
+        ex.cause = "tcp_idle_timeout"
     return False

@@ -38,7 +38,7 @@ CONFIG = """
 node_name: {node}
 listeners: [{{address: "127.0.0.1:0"}}]
 admin: {{address: "127.0.0.1:0"}}
-limits: {{stream_idle_timeout: {idle}}}
+limits: {{tcp_idle_timeout: {idle}}}
 services:
   - name: echo-local
     namespace: shop
