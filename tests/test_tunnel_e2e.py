@@ -14,9 +14,8 @@ import pytest
 import structlog
 import trio
 
-from nodeproxy.stats.names import POLICY_DENIED
+from nodeproxy.stats.names import POLICY_DENIED, TCP_CONNECTIONS
 from nodeproxy.tunnel import carry_tcp
-from nodeproxy.tunnel.carry import TCP_CONNECTIONS
 from tests.helpers.mesh import REPORTING_IP, WEB_IP
 from tests.helpers.tcp_mesh import VIP, Echo, TcpMesh, exchange, tcp_mesh
 

@@ -55,6 +55,7 @@ FAIRNESS_WAITING = "nodeproxy_fairness_waiting"  # {listener}
 UPGRADES = "nodeproxy_upgrades_total"  # {listener, protocol}: tunnels opened (101 relayed)
 TUNNEL_BYTES = "nodeproxy_tunnel_bytes_total"  # {listener, direction=upstream|downstream}
 INTERCEPTED = "nodeproxy_intercepted_connections_total"  # {protocol=http1|tls|tcp, path=http|tcp}
+TCP_CONNECTIONS = "nodeproxy_tcp_connections_total"  # {path=direct|tunnel|passthrough, outcome}
 # -- mesh: TLS and policy --------------------------------------------------------
 TLS_HANDSHAKES = "nodeproxy_tls_handshakes_total"  # {listener}
 TLS_HANDSHAKE_FAILURES = "nodeproxy_tls_handshake_failures_total"  # {listener, reason}
@@ -154,8 +155,16 @@ HELP: dict[str, str] = {
     ),
     FAIRNESS_WAITING: "Requests waiting for their source's concurrency slot right now.",
     UPGRADES: "Upgraded connections (101 relayed, bytes spliced), by protocol.",
-    TUNNEL_BYTES: "Bytes carried by upgraded connections, by direction.",
+    TUNNEL_BYTES: (
+        "Bytes carried by upgraded connections and TCP tunnels, by listener (tcp: carried "
+        "connections; inbound: CONNECT tunnels) and direction."
+    ),
     INTERCEPTED: "Connections the transparent listener took, by detected protocol and path.",
+    TCP_CONNECTIONS: (
+        "TCP connections carried through the mesh (docs/tunnel.md), by path (direct to a pod "
+        "of this node, tunnel to another node, passthrough outside the mesh) and outcome "
+        "(ok, reset, idle_timeout, or the refusal's cause: denied, unknown_source...)."
+    ),
     TLS_HANDSHAKES: "mTLS handshakes completed (inbound: callers; outbound: peer nodes).",
     TLS_HANDSHAKE_FAILURES: "mTLS handshakes that failed, by reason; Envoy's ssl.connection_error.",
     POLICY_ALLOWED: "Requests the mesh authorization policy allowed, by the rule that decided.",

@@ -41,7 +41,7 @@ from nodeproxy.errors import (
     UpstreamConnectTimeout,
 )
 from nodeproxy.mesh.state import Mesh
-from nodeproxy.stats.names import TUNNEL_BYTES
+from nodeproxy.stats.names import TCP_CONNECTIONS, TUNNEL_BYTES
 from nodeproxy.stats.registry import labels
 from nodeproxy.tls.identity import SpiffeId
 from nodeproxy.tunnel.client import open_tunnel, peer_for
@@ -60,7 +60,6 @@ from nodeproxy.tunnel.splice import Spliced, Stream, splice
 if TYPE_CHECKING:
     from nodeproxy.runtime import Runtime
 
-TCP_CONNECTIONS = "nodeproxy_tcp_connections_total"  # {path, outcome}
 LISTENER = "tcp"  # the policy counters' and log lines' listener label
 PASSTHROUGH_CONNECT_TIMEOUT = 5.0  # a host outside the mesh: no cluster to say otherwise
 
