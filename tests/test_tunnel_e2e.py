@@ -7,6 +7,7 @@ destination. Callers are real sockets bound to the pod addresses.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -142,3 +143,30 @@ async def test_a_silent_tunnel_is_closed_after_tcp_idle_timeout(tmp_path: Path) 
         assert rest == b""
         await stream.aclose()
         await eventually(lambda: tcp(m, "tunnel", "idle_timeout") == 1)
+
+
+async def test_a_peer_node_that_does_not_answer_resets_the_connection(mesh: TcpMesh) -> None:
+    from types import MappingProxyType
+
+    from tests.helpers.backends import free_port
+
+    node_a = mesh.a.runtime.mesh
+    assert node_a is not None
+    node_a.nodes = MappingProxyType({"node-b": ("127.0.0.1", free_port())})  # nobody there
+    port = await mesh.intercepted(mesh.a, ("127.0.0.1", mesh.remote.port))
+    assert await exchange(port, WEB_IP, b"x") == b""
+    await eventually(lambda: tcp(mesh, "tunnel", "connection_failure") == 1)
+    assert mesh.remote.connections == 0
+
+
+async def test_enforce_outbound_refuses_on_the_source_node(tmp_path: Path) -> None:
+    async with tcp_mesh(tmp_path) as m:
+        node_a = m.a.runtime.mesh
+        assert node_a is not None
+        node_a.config = dataclasses.replace(node_a.config, enforce_outbound=True)
+        port = await m.intercepted(m.a, ("127.0.0.1", m.remote.port))
+        assert await exchange(port, REPORTING_IP, b"x") == b""
+        await eventually(lambda: tcp(m, "tunnel", "denied") == 1)
+        b = m.b.runtime.stats
+        assert b.sum_counter("nodeproxy_downstream_connections_total", listener="inbound") == 0
+        assert await exchange(port, WEB_IP, b"ok") == b"okbye 2\n"  # allowed: still carried
