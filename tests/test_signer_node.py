@@ -290,7 +290,10 @@ mesh:
             ):
                 assert n1.mesh is not None
                 certs = n1.mesh.certs
-                assert certs.issued(SpiffeId.workload("default", "web")) is not None
+                # The app starts before discovery's first list: "web" is wanted, and asked
+                # of the signer, only once its pod is known (under load, after "started").
+                web_id = SpiffeId.workload("default", "web")
+                await until(lambda: certs.issued(web_id) is not None)
                 url = f"http://127.0.0.1:{n1.listener_ports['outbound']}/hi"
                 async with client_from("127.0.0.4") as web:
                     r = await web.get(url, headers={"host": "bdgreeter.default"})
