@@ -77,7 +77,8 @@ HELP: dict[str, str] = {
     ),
     CALLER_REQUESTS: (
         "Requests by the calling workload (namespace, service account) when the proxy knows "
-        "it: inbound mTLS callers; at most 256 callers, the rest count as other."
+        "it (mesh: the mTLS peer inbound, the source pod outbound); at most 256 callers, "
+        "the rest count as other."
     ),
     PROXY_ERRORS: "Requests answered by the proxy itself, by cause (x-nodeproxy-error).",
     UPSTREAM_REQUESTS: "Requests sent upstream, by endpoint and status class.",
@@ -122,7 +123,7 @@ HELP: dict[str, str] = {
     BREAKER_REJECTED: "Requests refused 503 circuit_open while the breaker was open.",
     OVERLOAD_ACTIVE: (
         "What each overload threshold counts now (connections, pending requests, requests, "
-        "retries in flight); Envoy's circuit_breakers.*.*_open counterparts."
+        "retries in flight); Envoy's circuit_breakers remaining_* is the limit minus this."
     ),
     OVERLOAD_LIMIT: "Each overload threshold's configured limit.",
     OVERLOAD_OVERFLOW: (
