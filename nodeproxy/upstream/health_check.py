@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from nodeproxy.discovery.snapshot import Endpoint
-from nodeproxy.resilience.health import HealthCheckConfig, passes
+from nodeproxy.resilience.health import HealthCheckConfig, HealthTracker, passes
 from nodeproxy.runtime import Runtime
 from nodeproxy.stats.names import HEALTH_CHECK_UNHEALTHY, HEALTH_CHECKS
 from nodeproxy.stats.registry import labels
@@ -111,6 +111,7 @@ class HealthChecker:
             while True:
                 now = trio.current_time()
                 wake = now + _MAX_SLEEP
+                checked: set[str] = set()
                 for cluster in list(self.runtime.config.clusters.values()):
                     if cluster.health_check is None:
                         continue
@@ -119,7 +120,10 @@ class HealthChecker:
                     if tracker is None:
                         continue
                     endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
-                    for ep in tracker.due(endpoints, now):
+                    due_now = tracker.due(endpoints, now)  # forgets departed endpoints
+                    checked.add(cluster.name)
+                    self._publish(cluster.name, tracker)
+                    for ep in due_now:
                         key = (cluster.name, ep.address)
                         if key not in self._in_flight:
                             self._in_flight.add(key)
@@ -127,7 +131,19 @@ class HealthChecker:
                     due = tracker.next_due()
                     if due is not None:
                         wake = min(wake, due)
+                self._forget(checked)
                 await trio.sleep_until(max(wake, now))
+
+    def _publish(self, cluster: str, tracker: HealthTracker) -> None:
+        """The cluster's count of failing endpoints (after each probe and each wake-up)."""
+        unhealthy = float(len(tracker.unhealthy()))
+        self.runtime.stats.gauge_set(HEALTH_CHECK_UNHEALTHY, labels(cluster=cluster), unhealthy)
+
+    def _forget(self, checked: set[str]) -> None:
+        """Drop the gauge of clusters no longer checked (gone from the config or discovery)."""
+        series = self.runtime.stats.gauges.get(HEALTH_CHECK_UNHEALTHY, {})
+        for lbls in [lbls for lbls in series if dict(lbls).get("cluster") not in checked]:
+            del series[lbls]
 
     async def _probe_one(self, state: ClusterTraffic, ep: Endpoint, key: tuple[str, str]) -> None:
         tracker = state.health
@@ -139,12 +155,9 @@ class HealthChecker:
         finally:
             self._in_flight.discard(key)
         self.probes += 1
-        stats = self.runtime.stats
-        stats.inc(HEALTH_CHECKS, labels(cluster=state.name, result=result))
+        self.runtime.stats.inc(HEALTH_CHECKS, labels(cluster=state.name, result=result))
         changed = tracker.record(ep, result == SUCCESS, trio.current_time())
-        stats.gauge_set(
-            HEALTH_CHECK_UNHEALTHY, labels(cluster=state.name), len(tracker.unhealthy())
-        )
+        self._publish(state.name, tracker)
         if changed is not None:
             if self.on_change is not None:
                 self.on_change()
