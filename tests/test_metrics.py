@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import pytest
@@ -27,8 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodeproxy.app import AppHandle, run_app
 from nodeproxy.config import load_config_text
-from nodeproxy.stats.names import HELP, SOURCE_CAP
-from nodeproxy.stats.registry import OTHER, Bounded
+from nodeproxy.server.accounting import Accounting, code_labels
+from nodeproxy.server.downstream import Downstream, Exchange
+from nodeproxy.stats import names
+from nodeproxy.stats.names import CALLER_REQUESTS, HELP, SOURCE_CAP
+from nodeproxy.stats.registry import OTHER, Bounded, Stats, labels
+from nodeproxy.tls.identity import SpiffeId
 from tests.helpers.backends import Backend, backend, free_port
 from tests.helpers.mesh import WEB_IP, two_node_mesh
 from tests.helpers.mesh import client_from as mesh_client
@@ -390,9 +396,9 @@ def documented() -> dict[str, set[str]]:
 
 def check_documented(m: Scrape) -> None:
     docs = documented()
-    for name, labels in m.labels.items():
+    for name, exposed in m.labels.items():
         assert name in docs, f"{name} is exposed but not in docs/admin.md"
-        assert labels == docs[name], f"{name}: exposed {labels}, documented {docs[name]}"
+        assert exposed == docs[name], f"{name}: exposed {exposed}, documented {docs[name]}"
     for name in m.types:
         assert name in docs, f"{name} is exposed but not in docs/admin.md"
         assert not m.help[name].startswith("nodeproxy metric"), f"{name} has no HELP text"
@@ -416,8 +422,6 @@ def check_dashboard(*scrapes: Scrape) -> None:
 
 
 def test_help_texts_cover_every_name() -> None:
-    from nodeproxy.stats import names
-
     constants = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
     assert constants <= set(HELP), constants - set(HELP)
     assert set(documented()) >= constants, constants - set(documented())
@@ -437,10 +441,25 @@ def test_bounded_labels_keep_the_first_values_and_fold_the_rest() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "labels"),
+    ("status", "expected"),
     [(200, ("200", "2xx")), (503, ("503", "5xx")), (0, ("none", "none")), (999, (OTHER, OTHER))],
 )
-def test_status_labels_are_bounded(status: int, labels: tuple[str, str]) -> None:
-    from nodeproxy.server.accounting import code_labels
+def test_status_labels_are_bounded(status: int, expected: tuple[str, str]) -> None:
+    assert code_labels(status) == expected
 
-    assert code_labels(status) == labels
+
+async def test_callers_past_the_cap_share_one_other_series() -> None:
+    stats = Stats()
+    accounting = Accounting(stats, "inbound", access_log_enabled=False)
+    down = cast(Downstream, SimpleNamespace(bytes_in=0, bytes_out=0, client_ip="10.0.0.1"))
+    for i in (*range(SOURCE_CAP + 3), 0):  # the first caller again at the end: still its own
+        ex = Exchange("inbound", "10.0.0.1:1000", trio.current_time(), status=200, cluster="svc")
+        ex.caller = SpiffeId.workload("shop", f"sa-{i}")
+        accounting.account(down, ex)
+    series = stats.counters[CALLER_REQUESTS]
+    assert len(series) == SOURCE_CAP + 1
+    base = {"listener": "inbound", "cluster": "svc", "code_class": "2xx"}
+    other = labels(**base, caller_namespace=OTHER, caller_service_account=OTHER)
+    assert series[other] == 3
+    first = labels(**base, caller_namespace="shop", caller_service_account="sa-0")
+    assert series[first] == 2
