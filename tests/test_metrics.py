@@ -404,21 +404,36 @@ def check_documented(m: Scrape) -> None:
         assert not m.help[name].startswith("nodeproxy metric"), f"{name} has no HELP text"
 
 
-def dashboard_metrics() -> set[str]:
-    """Metric names in every ``expr`` of the Grafana dashboard."""
+def dashboard_exprs() -> list[str]:
+    """The PromQL of every panel of the Grafana dashboard."""
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in board["panels"] for t in panel.get("targets", [])]
     assert exprs
-    return {n for e in exprs for n in re.findall(r"\bnodeproxy_[a-z_]+\b", e)}
+    return exprs
 
 
 def check_dashboard(*scrapes: Scrape) -> None:
+    """Every metric a panel queries is documented and in a real scrape, and every label it
+    groups or filters by is one that metric has (else the panel draws one nameless line)."""
     docs = documented()
     exposed = set().union(*(m.sample_names() for m in scrapes))
-    for name in dashboard_metrics():
-        family = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert family in docs, f"the dashboard queries {name}, not in docs/admin.md"
-        assert name in exposed, f"the dashboard queries {name}, not in a real scrape"
+    labels_of: dict[str, set[str]] = {}
+    for m in scrapes:
+        for family, found in m.labels.items():
+            labels_of.setdefault(family, set()).update(found)
+    for expr in dashboard_exprs():
+        assert expr.count("(") == expr.count(")"), expr
+        assert expr.count("{") == expr.count("}"), expr
+        families: set[str] = set()
+        for name in re.findall(r"\bnodeproxy_[a-z_]+\b", expr):
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert family in docs, f"the dashboard queries {name}, not in docs/admin.md"
+            assert name in exposed, f"the dashboard queries {name}, not in a real scrape"
+            families.add(family)
+        have = {"le"}.union(*(labels_of.get(f, set()) for f in families))
+        used = {x.strip() for g in re.findall(r"\bby \(([^)]*)\)", expr) for x in g.split(",")}
+        used |= set(re.findall(r"[{,]\s*([a-z_]+)\s*=~?", expr))
+        assert used <= have, f"{expr}: no label {used - have}"
 
 
 def test_help_texts_cover_every_name() -> None:
