@@ -50,6 +50,7 @@ EXPECTED = [
     "bridge_sees_only_tls",
     "detection_counted",
     "sni_logged",
+    "node1_intercepts_in_two_workers",
     "uninstall_leaves_nothing_node-1",
     "uninstall_leaves_nothing_node-2",
 ]

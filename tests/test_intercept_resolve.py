@@ -128,7 +128,6 @@ def test_intercept_section_defaults_and_fields() -> None:
             "intercept: {address: '127.0.0.1:4140'}\nlisteners: [{address: '127.0.0.1:4140'}]",
             "4140",
         ),
-        ("intercept: {}\nworkers: 2", "workers must be 1"),
     ],
 )
 def test_intercept_section_errors_name_the_field(section: str, message: str) -> None:

@@ -86,8 +86,6 @@ def load_native(root: Node) -> Config:
     intercept = f.opt("intercept", lambda n: read_intercept(n, binds), None)
     check_unique_binds(binds)
     workers: int | Literal["auto"] = f.opt("workers", read_workers, 1)
-    if intercept is not None and workers != 1:
-        raise f.need("workers").error("intercept runs in one process: workers must be 1")
     clusters = MappingProxyType({s.cluster.name: s.cluster for s in services})
     if mesh is not None:
         check_endpoint_nodes(mesh, node_name, clusters)

@@ -271,6 +271,8 @@ class Supervisor:
         hosts = {lc.name: lc.host for lc in self.config.listeners}
         if self.config.mesh is not None:
             hosts["inbound"] = self.config.mesh.inbound_host
+        if self.config.intercept is not None:
+            hosts["intercept"] = self.config.intercept.host
         log.info(
             "started",
             listeners={name: f"{hosts[name]}:{port}" for name, port in ports.items()},

@@ -13,9 +13,10 @@ Each pod is a namespace behind a veth on its node's bridge, its default route
 the node (a kubenet-shaped node); nodes route each other's pod ranges. Services
 have ClusterIPs in 10.96.0.0/16, which nothing routes: only interception makes
 them reachable. Each node runs ``nodeproxy intercept install`` from its config,
-then the proxy. The client pod has no proxy settings: curl and plain sockets
-to ClusterIPs and pod IPs. tcpdump on br0 records what crosses between nodes.
-At the end ``nodeproxy intercept uninstall`` must leave no rule.
+then the proxy (node-1 with 2 workers, node-2 as one process). The client pod
+has no proxy settings: curl and plain sockets to ClusterIPs and pod IPs.
+tcpdump on br0 records what crosses between nodes. At the end ``nodeproxy
+intercept uninstall`` must leave no rule.
 Prints one JSON document: ``{"ok", "error", "checks": {name: bool}, "details"}``.
 """
 
@@ -54,9 +55,11 @@ SERVICES = {"greeter": ("10.96.0.10", (80, 8080), "remote"),
             "secret-local": ("10.96.0.15", (9000, 9000), "local"),
             "secret-remote": ("10.96.0.16", (9000, 9000), "remote"),
             "tls-secret": ("10.96.0.17", (443, 9443), "remote")}  # fmt: skip
+WORKERS = {"node-1": "2", "node-2": "1"}  # interception in a worker fleet and in one process
 DEADLINE = 50.0
 CONFIG = """
 node_name: ${{NODE_NAME}}
+workers: ${{WORKERS}}  # node-1, where the client is intercepted: 2 workers; node-2: 1
 listeners: [{{address: "0.0.0.0:4140"}}]
 admin: {{address: "0.0.0.0:9901"}}
 log: {{format: json, access_log: true}}  # one tcp_connection line per TCP connection
@@ -150,6 +153,11 @@ def tcp_flows(pcap: bytes) -> dict[tuple[str, int, str, int], bytes]:
     return flows
 
 
+def node_env(name: str) -> dict[str, str]:
+    """A node's ${VAR}s in the shared config."""
+    return {"NODE_NAME": name, "POD_CIDR": f"{NODES[name][1]}.0/24", "WORKERS": WORKERS[name]}
+
+
 def no_proxy_env() -> dict[str, str]:
     """The client pod's environment: nothing that points at a proxy."""
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -191,8 +199,8 @@ async def scenario(box: Box) -> None:
         config.write_text(CONFIG.format(kubeconfig=kc, ca=ca))
         py = sys.executable
         installed = {}
-        for name, (_, prefix) in NODES.items():
-            env = {**os.environ, "NODE_NAME": name, "POD_CIDR": f"{prefix}.0/24"}
+        for name in NODES:
+            env = {**os.environ, **node_env(name)}
             out = await run_in(name, py, "-m", "nodeproxy", "intercept", "install", "-c",
                                str(config), env=env)  # fmt: skip
             again = await run_in(name, py, "-m", "nodeproxy", "intercept", "install", "-c",
@@ -202,7 +210,7 @@ async def scenario(box: Box) -> None:
             box.check(f"install_idempotent_{name}", rules.count("dnat to 169.254.20.41:15001") == 1
                       and "installed" in out + again, [out, again, rules])  # fmt: skip
             await box.spawn(name, name, [py, "-m", "nodeproxy", "run", "-c", str(config)],
-                            {"NODE_NAME": name, "POD_CIDR": f"{prefix}.0/24"})  # fmt: skip
+                            node_env(name))  # fmt: skip
         for name in ("local", "remote"):
             await box.spawn(name, f"pod-{name}", [py, "-m", "tests.helpers.box_pods", "serve",
                                                   name, str(box.work)], {})  # fmt: skip
@@ -284,9 +292,13 @@ async def scenario(box: Box) -> None:
                      if ln.startswith("{") and '"tcp_connection"' in ln]  # fmt: skip
         tls_line = [e for e in tcp_lines if e.get("dst") == f"{SERVICES['tls-remote'][0]}:443"]
         box.check("sni_logged", [e.get("sni") for e in tls_line] == ["tls.example"], tcp_lines)
+        started = [json.loads(ln) for ln in log1.splitlines()
+                   if ln.startswith("{") and '"event": "started"' in ln]  # fmt: skip
+        box.check("node1_intercepts_in_two_workers", [e.get("workers") for e in started] == [2]
+                  and "intercept" in started[0].get("listeners", {}), started)  # fmt: skip
 
-        for name, (_, prefix) in NODES.items():
-            env = {**os.environ, "NODE_NAME": name, "POD_CIDR": f"{prefix}.0/24"}
+        for name in NODES:
+            env = {**os.environ, **node_env(name)}
             out = await run_in(name, py, "-m", "nodeproxy", "intercept", "uninstall", env=env)
             left = await run_in(name, "nft", "list", "ruleset")
             box.check(f"uninstall_leaves_nothing_{name}", left.strip() == "", [out, left])
