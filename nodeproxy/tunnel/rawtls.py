@@ -14,8 +14,8 @@ into the outgoing BIO and sends it at once.
 Two tasks use one ssl object (one per direction). That is safe because
 every ssl call is synchronous (no await between touching the object and
 leaving it), and records leave in the order they were made: the outgoing
-BIO is drained only while holding ``_sending``, and each drain sends all of
-it before releasing, so a record made by the reader (a TLS 1.3 key update
+BIO is drained only by the one task sending (``_sending``), and each drain
+sends all of it before the next may start, so a record made by the reader (a TLS 1.3 key update
 answer) can never overtake or split one made by the writer.
 
 Also the stream of a source node's pooled HTTP connection through a tunnel
@@ -45,7 +45,9 @@ _RECORD = 16 * 1024  # TLS's largest plaintext record
 class RawTLS:
     """``receive_some`` / ``send_all`` / ``half_close`` on a handshaken TLS connection."""
 
-    __slots__ = ("_early", "_incoming", "_obj", "_outgoing", "_sending", "_sock", "stream")
+    __slots__ = (
+        "_early", "_free", "_incoming", "_obj", "_outgoing", "_sending", "_sock", "stream",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -58,7 +60,10 @@ class RawTLS:
     ) -> None:
         self.stream = stream  # the TLSStream adopted (its aclose still closes everything)
         self._obj, self._incoming, self._outgoing, self._sock = obj, incoming, outgoing, sock
-        self._sending = trio.Lock()
+        # One sender at a time. Not a trio.Lock: its uncontended acquire still yields to
+        # the scheduler, a round trip per record; here only a waiter ever parks.
+        self._sending = False
+        self._free: trio.Event | None = None
         self._early = early  # records trio held back (TLS 1.3 tickets): they go out first
 
     def __repr__(self) -> str:
@@ -95,12 +100,23 @@ class RawTLS:
         return cls(stream, obj, incoming, outgoing, sock, (delayed or b"") + outgoing.read())
 
     async def _flush(self) -> None:
-        async with self._sending:
-            data = self._outgoing.read()
-            if self._early:
-                data, self._early = self._early + data, b""
-            if data:
-                await send_all(self._sock, data)
+        while self._sending:  # the other direction is sending: then we drain what is left
+            if self._free is None:
+                self._free = trio.Event()
+            await self._free.wait()
+        data = self._outgoing.read()
+        if self._early:
+            data, self._early = self._early + data, b""
+        if not data:
+            return
+        self._sending = True
+        try:
+            await send_all(self._sock, data)
+        finally:
+            self._sending = False
+            free, self._free = self._free, None
+            if free is not None:
+                free.set()
 
     async def receive_some(self, max_bytes: int = _READ) -> bytes:
         """Plaintext, b"" at the peer's close_notify (or a bare end of the connection)."""
