@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
-import trio
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.unshared import unshared_verdict
+
 TOOLS = ("unshare", "ip", "curl")
 
 pytestmark = [
@@ -33,19 +31,7 @@ pytestmark = [
 
 
 async def test_three_nodes_mtls_replica_deletion_and_api_outage() -> None:
-    command = ["unshare", "--mount", "--net", "--pid", "--fork",
-               sys.executable, "-m", "tests.helpers.cluster_in_a_box"]  # fmt: skip
-    with trio.fail_after(60):
-        result = await trio.run_process(
-            command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
-        )
-    refused = b"unshare failed" in result.stderr or b"Operation not permitted" in result.stderr
-    if result.returncode != 0 and not result.stdout.strip() and refused:
-        pytest.skip(f"namespaces are not permitted here: {result.stderr.decode()[-300:]}")
-    try:
-        verdict = json.loads(result.stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        pytest.fail(f"no verdict (exit {result.returncode}): {result.stderr.decode()[-3000:]}")
+    verdict = await unshared_verdict("tests.helpers.cluster_in_a_box", 60)
     assert verdict["error"] is None, verdict
     assert verdict["checks"] == {
         "all_200_before": True,
@@ -57,4 +43,4 @@ async def test_three_nodes_mtls_replica_deletion_and_api_outage() -> None:
         "node_to_node_mtls": True,
     }, json.dumps(verdict, indent=1)[:20000]
     assert verdict["ok"] is True
-    assert result.returncode == 0
+    assert verdict["returncode"] == 0

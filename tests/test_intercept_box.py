@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
-import trio
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.unshared import unshared_verdict
+
 TOOLS = ("unshare", "ip", "curl", "nft", "tcpdump")
 
 pytestmark = [
@@ -57,19 +55,7 @@ EXPECTED = [
 
 
 async def test_pod_without_proxy_settings_is_intercepted_carried_over_mtls_and_policed() -> None:
-    command = ["unshare", "--mount", "--net", "--pid", "--fork",
-               sys.executable, "-m", "tests.helpers.intercept_box"]  # fmt: skip
-    with trio.fail_after(70):
-        result = await trio.run_process(
-            command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
-        )
-    refused = b"unshare failed" in result.stderr or b"Operation not permitted" in result.stderr
-    if result.returncode != 0 and not result.stdout.strip() and refused:
-        pytest.skip(f"namespaces are not permitted here: {result.stderr.decode()[-300:]}")
-    try:
-        verdict = json.loads(result.stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        pytest.fail(f"no verdict (exit {result.returncode}): {result.stderr.decode()[-3000:]}")
+    verdict = await unshared_verdict("tests.helpers.intercept_box", 70)
     assert verdict["error"] is None, json.dumps(verdict, indent=1)[:20000]
     assert verdict["checks"] == dict.fromkeys(EXPECTED, True), json.dumps(verdict, indent=1)[:20000]
     assert verdict["ok"] is True

@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,14 +236,21 @@ async def scenario(box: Box) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def main() -> int:
+async def run_box(
+    scenario: Callable[[Box], Awaitable[None]],
+    network: Callable[[], None],
+    prefix: str,
+    deadline: float,
+) -> int:
+    """Build the network, run ``scenario`` within ``deadline``, print the JSON verdict
+    (with the logs when a check failed) and kill whatever it started."""
     refuse_unless_isolated()
-    build_network()
-    with tempfile.TemporaryDirectory(prefix="np-box-") as tmp:
+    network()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         box = Box(Path(tmp))
         error = None
         try:
-            with trio.fail_after(DEADLINE):
+            with trio.fail_after(deadline):
                 await scenario(box)
         except Exception as exc:  # reported in the JSON, with the logs
             error = f"{type(exc).__name__}: {exc}"
@@ -259,6 +267,10 @@ async def main() -> int:
         print(json.dumps({"ok": ok, "error": error, "checks": box.checks,
                           "details": box.details if not ok else {}, "logs": logs}))  # fmt: skip
         return 0 if ok else 1
+
+
+async def main() -> int:
+    return await run_box(scenario, build_network, "np-box-", DEADLINE)
 
 
 if __name__ == "__main__":

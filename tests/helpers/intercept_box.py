@@ -29,7 +29,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -39,7 +38,7 @@ from nodeproxy.tls.ca import init_ca
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.k8s_objects import endpoint, endpoint_slice, node, pod, service
 from tests.helpers.box_pods import write_tls
-from tests.helpers.cluster_in_a_box import Box, counter, refuse_unless_isolated, sh
+from tests.helpers.cluster_in_a_box import Box, counter, run_box, sh
 
 API_IP = "10.77.0.1"
 NODES = {"node-1": ("10.77.0.11", "10.78.1"), "node-2": ("10.77.0.12", "10.78.2")}
@@ -306,29 +305,7 @@ async def scenario(box: Box) -> None:
 
 
 async def main() -> int:
-    refuse_unless_isolated()
-    build_network()
-    with tempfile.TemporaryDirectory(prefix="np-intercept-") as tmp:
-        box = Box(Path(tmp))
-        error = None
-        try:
-            with trio.fail_after(DEADLINE):
-                await scenario(box)
-        except Exception as exc:  # reported in the JSON, with the logs
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            for proc in box.procs.values():
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-        ok = error is None and bool(box.checks) and all(box.checks.values())
-        logs = {}
-        if not ok:
-            for f in sorted(Path(tmp).glob("*.log")):
-                logs[f.stem] = f.read_text(errors="replace")[-3000:]
-        print(json.dumps({"ok": ok, "error": error, "checks": box.checks,
-                          "details": box.details if not ok else {}, "logs": logs}))  # fmt: skip
-        return 0 if ok else 1
+    return await run_box(scenario, build_network, "np-intercept-", DEADLINE)
 
 
 if __name__ == "__main__":
