@@ -31,6 +31,7 @@ from nodeproxy.traffic.state import Traffic
 
 if TYPE_CHECKING:
     from nodeproxy.mesh.state import Mesh
+    from nodeproxy.tunnel.carry import Tunnels
 
 
 class DrainState:
@@ -71,9 +72,8 @@ class Runtime:
     # workers mint their own). Set once by the app before anything starts.
     mesh: Mesh | None = field(default=None, repr=False, compare=False)
     _traffic: Traffic | None = field(default=None, init=False, repr=False, compare=False)
-    # TCP carrying (nodeproxy/tunnel/: a ``Tunnels``), set by app.py before the listeners
-    # start; typed loosely so this module does not import the data path.
-    tunnels: object | None = field(default=None, repr=False, compare=False)
+    # TCP carrying (nodeproxy/tunnel/), set by app.py before the listeners start.
+    tunnels: Tunnels | None = field(default=None, repr=False, compare=False)
     # More conditions for /ready (the mesh certificates): each gives None when all is
     # well, else (still ready?, a one-line reason that /ready shows).
     health_checks: list[Callable[[], tuple[bool, str] | None]] = field(

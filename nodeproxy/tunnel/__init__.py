@@ -65,11 +65,10 @@ async def carry_tcp(
     sni: str | None,
 ) -> None:
     """Carry one intercepted TCP connection to its destination (see the module docstring)."""
-    if isinstance(runtime, Tunnels):
-        tunnels = runtime
-    else:
-        found = runtime.tunnels
-        tunnels = found if isinstance(found, Tunnels) else Tunnels(runtime, None)
+    # A runtime the app did not start has no ``tunnels``: carry without a mesh.
+    tunnels = (
+        runtime if isinstance(runtime, Tunnels) else (runtime.tunnels or Tunnels(runtime, None))
+    )
     await tunnels.carry(
         downstream, peeked=peeked, caller_ip=caller_ip, dst_ip=dst_ip, dst_port=dst_port, sni=sni
     )
