@@ -46,8 +46,7 @@ class EndpointRegistry:
 
     def __init__(self) -> None:
         self._current = EndpointSnapshot(version=0)
-        self.synced = False  # True after the first complete publish
-        self.first_sync = trio.Event()  # set with ``synced`` (a handoff waits for it)
+        self.first_sync = trio.Event()  # set by the first complete publish (or install)
         self.on_publish: Callable[[EndpointSnapshot], None] | None = None  # a supervisor's
         # what the first publish still waits for, for /ready (set by the discovery that publishes)
         self.waiting_for: Callable[[], str] = str
@@ -58,6 +57,10 @@ class EndpointRegistry:
             f"<EndpointRegistry [version {self._current.version} | "
             f"{len(self._current.clusters)} clusters, {n} endpoints]>"
         )
+
+    @property
+    def synced(self) -> bool:
+        return self.first_sync.is_set()
 
     def current(self) -> EndpointSnapshot:
         return self._current
@@ -78,7 +81,6 @@ class EndpointRegistry:
             clusters=MappingProxyType(dict(clusters)),
             service_ips=ips,
         )
-        self.synced = True
         self.first_sync.set()
         if self.on_publish is not None:
             self.on_publish(self._current)
@@ -96,7 +98,6 @@ class EndpointRegistry:
             clusters=MappingProxyType(dict(clusters)),
             service_ips=MappingProxyType(dict(service_ips or {})),
         )
-        self.synced = True
         self.first_sync.set()
 
 
