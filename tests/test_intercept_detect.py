@@ -106,7 +106,7 @@ async def test_peek_collects_a_request_line_split_over_writes() -> None:
         async def dribble() -> None:
             for part in (b"GE", b"T /x HT", b"TP/1.1\r", b"\nHost: y\r\n\r\n"):
                 await client.send_all(part)
-                await trio.sleep(0.001)
+                await trio.testing.wait_all_tasks_blocked()  # peek has read this part
 
         nursery.start_soon(dribble)
         data, verdict = await peek(server, 5.0)
