@@ -16,11 +16,18 @@ What trio's checkpoints gave, and how it is kept:
 - Cancellation: every call starts with ``trio.lowlevel.checkpoint_if_cancelled``,
   so a connection whose deadline fired (the sweeper cancelled its scope) stops at
   its next read or write, as before.
-- Fairness: a task now yields only when it waits for I/O. A client that does not
-  pipeline waits for its response (the downstream read parks) and an upstream
-  answer takes a round trip, so each request still yields; the one loop that could
-  run on without waiting, pipelined request heads already buffered, checkpoints
-  explicitly (``server/connection.py``).
+- Batching and fairness: a completed ``send_all`` yields once
+  (``cancel_shielded_checkpoint``, as trio's own ``send_all`` does). A write is
+  nearly always followed by a read of the peer's answer (the upstream's response,
+  the client's next request); reading at once finds nothing, so the read returns
+  EAGAIN and the task parks, which costs an ``epoll_ctl`` to re-arm trio's one-shot
+  registration and a wake through ``epoll_wait``. Yielding first lets every other
+  ready connection run, so by the time this task reads, the answer is usually
+  there. Measured on nodeproxy under wrk -c16: read calls per request 3.9 -> 2.0
+  (no EAGAIN), CPU per request -11 % (/proc/PID/io and utime+stime). A successful
+  read does not yield (its caller parses and then writes, which yields), and the
+  one loop that could run on without writing, pipelined request heads already
+  buffered, checkpoints explicitly (``server/connection.py``).
 - Errors: ``EBADF`` or a socket closed under us -> ``trio.ClosedResourceError``,
   any other ``OSError`` (reset, broken pipe) -> ``trio.BrokenResourceError``: the
   exceptions trio's streams raise, which the data path already handles.
@@ -40,6 +47,7 @@ import os
 import trio
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_yield_after_write = trio.lowlevel.cancel_shielded_checkpoint
 _Stream = trio.SocketStream
 
 
@@ -84,6 +92,7 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
         except OSError as exc:
             raise _stream_error(exc) from exc
         if sent == len(rest):
+            await _yield_after_write()
             return
         rest = memoryview(rest)[sent:]
 
