@@ -40,6 +40,26 @@ def pids_of(pgids: set[int]) -> list[int]:
     return [pid for pid, g, _ in _processes() if g in pgids]
 
 
+def read_calls(pgids: set[int]) -> int:
+    """read(2)-family calls made so far by these process groups (``syscr`` of /proc/PID/io).
+
+    nodeproxy reads its plain TCP sockets with read(2) (nodeproxy/netio.py), so on a
+    keep-alive proxied request the floor is two: one per side. More means reads that
+    found nothing (EAGAIN) and parked the task. recv(2), which the bare relay uses
+    through trio, is not counted there.
+    """
+    calls = 0
+    for pid in pids_of(pgids):
+        try:
+            text = Path(f"/proc/{pid}/io").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("syscr:"):
+                calls += int(line.split()[1])
+    return calls
+
+
 @dataclass
 class Memory:
     """Resident memory of a set of processes, in bytes."""

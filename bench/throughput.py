@@ -44,6 +44,7 @@ from harness import (
     run_wrk,
     wait_http_ok,
 )
+from procstats import read_calls
 
 from nodeproxy.config.model import CODEC_ENV
 from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
@@ -78,13 +79,17 @@ def measure(args: argparse.Namespace, name: str, port: int, pgid: int, cpu_of: s
     result = Result(target=name, cpu_of=cpu_of)
     if args.warmup > 0:
         run_wrk_at(args, port, args.warmup)
-    before = cpu_seconds(pgid)
+    before, reads_before = cpu_seconds(pgid), read_calls({pgid})
     argv, out = run_wrk_at(args, port, args.duration)
     used = cpu_seconds(pgid) - before
+    reads = read_calls({pgid}) - reads_before
     result.wrk_command = shlex.join(argv)
     parse_wrk(out, result)
     if result.requests:
         result.cpu_us_per_req = used * 1e6 / result.requests
+        if name.startswith("nodeproxy"):  # read(2) calls: see procstats.read_calls
+            per = reads / result.requests
+            result.note = f"{name}: {per:.2f} read calls per request (the floor is 2)"
     return result
 
 
@@ -180,9 +185,10 @@ def bench_nodeproxy(
     result = bench_proxy(args, procs, name, with_codec(codec, argv), port)
     if result.error is None and args.access_log:
         lines = access_lines(args.out, name)
-        result.note = f"{name}: {lines:,} JSON access lines in {args.out / name}.log"
+        note = f"{name}: {lines:,} JSON access lines in {args.out / name}.log"
         if lines < result.requests:  # the log also holds the warm-up's lines
-            result.note = f"WARNING {result.note}, fewer than the {result.requests:,} requests"
+            note = f"WARNING {note}, fewer than the {result.requests:,} requests"
+        result.note = f"{result.note}; {note}" if result.note else note
     return result
 
 
