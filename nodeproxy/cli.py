@@ -45,12 +45,15 @@ EXIT_USAGE = 2
 
 
 class _Version(argparse.Action):
-    """``--version``: the release and the HTTP/1.1 codec this install would run."""
+    """``--version``: the release, the HTTP/1.1 codec this install would run, and whether
+    its data path is compiled (``nodeproxy/compiled.py``)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from nodeproxy import compiled
         from nodeproxy.http1 import impl  # picks the codec (NODEPROXY_CODEC or auto)
 
-        print(f"nodeproxy {__version__} (codec {impl.NAME} {impl.VERSION})")
+        build = compiled.status()
+        print(f"nodeproxy {__version__} (codec {impl.NAME} {impl.VERSION}, data path {build})")
         parser.exit()
 
 

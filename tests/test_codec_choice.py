@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.helpers.proc import running_nodeproxy
+from tests.test_compiled_build import EXPECTED_BUILD
 
 h11_mypyc = pytest.importorskip("h11_mypyc", reason="the compiled codec: pip install '.[fast]'")
 H11_VERSION = version("h11")
@@ -94,4 +95,7 @@ async def test_the_running_codec_is_logged_dumped_and_counted(
     build = [line for line in metrics.splitlines() if line.startswith("nodeproxy_build_info{")]
     assert len(build) == 1
     assert f'codec="{running}"' in build[0]
+    # and whether its data path is compiled (tests/test_compiled_build.py)
+    assert started["data_path"] == dump["data_path"] == EXPECTED_BUILD
+    assert f'data_path="{EXPECTED_BUILD}"' in build[0]
     assert build[0].endswith(" 1") or build[0].endswith(" 1.0")

@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import cast
 
 import httpx
 import pytest
@@ -29,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodeproxy.app import AppHandle, run_app
 from nodeproxy.config import load_config_text
+from nodeproxy.config.model import Limits
 from nodeproxy.server.accounting import Accounting, code_labels
 from nodeproxy.server.downstream import Downstream, Exchange
 from nodeproxy.stats import names
@@ -466,11 +465,17 @@ def test_status_labels_are_bounded(status: int, expected: tuple[str, str]) -> No
 async def test_callers_past_the_cap_share_one_other_series() -> None:
     stats = Stats()
     accounting = Accounting(stats, "inbound", access_log_enabled=False)
-    down = cast(Downstream, SimpleNamespace(bytes_in=0, bytes_out=0, client_ip="10.0.0.1"))
+    # A real Downstream (the compiled build checks the type) on a loopback connection.
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    down = Downstream(await listener.accept(), Limits())
     for i in (*range(SOURCE_CAP + 3), 0):  # the first caller again at the end: still its own
         ex = Exchange("inbound", "10.0.0.1:1000", trio.current_time(), status=200, cluster="svc")
         ex.caller = SpiffeId.workload("shop", f"sa-{i}")
         accounting.account(down, ex)
+    for closable in (client, down.stream, listener):
+        await closable.aclose()
     series = stats.counters[CALLER_REQUESTS]
     assert len(series) == SOURCE_CAP + 1
     base = {"listener": "inbound", "cluster": "svc", "code_class": "2xx"}

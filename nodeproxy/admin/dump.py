@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nodeproxy import compiled
 from nodeproxy.config.model import Config, HeaderMatch
 from nodeproxy.http1 import impl
 
@@ -162,4 +163,5 @@ def config_dump(config: Config, *, include_sensitive: bool = False) -> dict[str,
     assert isinstance(dumped, dict)
     dumped.pop("env_values", None)
     dumped["codec"] = {"configured": config.codec, "running": impl.NAME, "version": impl.VERSION}
+    dumped["data_path"] = compiled.status()  # compiled by mypyc, or interpreted
     return dumped

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nodeproxy.config.model import EndpointConfig
 from nodeproxy.discovery.snapshot import Endpoint
 
 DEFAULT_RTT = 0.030  # Linkerd's default RTT for an endpoint without samples
@@ -49,7 +50,7 @@ class Outcome(enum.Enum):
         return cls.FAILURE if status >= 500 else cls.SUCCESS
 
 
-class DoubleCompletion(RuntimeError):
+class DoubleCompletion(Exception):
     """``on_complete`` was called twice for the same in-flight token."""
 
 
@@ -57,7 +58,7 @@ class DoubleCompletion(RuntimeError):
 class InFlight:
     """The token ``on_start`` returns; hand it back to ``on_complete``."""
 
-    endpoint: Endpoint
+    endpoint: EndpointConfig  # not the alias Endpoint: see upstream/pool.py's Target
     started: float
     done: bool = field(default=False, repr=False)
 

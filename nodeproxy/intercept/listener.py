@@ -99,20 +99,19 @@ def listener_config(
     )
 
 
-class InterceptAcceptor(Acceptor):
-    """Accepts redirected connections and sends each down the HTTP or the TCP path."""
-
-    per_source_cap = True
+class InterceptHandler:
+    """Sends each redirected connection down the HTTP or the TCP path (an ``Acceptor``'s
+    ``handle``)."""
 
     def __init__(
         self,
         runtime: Runtime,
-        listener: ListenerConfig,
         loop: ConnectionLoop,
         detect_timeout: float,
         carry_tcp: TcpCarrier,
     ) -> None:
-        super().__init__(runtime, listener, loop)
+        self.runtime = runtime
+        self.loop = loop
         self.detect_timeout = detect_timeout
         self.carry_tcp = carry_tcp
         self.resolver = Resolver()
@@ -174,5 +173,6 @@ async def serve_intercept(
     assert ic is not None
     lc = listener_config(config.listeners, ic)
     loop = ConnectionLoop(runtime, Pipeline(runtime, lc, upstreams), LISTENER)
-    acceptor = InterceptAcceptor(runtime, lc, loop, ic.detect_timeout, carry_tcp)
+    handler = InterceptHandler(runtime, loop, ic.detect_timeout, carry_tcp)
+    acceptor = Acceptor(runtime, lc, loop, handle=handler.handle)
     await serve_acceptor(runtime, lc, acceptor, task_status)

@@ -12,7 +12,7 @@ See docs/traffic.md.
 from __future__ import annotations
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):
     """A state machine was asked for a transition its table does not allow."""
 
     def __init__(self, machine: str, state: object, event: object) -> None:

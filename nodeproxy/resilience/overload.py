@@ -41,7 +41,7 @@ class OverloadLimits:
         return value
 
 
-class UnbalancedRelease(RuntimeError):
+class UnbalancedRelease(Exception):
     """``release`` without a matching ``admit``."""
 
 

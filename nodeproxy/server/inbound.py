@@ -48,10 +48,9 @@ from nodeproxy.upstream.peer import count_failure, count_handshake, handshake_fa
 log = structlog.get_logger("nodeproxy.tls")
 
 
-class InboundAcceptor(Acceptor):
-    """An ``Acceptor`` whose connections start with an mTLS handshake."""
-
-    per_source_cap = False  # a source is a whole node's proxy (module docstring)
+class MtlsHandshake:
+    """Serves an accepted connection of the mTLS port: handshake, check the caller's
+    SPIFFE ID, then the connection loop (an ``Acceptor``'s ``handle``)."""
 
     def __init__(
         self,
@@ -61,7 +60,8 @@ class InboundAcceptor(Acceptor):
         server_context: Callable[[], ssl.SSLContext],
         trust_domain: str,
     ) -> None:
-        super().__init__(runtime, listener, loop)
+        self.runtime = runtime
+        self.loop = loop
         self.listener = listener.name
         self.server_context = server_context  # asked per connection: rotation takes effect
         self.trust_domain = trust_domain
@@ -117,5 +117,7 @@ async def serve_inbound(
     """Serve an mTLS listener (callers with a SPIFFE ID of ``trust_domain`` only) with
     ``handler`` until drain completes; started(bound_port)."""
     loop = ConnectionLoop(runtime, handler, listener.name)
-    acceptor = InboundAcceptor(runtime, listener, loop, server_context, trust_domain)
+    mtls = MtlsHandshake(runtime, listener, loop, server_context, trust_domain)
+    # No per-source cap: a source is a whole node's proxy (module docstring).
+    acceptor = Acceptor(runtime, listener, loop, handle=mtls.handle, per_source_cap=False)
     await serve_acceptor(runtime, listener, acceptor, task_status)

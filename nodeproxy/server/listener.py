@@ -26,6 +26,7 @@ ordered by the time each connection started to wait.
 from __future__ import annotations
 
 import errno
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
@@ -50,16 +51,35 @@ _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 _ACCEPT_BACKOFF = 0.1
 
 
+ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
 class Acceptor:
-    """Accept loop state for one listener: its connection slots and their caps."""
+    """Accept loop state for one listener: its connection slots and their caps.
 
-    per_source_cap = True  # False: ``limits.max_connections_per_source`` does not apply
+    ``handle`` serves one accepted connection: by default ``loop.serve``; the mTLS
+    listener handshakes first (``server/inbound.py``), the transparent one tells
+    HTTP from TCP first (``intercept/listener.py``). A handler passed in, rather
+    than a subclass overriding a method, so that the compiled build (mypyc,
+    ``nodeproxy/compiled.py``) calls it like any callable.
+    ``per_source_cap``: False where ``limits.max_connections_per_source`` does not
+    apply (the mTLS port: a source is a whole node's proxy).
+    """
 
-    def __init__(self, runtime: Runtime, listener: ListenerConfig, loop: ConnectionLoop) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        listener: ListenerConfig,
+        loop: ConnectionLoop,
+        *,
+        handle: ConnectionHandler | None = None,
+        per_source_cap: bool = True,
+    ) -> None:
         self.runtime = runtime
         self.loop = loop
+        self._handle: ConnectionHandler = handle if handle is not None else self._serve_plain
         limits = runtime.config.limits
-        per_source = limits.max_connections_per_source if self.per_source_cap else 0
+        per_source = limits.max_connections_per_source if per_source_cap else 0
         self.slots: ConnectionSlots[trio.socket.SocketType] = ConnectionSlots(
             limits.max_downstream_connections, per_source
         )
@@ -119,13 +139,12 @@ class Acceptor:
 
     async def serve(self, stream: trio.SocketStream) -> None:
         try:
-            await self.handle(stream)
+            await self._handle(stream)
         finally:
             self.slots.release(stream.socket)  # a no-op if it was evicted (released then)
             self.runtime.stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, -1)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection (the mTLS listener handshakes first)."""
+    async def _serve_plain(self, stream: trio.SocketStream) -> None:
         await self.loop.serve(stream)
 
 

@@ -61,7 +61,7 @@ TLS_HANDSHAKES = "nodeproxy_tls_handshakes_total"  # {listener}
 TLS_HANDSHAKE_FAILURES = "nodeproxy_tls_handshake_failures_total"  # {listener, reason}
 POLICY_ALLOWED = "nodeproxy_policy_allowed_total"  # {listener, rule}
 POLICY_DENIED = "nodeproxy_policy_denied_total"  # {listener, rule}
-BUILD_INFO = "nodeproxy_build_info"  # {version, codec, codec_version}: always 1
+BUILD_INFO = "nodeproxy_build_info"  # {version, codec, codec_version, data_path}: always 1
 SIGNER_UP = "nodeproxy_certificate_signer_up"  # mesh.signer only
 SIGNER_REQUESTS = "nodeproxy_certificate_signer_requests_total"  # {result=ok|refused|error}
 EARLIEST_EXPIRY = "nodeproxy_certificate_earliest_expiry_timestamp_seconds"

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from nodeproxy.config.model import ClusterConfig
+from nodeproxy.config.model import ClusterConfig, EndpointConfig
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.errors import (
     Overloaded,
@@ -80,7 +80,9 @@ class Target:
     """Where one request goes: the balancer's pick and the route's deadline (read-only)."""
 
     cluster: ClusterConfig
-    endpoint: Endpoint
+    # The class, not its alias ``Endpoint``: mypyc (nodeproxy/compiled.py) resolves a
+    # dataclass's field types by the class's own name.
+    endpoint: EndpointConfig
     timeout: float  # response headers must arrive this long after the request is sent
 
 

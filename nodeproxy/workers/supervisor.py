@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 import trio
 
-from nodeproxy import __version__
+from nodeproxy import __version__, compiled
 from nodeproxy.admin.server import serve_admin, serve_probes
 from nodeproxy.app import watch_signals
 from nodeproxy.config.model import Config
@@ -87,7 +87,12 @@ class Supervisor:
         self.all_up = trio.Event()
         from nodeproxy.http1 import impl  # the codec start_logging picked, as the workers do
 
-        build = labels(version=__version__, codec=impl.NAME, codec_version=impl.VERSION)
+        build = labels(
+            version=__version__,
+            codec=impl.NAME,
+            codec_version=impl.VERSION,
+            data_path=compiled.status(),
+        )
         self.runtime.stats.gauge_set(BUILD_INFO, build, 1)
         if self.kubernetes is not None:
             self.runtime.endpoints.on_publish = self._published
