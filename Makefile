@@ -61,7 +61,7 @@ fuzz: install-test
 	$(BIN)/pytest -q -rxX tests/test_fuzz_dataplane.py --fuzz-seconds $(FUZZ_SECONDS) \
 		$(if $(FUZZ_SEED),--fuzz-seed $(FUZZ_SEED))
 
-bench: install-test
+bench: install-test compiled
 	$(BIN)/python bench/throughput.py
 
 clean:
