@@ -173,7 +173,8 @@ HELP: dict[str, str] = {
     SIGNER_UP: "1 when the last certificate request to the signer got an answer, 0 when not.",
     SIGNER_REQUESTS: "Certificate renewal attempts against the signer, by result.",
     EARLIEST_EXPIRY: "Unix time when the first of this node's certificates expires.",
-    BUILD_INFO: "The running release and HTTP/1.1 codec (h11 or h11-mypyc); the value is 1.",
+    BUILD_INFO: "The running release, HTTP/1.1 codec (h11 or h11-mypyc) and data path build"
+    " (compiled or interpreted); the value is 1.",
 }
 
 # Label values from outside the config (client IPs, callers) are capped per family
