@@ -201,6 +201,9 @@ async def run_app(
                     data_path=compiled.status(),
                     **(own.log_fields() if own is not None else {}),
                 )
+                if compiled.status() == "partial":  # a broken or stale build: it runs, slower
+                    missing = sorted(set(compiled.MODULES) - set(compiled.compiled_modules()))
+                    log.warning("data_path_partly_compiled", interpreted=missing)
                 task_status.started(handle)
                 await runtime.drain.started.wait()
                 deadline = trio.current_time() + config.limits.drain_timeout

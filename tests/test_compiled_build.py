@@ -59,3 +59,12 @@ def test_a_missing_module_or_a_dirty_root_is_refused_before_compiling(tmp_path: 
     with pytest.raises(FileExistsError, match="clean copy"):
         compiled.build(tmp_path)  # would mix our scratch with what is there
     assert compiled.main([]) == 2  # usage
+
+
+def test_some_modules_compiled_and_others_not_is_partial(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = compiled.MODULES[0]
+    monkeypatch.setattr(compiled, "_is_extension", lambda module: module == first)
+    assert compiled.compiled_modules() == [first]
+    assert compiled.status() == "partial"  # what --version, the start line and metrics say
+    monkeypatch.setattr(compiled, "_is_extension", lambda module: True)
+    assert compiled.status() == "compiled"
