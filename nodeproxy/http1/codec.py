@@ -47,12 +47,10 @@ from nodeproxy.http1.events import request_event as request_event
 from nodeproxy.http1.events import response_event as response_event
 from nodeproxy.http1.impl import h11
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: either build's Headers (never checked at run time)
     from h11._headers import Headers as _H11Headers
-    from h11._state import MIGHT_SWITCH_PROTOCOL
-else:
-    _H11Headers = h11._headers.Headers
-    MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL
+
+MIGHT_SWITCH_PROTOCOL = h11._state.MIGHT_SWITCH_PROTOCOL  # the running build's, not exported
 
 
 # Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
