@@ -6,7 +6,7 @@
 # Two stages so that no compiler, pip cache or source tree ends up in the image. The first
 # installs nodeproxy with the pinned dependencies of pyproject.toml (and the compiled codec,
 # the `fast` extra) into /app, then compiles nodeproxy's data path in place with mypyc
-# (nodeproxy/compiled.py: 1.15-1.2x the requests per second of the interpreted data path).
+# (nodeproxy/compiled.py: about 1.2x the requests per second of the interpreted data path).
 # mypy, setuptools and gcc are needed for that step only and stay in the first stage.
 FROM python:3.11-slim AS build
 RUN apt-get update \
