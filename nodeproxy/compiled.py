@@ -16,12 +16,16 @@ Only the per-request modules are compiled. Config, discovery, the admin, the
 CLI, TLS, the signer and the workers run per change, not per request, and stay
 interpreted (tracebacks there keep their lines).
 
-Build: ``python -m nodeproxy.compiled ROOT`` compiles the ``MODULES`` found
-under ``ROOT`` (a copy of the source tree, or the site-packages of an install)
-in place. It needs mypy, setuptools and a C compiler; the Dockerfile builds the
-image this way, and ``make compiled`` builds ``build/compiled`` for the suite's
-third pass. ``status`` says which build is importable; ``--version``, the
-start line, ``/config_dump`` and ``nodeproxy_build_info`` show it.
+Build: ``python -m nodeproxy.compiled ROOT`` compiles the ``MODULES`` of the
+``nodeproxy`` package under ``ROOT`` (a copy of the source tree, or a fresh
+``pip install --target`` folder) and puts the extensions beside them. It needs
+mypy, setuptools and a C compiler. The Dockerfile builds the image this way, and
+``make compiled`` builds ``build/compiled`` for the suite's third pass; both start
+from a fresh tree every time. Not offered: compiling a pip-managed install in
+place. pip does not know the extensions, so an upgrade would leave them shadowing
+the new ``.py`` files (a wheel that lists them is the way to do that).
+``status`` says which build is importable; ``--version``, the start line,
+``/config_dump`` and ``nodeproxy_build_info`` show it.
 
 What mypyc needs from code in ``MODULES`` (the reason for a few shapes):
 a compiled class cannot be subclassed by interpreted code and an overriding
@@ -38,6 +42,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # The per-request path, in the order a request meets it.
@@ -124,17 +129,34 @@ def sources(root: Path) -> list[str]:
     return [str(p) for p in paths]
 
 
+_MYPY_INI = "[mypy]\n\n[mypy-yaml.*]\nignore_missing_imports = True\n"
+
+
 def build(root: Path) -> None:
-    """Compile ``MODULES`` under ``root`` in place (mypyc's scratch files removed)."""
+    """Compile ``MODULES`` for the ``nodeproxy`` package under ``root``.
+
+    mypyc works in a scratch copy of the package (its ``build/`` and caches never
+    touch ``root``, which may be a site-packages holding other packages); only the
+    extensions it makes are copied into ``root``: one beside each module's ``.py``,
+    and the shared one at the top. A source tree is refused: extensions there would
+    shadow every later edit of the ``.py`` files (``make compiled`` builds a copy).
+    """
     files = sources(root)
-    scratch = [root / "build", root / ".mypy_cache"]
-    if any(path.exists() for path in scratch):
-        raise FileExistsError(f"{root} has build/ or .mypy_cache/: build in a clean copy")
-    try:
-        subprocess.run([sys.executable, "-m", "mypyc", *files], cwd=root, check=True)
-    finally:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
+    if (root / "pyproject.toml").exists():
+        raise FileExistsError(
+            f"{root} is a source tree: its extensions would shadow edits to the .py files;"
+            " compile a copy (make compiled) or an installed package"
+        )
+    with tempfile.TemporaryDirectory(prefix="nodeproxy-mypyc-") as tmp:
+        scratch = Path(tmp)
+        ignore = shutil.ignore_patterns("__pycache__", "*.so")
+        shutil.copytree(root / "nodeproxy", scratch / "nodeproxy", ignore=ignore)
+        # mypyc type-checks what the modules import; pyyaml (config only) ships no types
+        (scratch / "mypy.ini").write_text(_MYPY_INI)
+        subprocess.run([sys.executable, "-m", "mypyc", *files], cwd=scratch, check=True)
+        made = [p for p in scratch.rglob("*.so") if p.relative_to(scratch).parts[0] != "build"]
+        for path in made:
+            shutil.copy2(path, root / path.relative_to(scratch))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m nodeproxy.compiled ROOT", file=sys.stderr)
         return 2
-    build(Path(args[0]))
+    root = Path(args[0])
+    try:
+        build(root)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"nodeproxy.compiled: {exc}", file=sys.stderr)
+        return 1
+    print(f"compiled {len(MODULES)} modules under {root}")
     return 0
 
 

@@ -49,15 +49,16 @@ def test_the_module_list_names_files_of_the_tree() -> None:
     assert "nodeproxy/pipeline.py" in files
 
 
-def test_a_missing_module_or_a_dirty_root_is_refused_before_compiling(tmp_path: Path) -> None:
+def test_a_missing_module_or_a_source_tree_is_refused_before_compiling(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nodeproxy/netio\.py"):
         compiled.build(tmp_path)  # an empty tree
-    (tmp_path / "build").mkdir()
     for source in compiled.sources(ROOT):
         (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / source).write_text("")
-    with pytest.raises(FileExistsError, match="clean copy"):
-        compiled.build(tmp_path)  # would mix our scratch with what is there
+    (tmp_path / "pyproject.toml").write_text("")
+    with pytest.raises(FileExistsError, match="source tree"):
+        compiled.build(tmp_path)  # its .so files would shadow every later edit
+    assert compiled.main([str(tmp_path)]) == 1  # the same, as one line for the CLI
     assert compiled.main([]) == 2  # usage
 
 
