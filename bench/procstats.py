@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,16 +48,19 @@ def read_calls(pgids: set[int]) -> int:
     found nothing (EAGAIN) and parked the task. recv(2), which the bare relay uses
     through trio, is not counted there.
     """
-    calls = 0
+    return sum(int(value) for name, value in _fields(pgids, "io") if name == "syscr")
+
+
+def _fields(pgids: set[int], file: str) -> Iterator[tuple[str, str]]:
+    """``name: value`` lines of /proc/PID/<file> for every live process of ``pgids``."""
     for pid in pids_of(pgids):
         try:
-            text = Path(f"/proc/{pid}/io").read_text()
+            text = Path(f"/proc/{pid}/{file}").read_text()
         except OSError:
-            continue
+            continue  # exited while we looked
         for line in text.splitlines():
-            if line.startswith("syscr:"):
-                calls += int(line.split()[1])
-    return calls
+            name, _, value = line.partition(":")
+            yield name, value.strip()
 
 
 @dataclass
@@ -70,19 +73,13 @@ class Memory:
 
 def memory(pgids: set[int]) -> Memory:
     mem = Memory()
-    for pid in pids_of(pgids):
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            name, _, value = line.partition(":")
-            if name in ("Rss", "Pss"):
-                kib = int(value.split()[0]) * 1024
-                if name == "Rss":
-                    mem.rss += kib
-                else:
-                    mem.pss += kib
+    for name, value in _fields(pgids, "smaps_rollup"):
+        if name in ("Rss", "Pss"):
+            kib = int(value.split()[0]) * 1024
+            if name == "Rss":
+                mem.rss += kib
+            else:
+                mem.pss += kib
     return mem
 
 
