@@ -77,13 +77,7 @@ async def intercepting(
         add_service(api, "web", WEB_VIP, web.port)
         add_service(api, "echo", ECHO_VIP, echo_port)
         add_service(api, "banner", BANNER_VIP, banner_port)
-        kc = tmp_path / "kubeconfig"
-        kc.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "f",
-            "clusters": [{"name": "f", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-        }))  # fmt: skip
+        kc = api.write_kubeconfig(tmp_path / "kubeconfig")
         config = load_config_text(f"""
 node_name: node-1
 listeners: [{{address: "127.0.0.1:0"}}]

@@ -6,7 +6,6 @@ tests/test_intercept_box.py (inside its own network namespace).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -116,13 +115,7 @@ async def test_pod_ranges_come_from_this_nodes_object_in_the_api(tmp_path: Path)
             obj = node(name, "10.0.0.1")
             obj["spec"] = {"podCIDR": cidrs[0], "podCIDRs": cidrs}
             api.add("nodes", obj)
-        kc = tmp_path / "kubeconfig"
-        kc.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "f",
-            "clusters": [{"name": "f", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-        }))  # fmt: skip
+        kc = api.write_kubeconfig(tmp_path / "kubeconfig")
         assert await node_pod_cidrs(str(kc), None, "node-2") == ("10.244.2.0/24",)
         assert await node_pod_cidrs(str(kc), None, "node-9") == ()  # no such Node: no ranges
         with pytest.raises(InstallError, match="cannot read kubeconfig"):

@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -128,6 +129,16 @@ class FakeApiServer:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def write_kubeconfig(self, path: Path, token: str = "t") -> Path:
+        """A kubeconfig at ``path`` pointing at this server with a bearer ``token``."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "f",
+            "clusters": [{"name": "f", "cluster": {"server": self.url}}],
+            "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+        }))  # fmt: skip
+        return path
 
     # -- test controls -------------------------------------------------------------
     def add(self, resource: str, obj: Obj) -> Obj:

@@ -179,13 +179,7 @@ async def scenario(box: Box) -> None:
             api.add("pods", pod(name, ip, node=where, service_account=name.split("-")[0]))
         for name, ip in NODES.items():
             api.add("nodes", node(name, ip))
-        kc = box.work / "kubeconfig"
-        kc.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "box",
-            "clusters": [{"name": "box", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "box", "context": {"cluster": "box", "user": "np"}}],
-            "users": [{"name": "np", "user": {"token": "box-token"}}],
-        }))  # fmt: skip
+        kc = api.write_kubeconfig(box.work / "kubeconfig", token="box-token")
         config = box.work / "nodeproxy.yaml"
         config.write_text(CONFIG.format(kubeconfig=kc, ca=ca))
         for name in NODES:

@@ -187,13 +187,7 @@ async def scenario(box: Box) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=5) as http:
         await nursery.start(api.serve)
         seed(api)
-        kc = box.work / "kubeconfig"
-        kc.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "box",
-            "clusters": [{"name": "box", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "box", "context": {"cluster": "box", "user": "np"}}],
-            "users": [{"name": "np", "user": {"token": "box-token"}}],
-        }))  # fmt: skip
+        kc = api.write_kubeconfig(box.work / "kubeconfig", token="box-token")
         config = box.work / "nodeproxy.yaml"
         config.write_text(CONFIG.format(kubeconfig=kc, ca=ca))
         py = sys.executable
