@@ -110,11 +110,9 @@ async def run_app(
     task_status: trio.TaskStatus[AppHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
+    data_path = compiled.status()  # looks up each compiled module's file: once
     build = labels(
-        version=__version__,
-        codec=impl.NAME,
-        codec_version=impl.VERSION,
-        data_path=compiled.status(),
+        version=__version__, codec=impl.NAME, codec_version=impl.VERSION, data_path=data_path
     )
     runtime.stats.gauge_set(BUILD_INFO, build, 1)
     config = runtime.config
@@ -198,10 +196,10 @@ async def run_app(
                     clusters=len(config.clusters),
                     discovery=config.discovery.mode,
                     codec=f"{impl.NAME} {impl.VERSION}",
-                    data_path=compiled.status(),
+                    data_path=data_path,
                     **(own.log_fields() if own is not None else {}),
                 )
-                if compiled.status() == "partial":  # a broken or stale build: it runs, slower
+                if data_path == "partial":  # a broken or stale build: it runs, slower
                     missing = sorted(set(compiled.MODULES) - set(compiled.compiled_modules()))
                     log.warning("data_path_partly_compiled", interpreted=missing)
                 task_status.started(handle)

@@ -77,7 +77,7 @@ class Acceptor:
     ) -> None:
         self.runtime = runtime
         self.loop = loop
-        self._handle: ConnectionHandler = handle if handle is not None else self._serve_plain
+        self._handle: ConnectionHandler = handle if handle is not None else loop.serve
         limits = runtime.config.limits
         per_source = limits.max_connections_per_source if per_source_cap else 0
         self.slots: ConnectionSlots[trio.socket.SocketType] = ConnectionSlots(
@@ -143,9 +143,6 @@ class Acceptor:
         finally:
             self.slots.release(stream.socket)  # a no-op if it was evicted (released then)
             self.runtime.stats.gauge_add(DOWNSTREAM_CONNECTIONS_ACTIVE, self.lbls, -1)
-
-    async def _serve_plain(self, stream: trio.SocketStream) -> None:
-        await self.loop.serve(stream)
 
 
 async def serve_listener(
