@@ -99,12 +99,25 @@ def pinned(cpu: int, *argv: str) -> list[str]:
     return ["taskset", "-c", str(cpu), *argv]
 
 
+PACED_SCRIPT = Path(__file__).resolve().parent / "paced.lua"
+
+
 def run_wrk(
-    cpu: int, threads: int, connections: int, url: str, host: str, seconds: float
+    cpu: int,
+    threads: int,
+    connections: int,
+    url: str,
+    host: str,
+    seconds: float,
+    pace_ms: int = 0,
 ) -> tuple[list[str], str]:
-    """Run wrk pinned to ``cpu`` with --latency; (its argv, its output). Never left running."""
+    """Run wrk pinned to ``cpu`` with --latency; (its argv, its output). Never left running.
+
+    ``pace_ms`` > 0: each connection waits that long between requests (bench/paced.lua).
+    """
     argv = pinned(cpu, "wrk", f"-t{threads}", f"-c{connections}")
-    argv += [f"-d{seconds:g}s", "--latency", "-H", f"Host: {host}", url]
+    argv += [f"-d{seconds:g}s", "--latency", "-H", f"Host: {host}"]
+    argv += [url] if pace_ms <= 0 else ["-s", str(PACED_SCRIPT), url, "--", str(pace_ms)]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
         try:
             out, err = wrk.communicate(timeout=seconds + 30)

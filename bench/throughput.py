@@ -86,7 +86,9 @@ ACCESS_EVENT = '"event":"access"'  # in each JSON access line nodeproxy writes t
 
 def run_wrk_at(args: argparse.Namespace, port: int, seconds: float) -> tuple[list[str], str]:
     url = f"http://127.0.0.1:{port}{TARGET_PATH}"
-    return run_wrk(args.load_cpu, args.threads, args.connections, url, DEMO_SERVICE, seconds)
+    return run_wrk(
+        args.load_cpu, args.threads, args.connections, url, DEMO_SERVICE, seconds, args.pace
+    )
 
 
 def measure(args: argparse.Namespace, name: str, port: int, pgid: int, cpu_of: str) -> Result:
@@ -233,13 +235,13 @@ def ratios(results: list[Result]) -> dict[str, float]:
     return found
 
 
-def ratio_lines(found: dict[str, float]) -> list[str]:
+def ratio_lines(found: dict[str, float], paced: bool = False) -> list[str]:
     """One line per ratio, with its goal and whether this run met it."""
     lines = []
     for measure, ours, ref, goal in RATIOS:
         value = found.get(ratio_key(measure, ours, ref))
-        if value is None:
-            continue
+        if value is None or (paced and measure == "throughput"):
+            continue  # paced, every target is offered the same rate: only CPU compares
         verdict = ""
         if goal:
             op, limit = goal.split()
@@ -258,6 +260,7 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
         f" warm-up), GET {TARGET_PATH}, load on core {args.load_cpu}, proxy on core"
         f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu};"
         f" nodeproxy's access log {'on' if args.access_log else 'off'}",
+        *([_paced_line(args)] if args.pace > 0 else []),
         "",
         "| target | req/s | CPU µs/req | core busy | CPU of | p50 ms | p99 ms | non-2xx"
         " | socket errors |",
@@ -283,7 +286,7 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
         " by something else (other processes on its core, or core "
         f"{args.load_cpu} not keeping up); its CPU µs/req still holds"
         for name, share in busy.items()
-        if name != "direct" and share < BUSY_MIN
+        if name != "direct" and share < BUSY_MIN and args.pace <= 0
     ]
     lines += [
         f"- WARNING {r.target}: {r.non_2xx} non-2xx, {r.socket_errors} socket errors;"
@@ -291,7 +294,7 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
         for r in results
         if r.non_2xx or r.socket_errors
     ]
-    lines += ratio_lines(ratios(results))
+    lines += ratio_lines(ratios(results), paced=args.pace > 0)
     lines += ["", f"Reproduce (configs in {args.out}):"]
     lines += [f"    {shlex.join([sys.executable, *sys.argv])}", f"    {shlex.join(upstream)}"]
     for r in results:
@@ -300,12 +303,29 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
     return relative("\n".join(lines))
 
 
+def _paced_line(args: argparse.Namespace) -> str:
+    offered = args.connections * 1000 / args.pace
+    return (
+        f"Paced: each connection waits {args.pace} ms between requests (bench/paced.lua), so"
+        f" every target is offered the same load, at most {offered:,.0f} req/s, and idles"
+        " between requests, as a proxy on a real node does. CPU µs/req compares targets at an"
+        " equal rate (÷ 1000: vCPU per 1000 req/s); req/s is the offered load, not a capacity."
+    )
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per target")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured warm-up")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--pace",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="each connection waits MS ms between requests: CPU per request at an equal rate",
+    )
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
