@@ -471,7 +471,8 @@ async def test_callers_past_the_cap_share_one_other_series() -> None:
     client = await trio.open_tcp_stream("127.0.0.1", port)
     down = Downstream(await listener.accept(), Limits())
     for i in (*range(SOURCE_CAP + 3), 0):  # the first caller again at the end: still its own
-        ex = Exchange("inbound", "10.0.0.1:1000", trio.current_time(), status=200, cluster="svc")
+        ex = Exchange("inbound", "10.0.0.1:1000", trio.current_time())
+        ex.status, ex.cluster = 200, "svc"
         ex.caller = SpiffeId.workload("shop", f"sa-{i}")
         accounting.account(down, ex)
     for closable in (client, down.stream, listener):

@@ -23,10 +23,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodeproxy.config.model import EndpointConfig
 from nodeproxy.discovery.snapshot import Endpoint
 
 DEFAULT_RTT = 0.030  # Linkerd's default RTT for an endpoint without samples
@@ -54,13 +52,22 @@ class DoubleCompletion(Exception):
     """``on_complete`` was called twice for the same in-flight token."""
 
 
-@dataclass(eq=False)
 class InFlight:
-    """The token ``on_start`` returns; hand it back to ``on_complete``."""
+    """The token ``on_start`` returns; hand it back to ``on_complete``.
 
-    endpoint: EndpointConfig  # not the alias Endpoint: see upstream/pool.py's Target
-    started: float
-    done: bool = field(default=False, repr=False)
+    A plain class, made once per request: mypyc compiles its ``__init__`` (a
+    dataclass's is generated at import and runs interpreted).
+    """
+
+    __slots__ = ("done", "endpoint", "started")
+
+    def __init__(self, endpoint: Endpoint, started: float) -> None:
+        self.endpoint = endpoint
+        self.started = started
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"InFlight(endpoint={self.endpoint!r}, started={self.started!r})"
 
 
 class EndpointLoad:

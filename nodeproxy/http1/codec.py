@@ -40,11 +40,11 @@ from nodeproxy.errors import (
 from nodeproxy.http1.events import NEED_DATA as NEED_DATA
 from nodeproxy.http1.events import PAUSED as PAUSED
 from nodeproxy.http1.events import Event as Event
-from nodeproxy.http1.events import FastHeaders as FastHeaders
 from nodeproxy.http1.events import informational_event as informational_event
 from nodeproxy.http1.events import parsed_head
 from nodeproxy.http1.events import request_event as request_event
 from nodeproxy.http1.events import response_event as response_event
+from nodeproxy.http1.fast_headers import FastHeaders as FastHeaders
 from nodeproxy.http1.impl import h11
 
 if TYPE_CHECKING:  # annotations only: either build's Headers (never checked at run time)

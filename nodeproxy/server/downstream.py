@@ -13,7 +13,6 @@ from; the data path fills it in as the request progresses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import trio
 
@@ -168,35 +167,69 @@ class Downstream:
         self.stream.socket.close()
 
 
-@dataclass(slots=True)
 class Exchange:
-    """What happened to one request, for the access log and the stats."""
+    """What happened to one request, for the access log and the stats.
 
-    listener: str
-    source: str
-    started: float
-    method: str = "-"
-    authority: str = "-"
-    path: str = "-"
-    protocol: str = "HTTP/1.1"
-    status: int = 0
-    cluster: str | None = None
-    route: str = ""  # the route rule's name, else its virtual host's (the metrics' route label)
-    upstream: str | None = None
-    request_id: str = ""
-    cause: str | None = None
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    response_started: bool = False  # response headers went out: errors now mean "close"
-    upgrade: str | None = None  # the protocol(s) of an upgrade request relayed upstream
-    # The client's address when the listener reads it from x-forwarded-for (Envoy's
-    # downstream remote address, http1/forwarding.py); None: the source's.
-    client: str | None = None
-    via: bytes | None = VIA  # the listener's Via for the response (None: none)
-    response_edits: HeaderEdits | None = None  # the route's response_headers_to_add/remove
-    cors: list[tuple[bytes, bytes]] | None = None  # CORS response headers (routing/cors.py)
-    peer_identity: str | None = None  # the mTLS caller's SPIFFE ID (inbound listener)
-    # The calling workload when known (the metrics' caller labels): the mTLS peer on the
-    # inbound listener, the source pod's identity on a mesh's outbound listener.
-    caller: SpiffeId | None = None
-    policy_rule: str | None = None  # the mesh policy rule that decided (mesh/state.py)
+    A plain class, not a dataclass: mypyc compiles an explicit ``__init__``, while a
+    dataclass's is generated at import and runs interpreted, once per request.
+    """
+
+    __slots__ = (
+        "authority",
+        "bytes_received",
+        "bytes_sent",
+        "caller",
+        "cause",
+        "client",
+        "cluster",
+        "cors",
+        "listener",
+        "method",
+        "path",
+        "peer_identity",
+        "policy_rule",
+        "protocol",
+        "request_id",
+        "response_edits",
+        "response_started",
+        "route",
+        "source",
+        "started",
+        "status",
+        "upgrade",
+        "upstream",
+        "via",
+    )
+
+    def __init__(self, listener: str, source: str, started: float) -> None:
+        self.listener = listener
+        self.source = source
+        self.started = started
+        self.method = "-"
+        self.authority = "-"
+        self.path = "-"
+        self.protocol = "HTTP/1.1"
+        self.status = 0
+        self.cluster: str | None = None
+        self.route = ""  # the route rule's name, else its virtual host's (the metrics' route label)
+        self.upstream: str | None = None
+        self.request_id = ""
+        self.cause: str | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.response_started = False  # response headers went out: errors now mean "close"
+        self.upgrade: str | None = None  # the protocol(s) of an upgrade request relayed upstream
+        # The client's address when the listener reads it from x-forwarded-for (Envoy's
+        # downstream remote address, http1/forwarding.py); None: the source's.
+        self.client: str | None = None
+        self.via: bytes | None = VIA  # the listener's Via for the response (None: none)
+        self.response_edits: HeaderEdits | None = None  # the route's response header edits
+        self.cors: list[tuple[bytes, bytes]] | None = None  # CORS headers (routing/cors.py)
+        self.peer_identity: str | None = None  # the mTLS caller's SPIFFE ID (inbound listener)
+        # The calling workload when known (the metrics' caller labels): the mTLS peer on the
+        # inbound listener, the source pod's identity on a mesh's outbound listener.
+        self.caller: SpiffeId | None = None
+        self.policy_rule: str | None = None  # the mesh policy rule that decided (mesh/state.py)
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.method} {self.authority}{self.path} -> {self.status}>"

@@ -24,8 +24,6 @@ curl would stop waiting), so neither side can deadlock on the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trio
 
 from nodeproxy.errors import (
@@ -54,17 +52,20 @@ class _DeadBeforeResponse(Exception):
     """The upstream connection closed or reset before any response byte."""
 
 
-@dataclass(slots=True)
 class Outgoing:
     """The request as it goes upstream: what is in hand, and whether that is all of it.
 
     ``in_hand[0]`` is the upstream request head; a retry may swap it (a mesh
     hop adds headers). While ``complete`` the whole request can be sent again.
+    (A plain class: mypyc compiles its ``__init__``; a dataclass's runs interpreted.)
     """
 
-    in_hand: list[h11.Event]
-    complete: bool
-    upgrade: bool
+    __slots__ = ("complete", "in_hand", "upgrade")
+
+    def __init__(self, in_hand: list[h11.Event], complete: bool, upgrade: bool) -> None:
+        self.in_hand = in_hand
+        self.complete = complete
+        self.upgrade = upgrade
 
 
 DEFAULT_UPGRADES = ("websocket",)

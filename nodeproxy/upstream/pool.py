@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from nodeproxy.config.model import ClusterConfig, EndpointConfig
+from nodeproxy.config.model import ClusterConfig
 from nodeproxy.discovery.snapshot import Endpoint
 from nodeproxy.errors import (
     Overloaded,
@@ -75,15 +75,22 @@ DEFAULT_ENDPOINT_GRACE = 60.0  # static config: its endpoints never leave anyway
 _Key = tuple[str, str]  # (cluster name, endpoint address)
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class Target:
-    """Where one request goes: the balancer's pick and the route's deadline (read-only)."""
+    """Where one request goes: the balancer's pick and the route's deadline (read-only).
 
-    cluster: ClusterConfig
-    # The class, not its alias ``Endpoint``: mypyc (nodeproxy/compiled.py) resolves a
-    # dataclass's field types by the class's own name.
-    endpoint: EndpointConfig
-    timeout: float  # response headers must arrive this long after the request is sent
+    A plain class, made once per request: mypyc compiles its ``__init__`` (a
+    dataclass's is generated at import and runs interpreted).
+    """
+
+    __slots__ = ("cluster", "endpoint", "timeout")
+
+    def __init__(self, cluster: ClusterConfig, endpoint: Endpoint, timeout: float) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.timeout = timeout  # response headers must arrive this long after the request is sent
+
+    def __repr__(self) -> str:
+        return f"Target({self.cluster.name!r}, {self.endpoint!r}, timeout={self.timeout!r})"
 
 
 @dataclass
