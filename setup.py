@@ -66,8 +66,9 @@ def compile_data_path() -> bool:
     if mode == "1":
         raise SystemExit(f"NODEPROXY_COMPILE=1: cannot compile nodeproxy's data path: {why}")
     print(
-        f"WARNING: nodeproxy: building the interpreted data path (slower): {why};"
-        " then reinstall, or set NODEPROXY_COMPILE=1 to fail instead of falling back",
+        f"WARNING: nodeproxy: building the interpreted data path (slower): {why}, then"
+        " reinstall with pip's --no-cache-dir (pip keeps the wheel it built);"
+        " NODEPROXY_COMPILE=1 fails instead of falling back",
         file=sys.stderr,
     )
     return False
