@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,17 @@ def test_the_package_is_the_install_this_pass_expects() -> None:
     shared = [f for f in files if f.startswith("nodeproxy__mypyc.") and f.endswith(EXTENSION)]
     assert len(shared) == 1, files
     assert "nodeproxy__mypyc" in sys.modules  # the one the compiled modules loaded
+
+
+def test_the_wheel_is_compiled_against_the_pins_it_installs_with() -> None:
+    # mypyc type-checks the data path against the build env's packages (setup.py), so the
+    # build env must hold the same releases as the install, and the mypy CI checks with
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    build = set(pyproject["build-system"]["requires"])
+    assert set(pyproject["project"]["dependencies"]) <= build
+    test = pyproject["project"]["optional-dependencies"]["test"]
+    [mypy] = [r for r in test if r.startswith("mypy==")]
+    assert mypy in build
 
 
 def test_some_modules_compiled_and_others_not_is_partial(monkeypatch: pytest.MonkeyPatch) -> None:
