@@ -16,14 +16,17 @@ Only the per-request modules are compiled. Config, discovery, the admin, the
 CLI, TLS, the signer and the workers run per change, not per request, and stay
 interpreted (tracebacks there keep their lines).
 
-Build: ``python -m nodeproxy.compiled ROOT`` compiles the ``MODULES`` of the
-``nodeproxy`` package under ``ROOT`` (a copy of the source tree, or a fresh
-``pip install --target`` folder) and puts the extensions beside them. It needs
-mypy, setuptools and a C compiler. The Dockerfile builds the image this way, and
-``make compiled`` builds ``build/compiled`` for the suite's third pass; both start
-from a fresh tree every time. Not offered: compiling a pip-managed install in
-place. pip does not know the extensions, so an upgrade would leave them shadowing
-the new ``.py`` files (a wheel that lists them is the way to do that).
+Build: the wheel. ``setup.py`` hands the ``.py`` files of ``MODULES`` to mypyc
+(``mypycify``), so a regular wheel (``pip install 'nodeproxy[fast]'``, ``pip wheel``,
+``python -m build``, the Dockerfile) carries one extension beside each module's
+``.py`` and mypyc's shared library ``nodeproxy__mypyc`` at the top, all listed in
+its RECORD: pip's upgrade and uninstall remove them with the ``.py`` files, so no
+stale extension shadows newer source. ``NODEPROXY_COMPILE`` chooses: ``auto``
+(default) compiles when a C compiler and the Python headers are there, else
+builds the interpreted wheel with one warning line; ``1`` fails the build
+instead; ``0`` never compiles. Editable installs never compile (extensions in a
+source tree would shadow every later edit). ``make compiled`` builds that wheel
+for the suite's third pass and the benchmark.
 ``status`` says which build is importable; ``--version``, the start line,
 ``/config_dump`` and ``nodeproxy_build_info`` show it.
 
@@ -39,11 +42,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 # The per-request path, in the order a request meets it.
 MODULES = (
@@ -122,61 +120,3 @@ def status() -> str:
     if found == len(MODULES):
         return "compiled"
     return "interpreted" if found == 0 else "partial"
-
-
-def sources(root: Path) -> list[str]:
-    """The ``.py`` files of ``MODULES`` under ``root``, relative to it."""
-    paths = [Path(*module.split(".")).with_suffix(".py") for module in MODULES]
-    missing = [str(p) for p in paths if not (root / p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"not under {root}: {', '.join(missing)}")
-    return [str(p) for p in paths]
-
-
-_MYPY_INI = "[mypy]\n\n[mypy-yaml.*]\nignore_missing_imports = True\n"
-
-
-def build(root: Path) -> None:
-    """Compile ``MODULES`` for the ``nodeproxy`` package under ``root``.
-
-    mypyc works in a scratch copy of the package (its ``build/`` and caches never
-    touch ``root``, which may be a site-packages holding other packages); only the
-    extensions it makes are copied into ``root``: one beside each module's ``.py``,
-    and the shared one at the top. A source tree is refused: extensions there would
-    shadow every later edit of the ``.py`` files (``make compiled`` builds a copy).
-    """
-    files = sources(root)
-    if (root / "pyproject.toml").exists():
-        raise FileExistsError(
-            f"{root} is a source tree: its extensions would shadow edits to the .py files;"
-            " compile a copy (make compiled) or an installed package"
-        )
-    with tempfile.TemporaryDirectory(prefix="nodeproxy-mypyc-") as tmp:
-        scratch = Path(tmp)
-        ignore = shutil.ignore_patterns("__pycache__", "*.so")
-        shutil.copytree(root / "nodeproxy", scratch / "nodeproxy", ignore=ignore)
-        # mypyc type-checks what the modules import; pyyaml (config only) ships no types
-        (scratch / "mypy.ini").write_text(_MYPY_INI)
-        subprocess.run([sys.executable, "-m", "mypyc", *files], cwd=scratch, check=True)
-        made = [p for p in scratch.rglob("*.so") if p.relative_to(scratch).parts[0] != "build"]
-        for path in made:
-            shutil.copy2(path, root / path.relative_to(scratch))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m nodeproxy.compiled ROOT", file=sys.stderr)
-        return 2
-    root = Path(args[0])
-    try:
-        build(root)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"nodeproxy.compiled: {exc}", file=sys.stderr)
-        return 1
-    print(f"compiled {len(MODULES)} modules under {root}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

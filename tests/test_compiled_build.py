@@ -1,9 +1,10 @@
 """Which build of the data path runs: interpreted, or compiled by mypyc (``nodeproxy/compiled.py``).
 
-``make test`` runs the suite three times: interpreted on each codec, then on a copy of
-the tree whose data path ``make compiled`` compiled (``NODEPROXY_EXPECT_BUILD=compiled``).
-These tests make each pass prove it ran the build it claims: a compiled pass that quietly
-imported the ``.py`` files (a failed build, a wrong path) would otherwise pass while
+``make test`` runs the suite three times: interpreted on each codec from the source tree
+(an editable install), then against the wheel ``make compiled`` built with the data path
+compiled, installed in a venv of its own (``NODEPROXY_EXPECT_BUILD=compiled``). These tests
+make each pass prove it ran the build it claims: a compiled pass that quietly imported
+``.py`` files (a fallback build, a source tree on the path) would otherwise pass while
 testing nothing compiled, and an interpreted pass must not pick up a stray extension.
 """
 
@@ -11,22 +12,28 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
+import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import nodeproxy
 from nodeproxy import compiled
 
 EXPECTED_BUILD = os.environ.get("NODEPROXY_EXPECT_BUILD", "interpreted")
-ROOT = Path(compiled.__file__).resolve().parent.parent
+PACKAGE = Path(nodeproxy.__file__).resolve().parent
+EXTENSION = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _loaded_from_extension(module: str) -> bool:
     path = importlib.import_module(module).__file__ or ""
-    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return path.endswith(EXTENSION)
 
 
 def test_every_data_path_module_is_the_build_this_pass_expects() -> None:
@@ -43,23 +50,42 @@ def test_version_names_the_build() -> None:
     assert done.stdout.rstrip().endswith(f", data path {EXPECTED_BUILD})"), done.stdout
 
 
-def test_the_module_list_names_files_of_the_tree() -> None:
-    files = compiled.sources(ROOT)
-    assert len(files) == len(compiled.MODULES) == len(set(files))
-    assert "nodeproxy/pipeline.py" in files
+def test_the_module_list_names_modules_of_the_package() -> None:
+    paths = [PACKAGE.parent / Path(*m.split(".")).with_suffix(".py") for m in compiled.MODULES]
+    assert len(set(paths)) == len(compiled.MODULES)
+    assert [p for p in paths if not p.is_file()] == []  # the wheel keeps the .py files too
 
 
-def test_a_missing_module_or_a_source_tree_is_refused_before_compiling(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nodeproxy/netio\.py"):
-        compiled.build(tmp_path)  # an empty tree
-    for source in compiled.sources(ROOT):
-        (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / source).write_text("")
-    (tmp_path / "pyproject.toml").write_text("")
-    with pytest.raises(FileExistsError, match="source tree"):
-        compiled.build(tmp_path)  # its .so files would shadow every later edit
-    assert compiled.main([str(tmp_path)]) == 1  # the same, as one line for the CLI
-    assert compiled.main([]) == 2  # usage
+def test_the_package_is_the_install_this_pass_expects() -> None:
+    files = [str(f) for f in importlib.metadata.files("nodeproxy") or []]
+    if EXPECTED_BUILD == "interpreted":
+        # the source tree itself (make install-test's editable install), not a copy
+        assert (PACKAGE.parent / "pyproject.toml").is_file(), PACKAGE
+        assert [f for f in files if f.endswith(EXTENSION)] == []
+        return
+    # the wheel installed in this venv: pip's RECORD lists every extension and the shared
+    # library, which is what lets an upgrade or an uninstall remove them (tests/test_wheel.py)
+    site = Path(sysconfig.get_paths()["platlib"]).resolve()
+    assert PACKAGE.parent == site
+    for module in compiled.MODULES:
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        assert origin is not None, module
+        assert str(Path(origin).relative_to(site)) in files, module
+    shared = [f for f in files if f.startswith("nodeproxy__mypyc.") and f.endswith(EXTENSION)]
+    assert len(shared) == 1, files
+    assert "nodeproxy__mypyc" in sys.modules  # the one the compiled modules loaded
+
+
+def test_the_wheel_is_compiled_against_the_pins_it_installs_with() -> None:
+    # mypyc type-checks the data path against the build env's packages (setup.py), so the
+    # build env must hold the same releases as the install, and the mypy CI checks with
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    build = set(pyproject["build-system"]["requires"])
+    assert set(pyproject["project"]["dependencies"]) <= build
+    test = pyproject["project"]["optional-dependencies"]["test"]
+    [mypy] = [r for r in test if r.startswith("mypy==")]
+    assert mypy in build
 
 
 def test_some_modules_compiled_and_others_not_is_partial(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parent.parent / "nodeproxy"
+import nodeproxy
+
+# The package the tests import: the source tree, or the installed wheel (make unit-compiled)
+PACKAGE = Path(nodeproxy.__file__).parent
 
 
 def imported(path: Path) -> set[str]:
