@@ -94,8 +94,6 @@ MODULES = (
     "nodeproxy.upstream.endpoint_pool",
     "nodeproxy.mesh.outbound",
     "nodeproxy.mesh.state",
-    "nodeproxy.discovery.snapshot",
-    "nodeproxy.runtime",
     "nodeproxy.access_log",
     "nodeproxy.stats.registry",
     "nodeproxy.errors",
