@@ -43,12 +43,16 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Final
 
 import trio
 
-_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
-_yield_after_write = trio.lowlevel.cancel_shielded_checkpoint
-_Stream = trio.SocketStream
+# Bound once (Final: a C static in the compiled build, not two lookups per call).
+_checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
+_yield_after_write: Final = trio.lowlevel.cancel_shielded_checkpoint
+_Stream: Final = trio.SocketStream
+_read: Final = os.read
+_write: Final = os.write
 
 
 async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
@@ -62,7 +66,7 @@ async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
         if fd < 0:
             raise trio.ClosedResourceError("socket was already closed")
         try:
-            return os.read(fd, max_bytes)
+            return _read(fd, max_bytes)
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -85,7 +89,7 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
         if fd < 0:
             raise trio.ClosedResourceError("socket was already closed")
         try:
-            sent = os.write(fd, rest)
+            sent = _write(fd, rest)
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
             continue

@@ -27,7 +27,7 @@ Content-Lengths, bad chunk sizes and obs-fold tricks it cannot parse.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nodeproxy.errors import (
     BadFraming,
@@ -51,6 +51,14 @@ if TYPE_CHECKING:  # annotations only: either build's Headers (never checked at 
     from h11._headers import Headers as _H11Headers
 
 MIGHT_SWITCH_PROTOCOL = h11._state.MIGHT_SWITCH_PROTOCOL  # the running build's, not exported
+# What the per-request checks compare with, bound once: in the compiled data path a Final
+# name is a C static, where ``h11.DONE`` is a dict lookup and a module getattr each time.
+_DONE: Final = h11.DONE
+_IDLE: Final = h11.IDLE
+_SEND_RESPONSE: Final = h11.SEND_RESPONSE
+_REQUEST: Final = h11.Request
+_RESPONSE: Final = h11.Response
+_INFORMATIONAL: Final = h11.InformationalResponse
 
 
 # Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
@@ -127,7 +135,7 @@ class H11ServerCodec:
             event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise self._head_error(exc) from exc
-        if type(event) is h11.Request:
+        if type(event) is _REQUEST:
             self._head_reads.clear()
             self._in_head = False
             self.method = event.method
@@ -166,16 +174,17 @@ class H11ServerCodec:
     def request_complete(self) -> bool:
         """The client finished sending its request (body included)."""
         state = self.conn.their_state
-        return state is h11.DONE or state is MIGHT_SWITCH_PROTOCOL
+        return state is _DONE or state is MIGHT_SWITCH_PROTOCOL
 
     @property
     def can_send_response(self) -> bool:
-        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+        return self.conn.our_state in (_IDLE, _SEND_RESPONSE)
 
     @property
     def keep_alive(self) -> bool:
         """Both sides finished the exchange and agreed to reuse the connection."""
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        conn = self.conn
+        return conn.our_state is _DONE and conn.their_state is _DONE
 
     @property
     def client_http11(self) -> bool:
@@ -214,7 +223,7 @@ class H11ClientCodec:
             event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise UpstreamProtocolError(str(exc)) from exc
-        if type(event) is h11.Response:
+        if type(event) is _RESPONSE:
             try:
                 _, has_cl, has_te = _measure(event.headers)
             except BadFraming as exc:  # a length no 64-bit parser reads the same
@@ -222,7 +231,7 @@ class H11ClientCodec:
             if has_cl and has_te:  # nginx and Envoy refuse this too: 502, close
                 raise UpstreamProtocolError("response with content-length and transfer-encoding")
             parsed_head(event)
-        elif type(event) is h11.InformationalResponse:
+        elif type(event) is _INFORMATIONAL:
             parsed_head(event)
         return event
 
@@ -239,8 +248,8 @@ class H11ClientCodec:
         """
         conn = self.conn
         return (
-            conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE
+            conn.our_state is _DONE
+            and conn.their_state is _DONE
             and not conn.trailing_data[0]  # bytes past the response: once a request
         )
 
