@@ -46,6 +46,8 @@ from harness import Processes, free_port, relative, wait_http_ok
 from throughput import (
     BENCH,
     CODECS,
+    COMPILED,
+    COMPILED_PYTHON,
     FAST,
     TARGET_PATH,
     _interrupt,
@@ -57,13 +59,16 @@ from throughput import (
 
 from nodeproxy.demo.config import DEMO_SERVICE
 
-TARGETS = tuple(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS)
+# nodeproxy-compiled: the wheel `make compiled` builds (data path compiled by mypyc, h11-mypyc),
+# run by build/venv-compiled's python from /, as in throughput.py.
+TARGETS = (*(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS), COMPILED)
 # (ours, reference, goal on the instruction ratio). Same codec: nodeproxy's own overhead, goal
 # 1.15 as for CPU per request. Across codecs: the throughput goal (nodeproxy on the fast codec
 # >= 1.25 x a bare pure-h11 relay) would need <= 1/1.25 = 0.80 x its instructions if time
 # followed instructions (it does not exactly: kernel time and cycles per instruction differ).
 RATIOS: tuple[tuple[str, str, str], ...] = (
     *((f"nodeproxy-{c}", f"bare-{c}", "<= 1.15") for c in CODECS),
+    (COMPILED, f"bare-{FAST}", "<= 1.15"),
     (f"nodeproxy-{FAST}", "bare-h11", "<= 0.80"),
     (f"bare-{FAST}", "bare-h11", ""),
     (f"nodeproxy-{FAST}", "nodeproxy-h11", ""),
@@ -149,18 +154,21 @@ def server_argv(args: argparse.Namespace, name: str, up_port: int, port: int) ->
     if name.startswith("bare-"):
         return [sys.executable, str(BENCH / "bare_relay.py"), str(port), str(up_port)]
     config = nodeproxy_config(args.out / f"{name}.yaml", up_port, port, args.access_log)
-    return [sys.executable, "-m", "nodeproxy", "run", "--config", str(config)]
+    python = str(COMPILED_PYTHON) if name == COMPILED else sys.executable
+    return [python, "-m", "nodeproxy", "run", "--config", str(config)]
 
 
 def count(args: argparse.Namespace, procs: Processes, name: str, up_port: int) -> Count:
     """Start ``name`` under callgrind, count N requests, stop it and read its totals."""
-    codec = name.split("-", 1)[1]
+    codec = FAST if name == COMPILED else name.split("-", 1)[1]
     port = free_port()
     out = args.out / f"callgrind.{name}.out"
     out.unlink(missing_ok=True)
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
     # A fixed hash seed: str hashes, and so dict probing and set order, cost the same each run.
     argv = with_codec(codec, ["PYTHONHASHSEED=0", *valgrind, f"--callgrind-out-file={out}"])
+    if name == COMPILED:  # -m from /: the installed wheel, not a source tree, on sys.path
+        argv = ["env", "-C", "/", "-u", "PYTHONPATH", *argv[1:]]
     argv += server_argv(args, name, up_port, port)
     result = Count(target=name, command=shlex.join(argv), callgrind_out=str(out))
     proc = procs.start(name, argv)
@@ -291,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             " (or leave its targets out with --targets)",
             file=sys.stderr,
         )
+        return 2
+    if COMPILED in args.targets and not COMPILED_PYTHON.is_file():
+        print(f"{COMPILED}: no {relative(str(COMPILED_PYTHON))}; build it with: make compiled"
+              " (or leave it out with --targets)", file=sys.stderr)  # fmt: skip
         return 2
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
