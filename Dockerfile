@@ -4,7 +4,7 @@
 #   docker build -t registry.example.com/nodeproxy/nodeproxy:0.1.0 .   # your registry
 #
 # Two stages so that no compiler, pip cache or source tree ends up in the image. The first
-# builds nodeproxy's wheel with the data path compiled by mypyc (setup.py; about 1.2x the
+# builds nodeproxy's wheel with the data path compiled by mypyc (setup.py; about 1.3x the
 # requests per second of the interpreted data path) and installs it with the pinned
 # dependencies of pyproject.toml (and the compiled codec, the `fast` extra) into /app.
 # NODEPROXY_COMPILE=1: a build that cannot compile fails here instead of shipping the
