@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -37,6 +38,45 @@ class Result:
     wrk_command: str = ""
     server_command: str = ""
     note: str = ""  # a line the report prints under the table (e.g. nodeproxy's access lines)
+
+
+def median_results(rounds: list[list[Result]]) -> list[Result]:
+    """One result per target from several rounds (``--rounds``): the median of each measure.
+
+    On a shared VM one measurement of CPU per request can be off by a tenth; measuring the
+    targets in turn, N times over, and taking medians keeps one noisy slot from deciding a
+    ratio. A target that failed in any round is reported as that failure.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    combined: list[Result] = []
+    for first, *others in zip(*rounds, strict=True):
+        runs = [first, *others]
+        failed = next((r for r in runs if r.error), None)
+        if failed is not None:
+            combined.append(failed)
+            continue
+        cpus = [r.cpu_us_per_req for r in runs if r.cpu_us_per_req is not None]
+        med = Result(
+            target=first.target,
+            rps=statistics.median(r.rps for r in runs),
+            cpu_us_per_req=statistics.median(cpus) if cpus else None,
+            cpu_of=first.cpu_of,
+            p50_ms=statistics.median(r.p50_ms for r in runs),
+            p99_ms=statistics.median(r.p99_ms for r in runs),
+            requests=sum(r.requests for r in runs),
+            non_2xx=sum(r.non_2xx for r in runs),
+            socket_errors=sum(r.socket_errors for r in runs),
+            wrk_command=first.wrk_command,
+            server_command=first.server_command,
+            note=first.note,
+        )
+        if cpus:
+            by_round = ", ".join(f"{c:.1f}" for c in cpus)
+            spread = f"{first.target}: CPU µs/req by round {by_round}"
+            med.note = f"{med.note}; {spread}" if med.note else spread
+        combined.append(med)
+    return combined
 
 
 class Processes:

@@ -38,6 +38,7 @@ from harness import (
     Result,
     cpu_seconds,
     free_port,
+    median_results,
     parse_wrk,
     pinned,
     relative,
@@ -163,17 +164,27 @@ def access_lines(out: Path, name: str) -> int:
         return sum(ACCESS_EVENT in line for line in log)
 
 
-def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list[Result]]:
-    """Start the upstream, then measure each target in turn; returns (upstream argv, results)."""
+def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list[list[Result]]]:
+    """Start the upstream, then measure each target in turn, ``--rounds`` times over;
+    returns (upstream argv, each round's results)."""
     out: Path = args.out
     (out / "tmp").mkdir(parents=True, exist_ok=True)
     up_port = free_port()
     up_argv = nginx_argv(render("nginx-upstream", out, port=up_port), out, args.upstream_cpu)
     upstream = procs.start("upstream", up_argv)
     wait_http_ok(up_port, upstream, TARGET_PATH, DEMO_SERVICE)
+    rounds = [measure_round(args, procs, up_port, upstream.pid) for _ in range(args.rounds)]
+    return up_argv, rounds
+
+
+def measure_round(
+    args: argparse.Namespace, procs: Processes, up_port: int, upstream_pid: int
+) -> list[Result]:
+    """Every selected target once, in the order of TARGETS."""
+    out: Path = args.out
     results: list[Result] = []
     if "direct" in args.targets:
-        direct = measure(args, "direct", up_port, upstream.pid, "upstream nginx")
+        direct = measure(args, "direct", up_port, upstream_pid, "upstream nginx")
         results.append(direct)
     if "nginx" in args.targets:
         port = free_port()
@@ -192,7 +203,7 @@ def run_all(args: argparse.Namespace, procs: Processes) -> tuple[list[str], list
             results.append(bench_nodeproxy(args, procs, name, codec, up_port))
     if COMPILED in args.targets:
         results.append(bench_nodeproxy(args, procs, COMPILED, FAST, up_port))
-    return up_argv, results
+    return results
 
 
 def bench_nodeproxy(
@@ -261,7 +272,8 @@ def report(args: argparse.Namespace, upstream: list[str], results: list[Result])
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (after a {args.warmup:g}s"
         f" warm-up), GET {TARGET_PATH}, load on core {args.load_cpu}, proxy on core"
         f" {args.proxy_cpu}, upstream (nginx return 200) on core {args.upstream_cpu};"
-        f" nodeproxy's access log {'on' if args.access_log else 'off'}",
+        f" nodeproxy's access log {'on' if args.access_log else 'off'}"
+        + (f"; medians of {args.rounds} rounds, the targets in turn" if args.rounds > 1 else ""),
         *([_paced_line(args)] if args.pace > 0 else []),
         "",
         "| target | req/s | CPU µs/req | core busy | CPU of | p50 ms | p99 ms | non-2xx"
@@ -329,6 +341,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="each connection waits MS ms between requests: CPU per request at an equal rate",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every target N times, in turn; report each target's medians",
+    )
+    p.add_argument(
         "--targets",
         default=",".join(TARGETS),
         type=lambda s: s.split(","),
@@ -358,6 +376,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes <out>/throughput.json."""
     args = _parse_args(argv)
+    if args.rounds < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
+        return 2
     if unknown := set(args.targets) - set(TARGETS):
         print(f"unknown targets {sorted(unknown)}; choose from {TARGETS}", file=sys.stderr)
         return 2
@@ -387,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     interrupted = ""
     try:
-        upstream, results = run_all(args, procs)
+        upstream, rounds = run_all(args, procs)
+        results = median_results(rounds)
     except KeyboardInterrupt as exc:
         interrupted = str(exc) or "SIGINT"
     finally:
@@ -404,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "loadavg_1m_after": os.getloadavg()[0],
         "results": [asdict(r) for r in results],
+        "rounds": [[asdict(r) for r in each] for each in rounds],
         "ratios": ratios(results),
     }
     (args.out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
