@@ -43,19 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import Processes, free_port, relative, wait_http_ok
-from throughput import (
-    BENCH,
-    CODECS,
-    COMPILED,
-    COMPILED_PYTHON,
-    FAST,
-    TARGET_PATH,
-    _interrupt,
-    nginx_argv,
-    nodeproxy_config,
-    render,
-    with_codec,
-)
+from targets import BENCH, CODECS, COMPILED, COMPILED_PYTHON, FAST, TARGET_PATH
+from throughput import _interrupt, nginx_argv, nodeproxy_config, render, with_codec
 
 from nodeproxy.demo.config import DEMO_SERVICE
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from harness import Processes, free_port, relative, wait_http_ok
 from instructions import load
-from throughput import BENCH, FAST, TARGET_PATH, nginx_argv, nodeproxy_config, render, with_codec
+from targets import BENCH, FAST, TARGET_PATH
+from throughput import nginx_argv, nodeproxy_config, render, with_codec
 
 from nodeproxy.demo.config import DEMO_SERVICE
 

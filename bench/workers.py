@@ -45,7 +45,8 @@ from harness import (
     relative,
     wait_http_ok,
 )
-from throughput import TARGET_PATH, nginx_argv, render
+from targets import TARGET_PATH
+from throughput import nginx_argv, render
 
 from nodeproxy.demo.config import DEMO_SERVICE, demo_config_text
 
