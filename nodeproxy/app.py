@@ -62,7 +62,7 @@ from nodeproxy.runtime import DrainState, Runtime
 from nodeproxy.server.inbound import serve_inbound
 from nodeproxy.server.listener import serve_listener
 from nodeproxy.stats.names import BUILD_INFO
-from nodeproxy.stats.registry import labels
+from nodeproxy.stats.registry import Stats, labels
 from nodeproxy.tunnel import Tunnels, carry_tcp
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.upstream.pool import Upstreams
@@ -102,6 +102,15 @@ async def watch_signals(drain: DrainState, stop: trio.CancelScope) -> None:
                 return
 
 
+def publish_build_info(stats: Stats, data_path: str) -> None:
+    """``nodeproxy_build_info``: the release, the codec running and the data path's build
+    (a worker's and its supervisor's alike)."""
+    build = labels(
+        version=__version__, codec=impl.NAME, codec_version=impl.VERSION, data_path=data_path
+    )
+    stats.gauge_set(BUILD_INFO, build, 1)
+
+
 async def run_app(
     config: Config,
     *,
@@ -111,10 +120,7 @@ async def run_app(
 ) -> None:
     runtime = build_runtime(config)  # static endpoints published, or the k8s catalog
     data_path = compiled.status()  # looks up each compiled module's file: once
-    build = labels(
-        version=__version__, codec=impl.NAME, codec_version=impl.VERSION, data_path=data_path
-    )
-    runtime.stats.gauge_set(BUILD_INFO, build, 1)
+    publish_build_info(runtime.stats, data_path)
     config = runtime.config
     mesh = runtime.mesh = Mesh.create(config, runtime.stats) if config.mesh is not None else None
     kubernetes = None

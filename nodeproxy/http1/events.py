@@ -11,9 +11,9 @@ re-exports these names.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from nodeproxy.http1.fast_headers import FastHeaders
+from nodeproxy.http1.fast_headers import FastHeaders, Header
 from nodeproxy.http1.impl import NAME, h11
 
 if TYPE_CHECKING:  # annotations only (mypyc compiles no TYPE_CHECKING else-branch)
@@ -22,8 +22,6 @@ if TYPE_CHECKING:  # annotations only (mypyc compiles no TYPE_CHECKING else-bran
 Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 NEED_DATA = h11.NEED_DATA
 PAUSED = h11.PAUSED
-
-Header = tuple[bytes, bytes]
 
 
 # h11 re-validates the headers of every event we build (regexes, then the
@@ -35,7 +33,7 @@ Header = tuple[bytes, bytes]
 # get ready headers and skip validation (``_parsed=True``, bytes only). h11
 # still checks the Host rules, the method and the target.
 
-_FAST_HEADERS = NAME == "h11"  # the reference build iterates its Headers slowly
+_FAST_HEADERS: Final = NAME == "h11"  # the reference build iterates its Headers slowly
 
 
 def parsed_head(event: h11.Request | h11.Response | h11.InformationalResponse) -> None:

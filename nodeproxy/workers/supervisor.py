@@ -37,9 +37,9 @@ from typing import Any
 import structlog
 import trio
 
-from nodeproxy import __version__, compiled
+from nodeproxy import compiled
 from nodeproxy.admin.server import serve_admin, serve_probes
-from nodeproxy.app import watch_signals
+from nodeproxy.app import publish_build_info, watch_signals
 from nodeproxy.config.model import Config
 from nodeproxy.discovery.kubernetes import KubernetesDiscovery
 from nodeproxy.discovery.setup import build_kubernetes, build_runtime
@@ -48,8 +48,7 @@ from nodeproxy.errors import ConfigError
 from nodeproxy.handoff.process import ProcessSockets
 from nodeproxy.handoff.protocol import HandoffError
 from nodeproxy.runtime import Runtime
-from nodeproxy.stats.names import BUILD_INFO, DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
-from nodeproxy.stats.registry import labels
+from nodeproxy.stats.names import DOWNSTREAM_CONNECTIONS_TOTAL, REQUESTS
 from nodeproxy.upstream.health_check import HealthChecker
 from nodeproxy.workers import wire
 from nodeproxy.workers.fleet import ChildArgs, RestartBudget, Slot, backoff, spawn
@@ -85,15 +84,7 @@ class Supervisor:
         self.health: wire.Health | None = None
         self.view = AdminView(self.runtime, self.slots, self.retired)
         self.all_up = trio.Event()
-        from nodeproxy.http1 import impl  # the codec start_logging picked, as the workers do
-
-        build = labels(
-            version=__version__,
-            codec=impl.NAME,
-            codec_version=impl.VERSION,
-            data_path=compiled.status(),
-        )
-        self.runtime.stats.gauge_set(BUILD_INFO, build, 1)
+        publish_build_info(self.runtime.stats, compiled.status())
         if self.kubernetes is not None:
             self.runtime.endpoints.on_publish = self._published
 
