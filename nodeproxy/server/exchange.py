@@ -35,7 +35,7 @@ from nodeproxy.http1.codec import NEED_DATA, Event, request_event
 from nodeproxy.http1.forwarding import NATIVE, Forwarding
 from nodeproxy.http1.headers import requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
-from nodeproxy.netio import receive_some, send_all
+from nodeproxy.netio import receive_some, send_all, yield_before_shared_write
 from nodeproxy.resilience.retry import IDEMPOTENT_METHODS
 from nodeproxy.routing.actions import RouteActions
 from nodeproxy.routing.header_edits import client_source
@@ -224,6 +224,7 @@ async def _send(
     """Send the request (streaming any rest of the body); return the response head."""
     conn.bytes_in = 0
     payload = b"".join([conn.codec.send(e) for e in in_hand])
+    await yield_before_shared_write()  # batches the writes to a shared upstream (netio.py)
     try:
         await send_all(conn.stream, payload)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
