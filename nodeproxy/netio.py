@@ -74,6 +74,57 @@ async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
         await trio.lowlevel.wait_readable(sock)
 
 
+class IdleReads:
+    """One connection's guess whether a read between its requests would find nothing.
+
+    A client that waits between requests (a keep-alive pool at less than full load)
+    has sent nothing yet when the proxy, its response written, reads for the next
+    request: that read returns ``EAGAIN``, a system call and an exception for
+    nothing, and only then does the task park. Once a connection's read between
+    requests has found nothing, its next ones park first and read when the
+    socket is readable; every ``PROBE_EVERY``-th reads first again, so a client
+    that turns busy (its next request already there) is noticed. Measured
+    (bench/throughput.py --pace 4): reads per request 3.04 -> 2.1.
+    """
+
+    PROBE_EVERY: Final = 16
+    __slots__ = ("parks", "streak")
+
+    def __init__(self) -> None:
+        self.parks = False  # the last read-first between requests found nothing
+        self.streak = 0  # parks-first since the last read-first
+
+
+async def receive_between_requests(
+    stream: trio.SocketStream, max_bytes: int, guess: IdleReads
+) -> bytes:
+    """``receive_some`` for the first bytes of a next request, parking first when
+    ``guess`` says the client is idle (see ``IdleReads``)."""
+    if type(stream) is not _Stream:
+        return await stream.receive_some(max_bytes)
+    sock = stream.socket
+    if guess.parks and guess.streak < IdleReads.PROBE_EVERY:
+        guess.streak += 1
+        await trio.lowlevel.wait_readable(sock)  # a cancellation point itself
+    else:
+        guess.streak = 0
+        await _checkpoint_if_cancelled()
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket was already closed")
+        try:
+            data = _read(fd, max_bytes)
+        except BlockingIOError:
+            guess.parks = True
+            await trio.lowlevel.wait_readable(sock)
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+        else:
+            guess.parks = False
+            return data
+    return await receive_some(stream, max_bytes)
+
+
 async def send_all(stream: trio.SocketStream, data: bytes) -> None:
     """Write all of ``data`` (non-empty) to ``stream``."""
     if type(stream) is not _Stream:

@@ -20,7 +20,7 @@ from nodeproxy.config.model import Limits
 from nodeproxy.http1.codec import NEED_DATA, Event, H11ServerCodec
 from nodeproxy.http1.forwarding import VIA
 from nodeproxy.http1.impl import h11
-from nodeproxy.netio import receive_some, send_all
+from nodeproxy.netio import IdleReads, receive_between_requests, receive_some, send_all
 from nodeproxy.routing.header_edits import HeaderEdits
 from nodeproxy.tls.identity import SpiffeId
 
@@ -41,6 +41,7 @@ class Downstream:
         "codec",
         "deadline",
         "exchange",
+        "idle_reads",
         "limits",
         "peer_identity",
         "pin",
@@ -62,6 +63,7 @@ class Downstream:
         self.chunk = limits.stream_chunk_bytes
         self.bytes_in = 0
         self.bytes_out = 0
+        self.idle_reads = IdleReads()  # whether reads between requests should park first
         # The connection loop's cancel scope (see ``arm``), and what a firing means.
         self.scope: trio.CancelScope | None = None
         self.response_timeout: float | None = None  # set: a response head is overdue
@@ -111,6 +113,17 @@ class Downstream:
         """Read up to one chunk into the codec; b"" at EOF."""
         try:
             data = await receive_some(self.stream, self.chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc
+        self.bytes_in += len(data)
+        self.codec.receive(data)
+        return data
+
+    async def receive_next_request(self) -> bytes:
+        """``receive`` for the first bytes of a next request (parks first while the
+        client keeps idling between requests: ``netio.IdleReads``)."""
+        try:
+            data = await receive_between_requests(self.stream, self.chunk, self.idle_reads)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
         self.bytes_in += len(data)
