@@ -35,6 +35,11 @@ What trio's checkpoints gave, and how it is kept:
   closed socket reports -1, and a number reused by a newer socket is never
   written through an old reference.
 
+Two more choices about when to park, both against the kernel's wake-ups of the peers
+(bench/README.md, "Wake-ups, counted"): a request's write upstream waits one scheduler
+pass first (``yield_before_shared_write``), and a read for a next request parks before
+reading once the client has been idle (``IdleReads``).
+
 Only plain TCP streams take this path; TLS streams (mTLS between node proxies)
 keep trio's, which buffers and frames records.
 """
