@@ -59,6 +59,10 @@ _SEND_RESPONSE: Final = h11.SEND_RESPONSE
 _REQUEST: Final = h11.Request
 _RESPONSE: Final = h11.Response
 _INFORMATIONAL: Final = h11.InformationalResponse
+# BOUND_METHODS: each codec binds its h11 connection's next_event, send and receive_data
+# once. Compiled code calls a method of another extension's class (h11-mypyc's) by name,
+# a type lookup per call (interpreted code has an inline cache for it); a bound method
+# kept on the codec is one direct call. The connection is never replaced (Final).
 
 
 # Content-Length values past 2^63 - 1 overflow a 64-bit parser downstream of us
@@ -108,14 +112,28 @@ class H11ServerCodec:
     refused.
     """
 
-    __slots__ = ("_head_reads", "_in_head", "_max", "allow_connect", "conn", "method")
+    __slots__ = (
+        "_head_reads",
+        "_in_head",
+        "_max",
+        "_next_event",
+        "_receive_data",
+        "_send",
+        "allow_connect",
+        "conn",
+        "method",
+    )
 
     def __init__(self, max_header_bytes: int) -> None:
         self._max = max_header_bytes
         # CONNECT is refused (400) except where a listener takes tunnels: the mesh
         # inbound port (tunnel/inbound.py), which sets this on each connection.
         self.allow_connect = False
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.conn: Final = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        # Bound once (see BOUND_METHODS below): the three calls a request makes most.
+        self._next_event: Final = self.conn.next_event
+        self._send: Final = self.conn.send
+        self._receive_data: Final = self.conn.receive_data
         self._head_reads: list[bytes] = []
         self._in_head = True  # the next bytes belong to a request head
         # The last request head's method, even one refused after parsing (an
@@ -128,11 +146,11 @@ class H11ServerCodec:
     def receive(self, data: bytes) -> None:
         if self._in_head:
             self._head_reads.append(data)
-        self.conn.receive_data(data)
+        self._receive_data(data)
 
     def next_event(self) -> Event:
         try:
-            event = self.conn.next_event()
+            event = self._next_event()
         except h11.RemoteProtocolError as exc:
             raise self._head_error(exc) from exc
         if type(event) is _REQUEST:
@@ -168,7 +186,7 @@ class H11ServerCodec:
         return BadRequest(str(exc))
 
     def send(self, event: h11.Event) -> bytes:
-        return self.conn.send(event) or b""
+        return self._send(event) or b""
 
     @property
     def request_complete(self) -> bool:
@@ -207,20 +225,23 @@ class H11ServerCodec:
 class H11ClientCodec:
     """The upstream codec on h11; one per upstream connection, reused across requests."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("_next_event", "_receive_data", "_send", "conn")
 
     def __init__(self, max_header_bytes: int) -> None:
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.conn: Final = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self._next_event: Final = self.conn.next_event  # see BOUND_METHODS
+        self._send: Final = self.conn.send
+        self._receive_data: Final = self.conn.receive_data
 
     def __repr__(self) -> str:
         return f"<H11ClientCodec [us {self.conn.our_state}, server {self.conn.their_state}]>"
 
     def receive(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        self._receive_data(data)
 
     def next_event(self) -> Event:
         try:
-            event = self.conn.next_event()
+            event = self._next_event()
         except h11.RemoteProtocolError as exc:
             raise UpstreamProtocolError(str(exc)) from exc
         if type(event) is _RESPONSE:
@@ -236,7 +257,7 @@ class H11ClientCodec:
         return event
 
     def send(self, event: h11.Event) -> bytes:
-        return self.conn.send(event) or b""
+        return self._send(event) or b""
 
     @property
     def reusable(self) -> bool:
