@@ -15,10 +15,14 @@ FAST = "h11-mypyc"
 # (setup.py), installed in a venv of its own, run by that venv's python from / (so that no
 # source tree on the path shadows the install).
 COMPILED = "nodeproxy-compiled"
+# The same wheel on the reference h11: what `pip install nodeproxy` (no `fast` extra) gives
+# where a C compiler is there (NODEPROXY_COMPILE=auto compiles the data path anyway).
+COMPILED_H11 = "nodeproxy-compiled-h11"
 COMPILED_PYTHON = BENCH.parent / "build" / "venv-compiled" / "bin" / "python"
 TARGETS = (
     "direct",
     "nginx",
     *(f"{kind}-{c}" for kind in ("bare", "nodeproxy") for c in CODECS),
     COMPILED,
+    COMPILED_H11,
 )

@@ -46,7 +46,16 @@ from harness import (
     wait_http_ok,
 )
 from procstats import read_calls
-from targets import BENCH, CODECS, COMPILED, COMPILED_PYTHON, FAST, TARGET_PATH, TARGETS
+from targets import (
+    BENCH,
+    CODECS,
+    COMPILED,
+    COMPILED_H11,
+    COMPILED_PYTHON,
+    FAST,
+    TARGET_PATH,
+    TARGETS,
+)
 from throughput_report import ratios, report
 
 from nodeproxy.config.model import CODEC_ENV
@@ -172,6 +181,8 @@ def measure_round(
             results.append(bench_nodeproxy(args, procs, name, codec, up_port))
     if COMPILED in args.targets:
         results.append(bench_nodeproxy(args, procs, COMPILED, FAST, up_port))
+    if COMPILED_H11 in args.targets:
+        results.append(bench_nodeproxy(args, procs, COMPILED_H11, "h11", up_port))
     return results
 
 
@@ -182,7 +193,8 @@ def bench_nodeproxy(
     port = free_port()
     config = nodeproxy_config(args.out / f"{name}.yaml", up_port, port, args.access_log)
     argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
-    if name == COMPILED:  # the compiled wheel's venv (-m from /: nothing else on sys.path)
+    if name in (COMPILED, COMPILED_H11):  # the compiled wheel's venv (-m from /: nothing
+        # else on sys.path)
         run = ["-m", "nodeproxy", "run", "--config", str(config.resolve())]
         argv = pinned(args.proxy_cpu, str(COMPILED_PYTHON), *run)
         argv = ["env", "-C", "/", "-u", "PYTHONPATH", *argv]
@@ -263,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if COMPILED in args.targets and not COMPILED_PYTHON.is_file():
-        print(f"{COMPILED}: no {relative(str(COMPILED_PYTHON))}; build it with: make compiled"
+    compiled = [t for t in (COMPILED, COMPILED_H11) if t in args.targets]
+    if compiled and not COMPILED_PYTHON.is_file():
+        print(f"{compiled[0]}: no {relative(str(COMPILED_PYTHON))}; build it with: make compiled"
               " (or leave it out with --targets)", file=sys.stderr)  # fmt: skip
         return 2
     cores = os.sched_getaffinity(0)
