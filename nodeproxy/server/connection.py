@@ -236,7 +236,7 @@ class ConnectionLoop:
             waiting = self.idle if down.bytes_in else self.opening  # nothing read yet: new
             waiting[down] = None
             try:
-                data = await down.receive_next_request()
+                data = await down.receive(next_request=True)
             finally:
                 waiting.pop(down, None)
                 down.disarm()

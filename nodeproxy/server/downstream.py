@@ -109,21 +109,15 @@ class Downstream:
         """No deadline until the next ``arm``."""
         self.deadline = math.inf
 
-    async def receive(self) -> bytes:
-        """Read up to one chunk into the codec; b"" at EOF."""
+    async def receive(self, *, next_request: bool = False) -> bytes:
+        """Read up to one chunk into the codec; b"" at EOF. ``next_request``: the first
+        bytes of a next request (parks first while the client keeps idling between
+        requests: ``netio.IdleReads``)."""
         try:
-            data = await receive_some(self.stream, self.chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGone(str(exc)) from exc
-        self.bytes_in += len(data)
-        self.codec.receive(data)
-        return data
-
-    async def receive_next_request(self) -> bytes:
-        """``receive`` for the first bytes of a next request (parks first while the
-        client keeps idling between requests: ``netio.IdleReads``)."""
-        try:
-            data = await receive_between_requests(self.stream, self.chunk, self.idle_reads)
+            if next_request:
+                data = await receive_between_requests(self.stream, self.chunk, self.idle_reads)
+            else:
+                data = await receive_some(self.stream, self.chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
         self.bytes_in += len(data)
