@@ -66,17 +66,22 @@ async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
         return await stream.receive_some(max_bytes)
     await _checkpoint_if_cancelled()
     sock = stream.socket
-    while True:
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("socket was already closed")
-        try:
-            return _read(fd, max_bytes)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise _stream_error(exc) from exc
+    while (data := _try_read(sock, max_bytes)) is None:
         await trio.lowlevel.wait_readable(sock)
+    return data
+
+
+def _try_read(sock: trio.socket.SocketType, max_bytes: int) -> bytes | None:
+    """One ``read``: the bytes (b"" at end of stream), or None when it would block."""
+    fd = sock.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("socket was already closed")
+    try:
+        return _read(fd, max_bytes)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise _stream_error(exc) from exc
 
 
 class IdleReads:
@@ -111,23 +116,15 @@ async def receive_between_requests(
     if guess.parks and guess.streak < IdleReads.PROBE_EVERY:
         guess.streak += 1
         await trio.lowlevel.wait_readable(sock)  # a cancellation point itself
-    else:
-        guess.streak = 0
-        await _checkpoint_if_cancelled()
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("socket was already closed")
-        try:
-            data = _read(fd, max_bytes)
-        except BlockingIOError:
-            guess.parks = True
-            await trio.lowlevel.wait_readable(sock)
-        except OSError as exc:
-            raise _stream_error(exc) from exc
-        else:
-            guess.parks = False
-            return data
-    return await receive_some(stream, max_bytes)
+        return await receive_some(stream, max_bytes)
+    guess.streak = 0
+    await _checkpoint_if_cancelled()
+    data = _try_read(sock, max_bytes)
+    guess.parks = data is None
+    if data is None:
+        await trio.lowlevel.wait_readable(sock)
+        return await receive_some(stream, max_bytes)
+    return data
 
 
 async def send_all(stream: trio.SocketStream, data: bytes) -> None:
