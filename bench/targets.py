@@ -19,6 +19,7 @@ COMPILED = "nodeproxy-compiled"
 # where a C compiler is there (NODEPROXY_COMPILE=auto compiles the data path anyway).
 COMPILED_H11 = "nodeproxy-compiled-h11"
 COMPILED_PYTHON = BENCH.parent / "build" / "venv-compiled" / "bin" / "python"
+COMPILED_CODECS = {COMPILED: FAST, COMPILED_H11: "h11"}  # the wheel's targets, and their codec
 TARGETS = (
     "direct",
     "nginx",

@@ -49,8 +49,7 @@ from procstats import read_calls
 from targets import (
     BENCH,
     CODECS,
-    COMPILED,
-    COMPILED_H11,
+    COMPILED_CODECS,
     COMPILED_PYTHON,
     FAST,
     TARGET_PATH,
@@ -179,10 +178,9 @@ def measure_round(
     for codec in CODECS:
         if (name := f"nodeproxy-{codec}") in args.targets:
             results.append(bench_nodeproxy(args, procs, name, codec, up_port))
-    if COMPILED in args.targets:
-        results.append(bench_nodeproxy(args, procs, COMPILED, FAST, up_port))
-    if COMPILED_H11 in args.targets:
-        results.append(bench_nodeproxy(args, procs, COMPILED_H11, "h11", up_port))
+    for name, codec in COMPILED_CODECS.items():
+        if name in args.targets:
+            results.append(bench_nodeproxy(args, procs, name, codec, up_port))
     return results
 
 
@@ -193,8 +191,7 @@ def bench_nodeproxy(
     port = free_port()
     config = nodeproxy_config(args.out / f"{name}.yaml", up_port, port, args.access_log)
     argv = pinned(args.proxy_cpu, args.nodeproxy, "run", "--config", str(config))
-    if name in (COMPILED, COMPILED_H11):  # the compiled wheel's venv (-m from /: nothing
-        # else on sys.path)
+    if name in COMPILED_CODECS:  # the compiled wheel's venv (-m from /: nothing else on sys.path)
         run = ["-m", "nodeproxy", "run", "--config", str(config.resolve())]
         argv = pinned(args.proxy_cpu, str(COMPILED_PYTHON), *run)
         argv = ["env", "-C", "/", "-u", "PYTHONPATH", *argv]
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    compiled = [t for t in (COMPILED, COMPILED_H11) if t in args.targets]
+    compiled = [t for t in COMPILED_CODECS if t in args.targets]
     if compiled and not COMPILED_PYTHON.is_file():
         print(f"{compiled[0]}: no {relative(str(COMPILED_PYTHON))}; build it with: make compiled"
               " (or leave it out with --targets)", file=sys.stderr)  # fmt: skip

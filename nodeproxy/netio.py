@@ -115,16 +115,15 @@ async def receive_between_requests(
     sock = stream.socket
     if guess.parks and guess.streak < IdleReads.PROBE_EVERY:
         guess.streak += 1
-        await trio.lowlevel.wait_readable(sock)  # a cancellation point itself
-        return await receive_some(stream, max_bytes)
-    guess.streak = 0
-    await _checkpoint_if_cancelled()
-    data = _try_read(sock, max_bytes)
-    guess.parks = data is None
-    if data is None:
-        await trio.lowlevel.wait_readable(sock)
-        return await receive_some(stream, max_bytes)
-    return data
+    else:  # read first: the client may have turned busy
+        guess.streak = 0
+        await _checkpoint_if_cancelled()
+        data = _try_read(sock, max_bytes)
+        guess.parks = data is None
+        if data is not None:
+            return data
+    await trio.lowlevel.wait_readable(sock)  # a cancellation point itself
+    return await receive_some(stream, max_bytes)
 
 
 async def send_all(stream: trio.SocketStream, data: bytes) -> None:

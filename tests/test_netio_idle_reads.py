@@ -15,6 +15,13 @@ from nodeproxy.netio import IdleReads, receive_between_requests
 from tests.test_netio import tcp_pair
 
 
+def after_an_idle_spell() -> IdleReads:
+    """A guess whose last read between requests found nothing: the next ones park first."""
+    guess = IdleReads()
+    guess.parks = True
+    return guess
+
+
 async def test_an_idle_client_makes_the_next_reads_park_first_and_still_get_every_byte(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -50,8 +57,7 @@ async def test_a_busy_client_is_read_first_and_its_bytes_returned_at_once() -> N
 
 async def test_a_parked_guess_probes_again_and_learns_the_client_turned_busy() -> None:
     async with tcp_pair() as (client, server):
-        guess = IdleReads()
-        guess.parks = True  # as after an idle spell
+        guess = after_an_idle_spell()
         for n in range(IdleReads.PROBE_EVERY + 1):
             await client.send_all(b"%d;" % n)
             assert await receive_between_requests(server, 65536, guess) == b"%d;" % n
@@ -64,8 +70,7 @@ async def test_end_of_stream_while_parked_first_reads_empty(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with tcp_pair() as (client, server):
-        guess = IdleReads()
-        guess.parks = True
+        guess = after_an_idle_spell()
 
         async def hang_up() -> None:
             await trio.sleep(1)
@@ -80,8 +85,7 @@ async def test_a_cancelled_scope_stops_a_parked_read_and_loses_no_byte(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with tcp_pair() as (client, server):
-        guess = IdleReads()
-        guess.parks = True
+        guess = after_an_idle_spell()
         with trio.move_on_after(5) as scope:  # as the sweeper's idle timeout or drain does
             await receive_between_requests(server, 65536, guess)
         assert scope.cancelled_caught

@@ -130,7 +130,7 @@ class H11ServerCodec:
         # inbound port (tunnel/inbound.py), which sets this on each connection.
         self.allow_connect = False
         self.conn: Final = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-        # Bound once (see BOUND_METHODS below): the three calls a request makes most.
+        # Bound once (see BOUND_METHODS above): the three calls a request makes most.
         self._next_event: Final = self.conn.next_event
         self._send: Final = self.conn.send
         self._receive_data: Final = self.conn.receive_data
