@@ -68,6 +68,7 @@ MODULES = (
     "nodeproxy.http1.headers",
     "nodeproxy.http1.forwarding",
     "nodeproxy.pipeline",
+    "nodeproxy.config.model_routes",
     "nodeproxy.routing.authority",
     "nodeproxy.routing.match",
     "nodeproxy.routing.router",

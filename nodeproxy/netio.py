@@ -133,8 +133,6 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
         return
     await _checkpoint_if_cancelled()
     sock = stream.socket
-    if sock.did_shutdown_SHUT_WR:
-        raise trio.ClosedResourceError("can't send data after sending EOF")
     rest: bytes | memoryview = data
     while True:
         fd = sock.fileno()
@@ -146,6 +144,10 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
             continue
         except OSError as exc:
+            # After send_eof the kernel answers EPIPE; trio's send_all checks the flag up
+            # front, which is an interpreted property call per write for a rare case.
+            if sock.did_shutdown_SHUT_WR:
+                raise trio.ClosedResourceError("can't send data after sending EOF") from exc
             raise _stream_error(exc) from exc
         if sent == len(rest):
             await _yield_after_write()

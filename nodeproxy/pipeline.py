@@ -192,7 +192,7 @@ class Pipeline:
                 attempts[-1].report_error(_timeout_or(down, exc), trio.current_time())
             raise
         finally:
-            now = trio.current_time()  # the response relayed (or the request failed)
+            now = ex.finished = trio.current_time()  # relayed (or failed); the access line's end
             for attempt in attempts:
                 attempt.close(now)
             ticket.close(now)

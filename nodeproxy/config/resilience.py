@@ -29,6 +29,11 @@ MAX_RETRIES = 10  # more only multiplies the load on a sick service
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
+# Defaults read from an instance: RetryConfig is compiled (nodeproxy/compiled.py), and a
+# compiled class's attributes are descriptors, not the default values.
+_DEFAULT_RETRY = RetryConfig()
+
+
 def read_retries(node: Node) -> RetryConfig:
     """``{retry_on, num_retries, per_try_timeout, backoff: {base, max}, budget: {...},
     retriable_status_codes}``."""
@@ -70,8 +75,8 @@ def _retry_on(node: Node) -> tuple[str, ...]:
 
 def _backoff(node: Node) -> tuple[float, float]:
     f = node.fields("base", "max")
-    base = f.opt("base", Node.duration, RetryConfig.backoff_base)
-    top = f.opt("max", Node.duration, max(base * 10, RetryConfig.backoff_max))
+    base = f.opt("base", Node.duration, _DEFAULT_RETRY.backoff_base)
+    top = f.opt("max", Node.duration, max(base * 10, _DEFAULT_RETRY.backoff_max))
     if top < base:
         raise f.need("max").error(f"must be >= backoff.base ({base:g}s)")
     return base, top
@@ -79,8 +84,8 @@ def _backoff(node: Node) -> tuple[float, float]:
 
 def _budget(node: Node) -> tuple[float, int]:
     f = node.fields("percent", "min_concurrency")
-    percent = f.opt("percent", lambda n: _number(n, 0.0, 100.0), RetryConfig.budget_ratio * 100)
-    floor = f.opt("min_concurrency", lambda n: n.integer(0), RetryConfig.budget_min_concurrency)
+    percent = f.opt("percent", lambda n: _number(n, 0.0, 100.0), _DEFAULT_RETRY.budget_ratio * 100)
+    floor = f.opt("min_concurrency", lambda n: n.integer(0), _DEFAULT_RETRY.budget_min_concurrency)
     return percent / 100.0, floor
 
 

@@ -80,7 +80,7 @@ class Accounting:
         """Stats and the access-log line for one finished request; returns the time it
         finished (the trio clock: the connection's next idle wait counts from it)."""
         stats = self.stats
-        now = trio.current_time()
+        now = ex.finished or trio.current_time()  # the pipeline's end, when it set one
         duration = now - ex.started
         received = down.bytes_in - ex.bytes_received
         sent = down.bytes_out - ex.bytes_sent

@@ -190,6 +190,7 @@ class Exchange:
         "client",
         "cluster",
         "cors",
+        "finished",
         "listener",
         "method",
         "path",
@@ -212,6 +213,9 @@ class Exchange:
         self.listener = listener
         self.source = source
         self.started = started
+        # When the proxying ended (pipeline.py sets it): the access line's duration ends here,
+        # so the clock is read once for the pool, the balancer and the stats. 0.0: not set.
+        self.finished = 0.0
         self.method = "-"
         self.authority = "-"
         self.path = "-"
