@@ -45,7 +45,7 @@ def missing() -> str | None:
     try:
         import mypyc.build  # noqa: F401
     except ImportError:
-        return "mypyc is not installed (mypy==1.18.2; pip installs it unless --no-build-isolation)"
+        return "mypyc is not installed (mypy==2.4.1; pip installs it unless --no-build-isolation)"
     compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     if not compiler or shutil.which(compiler[0]) is None:
         return f"no C compiler ({compiler[0] if compiler else 'CC'} not found); {HOW}"

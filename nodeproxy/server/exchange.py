@@ -32,6 +32,7 @@ from nodeproxy.errors import (
     UpstreamResetBeforeHeaders,
 )
 from nodeproxy.http1.codec import NEED_DATA, Event, request_event
+from nodeproxy.http1.events import body_chunk
 from nodeproxy.http1.forwarding import NATIVE, Forwarding
 from nodeproxy.http1.headers import requested_upgrade, upstream_request_headers
 from nodeproxy.http1.impl import h11
@@ -205,7 +206,7 @@ def _take_buffered_body(down: Downstream, events: list[h11.Event]) -> bool:
     while True:
         event = codec.next_event()
         if type(event) is h11.Data:
-            events.append(h11.Data(data=bytes(event.data)))
+            events.append(h11.Data(data=bytes(body_chunk(event))))
         elif type(event) is h11.EndOfMessage:
             events.append(end_of_body(event) if event.headers else event)
             return True

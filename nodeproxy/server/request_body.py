@@ -15,6 +15,7 @@ import trio
 
 from nodeproxy.errors import RequestBodyTimeout, UpstreamResetBeforeHeaders
 from nodeproxy.http1.codec import NEED_DATA, Event
+from nodeproxy.http1.events import body_chunk
 from nodeproxy.http1.headers import clean_trailers
 from nodeproxy.http1.impl import h11
 from nodeproxy.server.downstream import Downstream
@@ -51,7 +52,7 @@ async def stream_body(down: Downstream, conn: UpstreamConnection, idle_timeout: 
             done = False
             while event is not NEED_DATA:
                 if type(event) is h11.Data:
-                    received += len(event.data)
+                    received += len(body_chunk(event))
                     out.append(upstream.send(event))
                 elif type(event) is h11.EndOfMessage:
                     out.append(upstream.send(end_of_body(event)))
