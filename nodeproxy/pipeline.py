@@ -308,7 +308,7 @@ class Pipeline:
     ) -> Attempt:
         """Pick from the current snapshot and count the try (NoHealthyUpstream when none);
         ``only``: that endpoint's address or nothing (a pod an intercepted client dialled)."""
-        endpoints = self.runtime.endpoints.current().endpoints(cluster.name)
+        endpoints = self.runtime.endpoints.snapshot.clusters.get(cluster.name, ())
         if only is not None:
             endpoints = tuple(e for e in endpoints if e.address == only)
         return state.start(ticket, endpoints, decision.subset, now, tried)

@@ -135,3 +135,27 @@ async def test_a_fast_large_body_is_not_cut_by_the_rate_floor(autojump_clock: ob
                 answer = await stream.receive_some(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert b.requests[-1].target == b"/big"
+
+
+async def test_a_request_waiting_for_a_full_pool_gets_the_freed_connection(
+    autojump_clock: object,
+) -> None:
+    """max_connections_per_endpoint reached: the next request waits for a slot and, once
+    the first answer is relayed, is handed the connection that answered it (no new one)."""
+    async with backend() as b:
+        config = simple_config({"svc": [b.address]}, max_connections_per_endpoint=1)
+        async with run_proxy(config) as p, trio.open_nursery() as nursery:
+            answers: dict[bytes, int] = {}
+
+            async def one(target: bytes) -> None:
+                answers[target] = (await ask(p.port, b"GET", target))[0]
+
+            nursery.start_soon(one, b"/wait")
+            await b.arrived.wait()  # the pool's one connection is lent to /wait
+            nursery.start_soon(one, b"/next")
+            await trio.sleep(0.5)
+            assert b"/next" not in answers  # parked for the slot, not on a second socket
+            b.release.set()
+    assert answers == {b"/wait": 200, b"/next": 200}
+    assert b.connections == 1
+    assert [r.target for r in b.requests] == [b"/wait", b"/next"]

@@ -127,6 +127,37 @@ def test_response_rewrite() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "value", [b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade", b"keep-alive, Upgrade"]
+)
+def test_common_connection_values_drop_what_the_general_rule_drops(value: bytes) -> None:
+    """The usual Connection values skip the token split (a fast path): the result must be
+    the one the split gives, for responses with and without an upgrade."""
+    incoming = [
+        (b"connection", value),
+        (b"keep-alive", b"timeout=5"),
+        (b"upgrade", b"websocket"),
+        (b"x-app", b"1"),
+    ]
+    for upgrade in (False, True):
+        fast = downstream_response_headers(incoming, upgrade=upgrade)
+        # a second, equivalent Connection header forces the general path
+        slow = downstream_response_headers(
+            [(b"connection", b"keep-alive"), *incoming], upgrade=upgrade
+        )
+        assert fast == slow
+        assert (b"x-app", b"1") in fast
+        assert (b"keep-alive", b"timeout=5") not in fast
+        assert ((b"upgrade", b"websocket") in fast) is upgrade
+
+
+def test_a_connection_value_naming_more_still_drops_it() -> None:
+    incoming = [(b"connection", b"Keep-Alive, X-Hop"), (b"x-hop", b"1"), (b"x-app", b"2")]
+    out = downstream_response_headers(incoming)
+    assert (b"x-hop", b"1") not in out
+    assert (b"x-app", b"2") in out
+
+
 def _feed_bytewise(codec: H11ServerCodec, data: bytes) -> object:
     for i in range(len(data)):
         codec.receive(data[i : i + 1])

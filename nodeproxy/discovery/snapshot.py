@@ -45,17 +45,19 @@ class EndpointRegistry:
     """Holds the current snapshot; ``publish`` is called only by the discovery task."""
 
     def __init__(self) -> None:
-        self._current = EndpointSnapshot(version=0)
+        # The current snapshot. Readers take it (the data path reads this attribute, not
+        # ``current()``: an interpreted call per request); only publish/install assign it.
+        self.snapshot = EndpointSnapshot(version=0)
         self.first_sync = trio.Event()  # set by the first complete publish (or install)
         self.on_publish: Callable[[EndpointSnapshot], None] | None = None  # a supervisor's
         # what the first publish still waits for, for /ready (set by the discovery that publishes)
         self.waiting_for: Callable[[], str] = str
 
     def __repr__(self) -> str:
-        n = sum(len(v) for v in self._current.clusters.values())
+        n = sum(len(v) for v in self.snapshot.clusters.values())
         return (
-            f"<EndpointRegistry [version {self._current.version} | "
-            f"{len(self._current.clusters)} clusters, {n} endpoints]>"
+            f"<EndpointRegistry [version {self.snapshot.version} | "
+            f"{len(self.snapshot.clusters)} clusters, {n} endpoints]>"
         )
 
     @property
@@ -63,7 +65,7 @@ class EndpointRegistry:
         return self.first_sync.is_set()
 
     def current(self) -> EndpointSnapshot:
-        return self._current
+        return self.snapshot
 
     def publish(
         self,
@@ -72,19 +74,19 @@ class EndpointRegistry:
     ) -> EndpointSnapshot:
         """A new snapshot of ``clusters`` (and ``service_ips``; None: the current ones)."""
         ips = (
-            self._current.service_ips
+            self.snapshot.service_ips
             if service_ips is None
             else MappingProxyType(dict(service_ips))
         )
-        self._current = EndpointSnapshot(
-            version=self._current.version + 1,
+        self.snapshot = EndpointSnapshot(
+            version=self.snapshot.version + 1,
             clusters=MappingProxyType(dict(clusters)),
             service_ips=ips,
         )
         self.first_sync.set()
         if self.on_publish is not None:
-            self.on_publish(self._current)
-        return self._current
+            self.on_publish(self.snapshot)
+        return self.snapshot
 
     def install(
         self,
@@ -93,7 +95,7 @@ class EndpointRegistry:
         service_ips: Mapping[tuple[str, int], str] | None = None,
     ) -> None:
         """Take a snapshot another process published, as it was (a worker's registry)."""
-        self._current = EndpointSnapshot(
+        self.snapshot = EndpointSnapshot(
             version=version,
             clusters=MappingProxyType(dict(clusters)),
             service_ips=MappingProxyType(dict(service_ips or {})),

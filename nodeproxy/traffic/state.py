@@ -226,7 +226,7 @@ class Traffic:
 
     def sync(self, now: float) -> None:
         """On a new snapshot: forget vanished clusters, give detectors their endpoint sets."""
-        snapshot = self.registry.current()
+        snapshot = self.registry.snapshot
         if snapshot.version == self._version:
             return
         self._version = snapshot.version

@@ -100,6 +100,7 @@ class _Entry:
     address: str
     peer_node: str | None = None  # a mesh peer pool: present while its node has endpoints
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    waiting: int = 0  # tasks in or on their way out of ``lot`` (bool(lot) is an interpreted call)
     ep_labels: Labels = ()
     idle_labels: Labels = ()
     active_labels: Labels = ()
@@ -112,6 +113,7 @@ class Upstreams:
     def __init__(self, runtime: Runtime, certs: MeshCertificates | None = None) -> None:
         self._certs = certs  # this node's workload certificates (mesh only)
         self._runtime = runtime
+        self._traffic = runtime.traffic  # bound once: the property is an interpreted call
         self._stats: Stats = runtime.stats
         self._clusters = runtime.config.clusters
         self._max_header_bytes = runtime.config.limits.max_request_header_bytes
@@ -154,7 +156,7 @@ class Upstreams:
 
     def _guard(self, cluster: ClusterConfig) -> OverloadGuard | None:
         """The cluster's overload guard, if the data path admitted a request to it."""
-        state = self._runtime.traffic.get(cluster.name)
+        state = self._traffic.get(cluster.name)
         return state.overload if state is not None and state.config is cluster else None
 
     async def acquire(
@@ -203,7 +205,11 @@ class Upstreams:
         try:
             with trio.move_on_after(timeout):
                 while True:
-                    await entry.lot.park()
+                    entry.waiting += 1
+                    try:
+                        await entry.lot.park()
+                    finally:
+                        entry.waiting -= 1
                     try:
                         return entry.pool.checkout(trio.current_time())
                     except PoolFull:
@@ -263,7 +269,7 @@ class Upstreams:
         else:
             self._close(entry, (conn,))
             entry.pool.discard()
-        if entry.lot:  # ParkingLot is falsy when nobody waits; skip the call on the hot path
+        if entry.waiting:  # nobody waits, nearly always: skip the call on the hot path
             entry.lot.unpark()
 
     def record_response(self, conn: UpstreamConnection, status: int) -> None:
