@@ -155,3 +155,34 @@ async def test_tls_streams_keep_trio_s_path() -> None:
             nursery.start_soon(serve)
             await send_all(tls_client, b"over tls")  # type: ignore[arg-type]
         assert got == [b"over tls"]
+
+
+async def test_the_socket_trio_wraps_is_the_one_netio_calls() -> None:
+    """netio calls recv/send on the standard-library socket inside trio's (``_sock``, a
+    private name of the pinned trio): if an upgrade renames it, this fails, not traffic."""
+    async with tcp_pair() as (client, server):
+        raw = server.socket._sock  # type: ignore[attr-defined]
+        assert isinstance(raw, socket.socket)
+        assert raw.fileno() == server.socket.fileno()
+        await send_all(client, b"ping")
+        assert await receive_some(server, 64) == b"ping"
+
+
+async def test_a_descriptor_number_reused_after_close_is_never_written() -> None:
+    """A stream whose socket was closed must not write into whatever socket the kernel
+    gave the same number next (another pod's connection, on a node proxy)."""
+    async with tcp_pair() as (_client, server), tcp_pair() as (other_client, other_server):
+        number = server.socket.fileno()
+        server.socket.close()
+        # make the freed number belong to another connection's socket
+        os.dup2(other_server.socket.fileno(), number)
+        try:
+            with pytest.raises(trio.ClosedResourceError):
+                await send_all(server, b"not yours")
+            await send_all(other_server, b"end")  # ordered after anything written before
+            seen = b""
+            while len(seen) < 3:
+                seen += await receive_some(other_client, 64)
+            assert seen == b"end"  # no "not yours" ahead of it
+        finally:
+            os.close(number)
