@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import struct
+import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +43,44 @@ def pids_of(pgids: set[int]) -> list[int]:
     return [pid for pid, g, _ in _processes() if g in pgids]
 
 
-def read_calls(pgids: set[int]) -> int:
-    """read(2)-family calls made so far by these process groups (``syscr`` of /proc/PID/io).
+class ReceiveCalls:
+    """recv(2)-family calls these processes make while it is open: a ``perf stat`` on the
+    ``recvfrom`` tracepoint (root and ``perf`` needed; else ``count`` stays None).
 
-    nodeproxy reads its plain TCP sockets with read(2) (nodeproxy/netio.py), so on a
-    keep-alive proxied request the floor is two: one per side. More means reads that
-    found nothing (EAGAIN) and parked the task. recv(2), which the bare relay uses
-    through trio, is not counted there.
+    nodeproxy reads its plain TCP sockets with recv(2) (nodeproxy/netio.py), so on a
+    keep-alive proxied request the floor is two: one per side. More means reads that found
+    nothing (EAGAIN) and parked the task. (/proc/PID/io's ``syscr`` counted them while
+    netio used read(2); it does not count recv.)
     """
-    return sum(int(value) for name, value in _fields(pgids, "io") if name == "syscr")
+
+    def __init__(self, pids: list[int]) -> None:
+        self.count: int | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        perf = shutil.which("perf")
+        if perf is None or not pids or os.geteuid() != 0:
+            return
+        argv = [perf, "stat", "-x,", "-e", "syscalls:sys_enter_recvfrom"]
+        argv += ["-p", ",".join(map(str, pids))]
+        self._proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    def stop(self) -> int | None:
+        """End the count; the calls seen, or None when it could not count."""
+        if self._proc is None:
+            return None
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self._proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return None
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] == "syscalls:sys_enter_recvfrom":
+                with contextlib.suppress(ValueError):
+                    self.count = int(fields[0])
+        return self.count
 
 
 def _fields(pgids: set[int], file: str) -> Iterator[tuple[str, str]]:
