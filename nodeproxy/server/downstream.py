@@ -213,8 +213,8 @@ class Exchange:
         self.listener = listener
         self.source = source
         self.started = started
-        # When the proxying ended (pipeline.py sets it): the access line's duration ends here,
-        # so the clock is read once for the pool, the balancer and the stats. 0.0: not set.
+        # When the proxying ended (pipeline.py sets it, reading the clock for the balancer):
+        # the stats and the access line's duration reuse that read. 0.0: not set.
         self.finished = 0.0
         self.method = "-"
         self.authority = "-"
